@@ -1,0 +1,146 @@
+//! The one test suite every backend must pass whole. Each function takes a fresh, empty log.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+
+use crate::{EventLog, LogError, NewEvent};
+
+fn ev(subject: &str, id: &str, expected: Option<u64>, payload: &str) -> NewEvent {
+    NewEvent {
+        subject: subject.to_string(),
+        msg_id: id.to_string(),
+        expected_subject_seq: expected,
+        headers: vec![("Corral-Event-Type".into(), "Test".into()), ("traceparent".into(), format!("tp-{id}"))],
+        payload: Bytes::from(payload.to_string()),
+    }
+}
+
+/// Runs every property in turn, each on a fresh log made by `make`.
+pub async fn run_all<F, Fut>(make: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Arc<dyn EventLog>>,
+{
+    append_assigns_increasing_sequences(make().await.as_ref()).await;
+    expected_sequence_is_checked(make().await.as_ref()).await;
+    duplicate_message_ids_are_dropped(make().await.as_ref()).await;
+    read_from_a_sequence(make().await.as_ref()).await;
+    subscribe_from_a_sequence_then_live(make().await.as_ref()).await;
+    headers_and_payload_round_trip(make().await.as_ref()).await;
+    racing_appenders_on_one_subject_one_wins(make().await).await;
+}
+
+pub async fn append_assigns_increasing_sequences(log: &dyn EventLog) {
+    assert_eq!(log.last_seq().await.expect("last"), 0);
+    for i in 1..=5u64 {
+        let subject = if i % 2 == 0 { "t.a" } else { "t.b" };
+        let out = log.append(ev(subject, &format!("inc-{i}"), None, "x")).await.expect("append");
+        assert_eq!(out.seq, i);
+        assert!(!out.duplicate);
+    }
+    assert_eq!(log.last_seq().await.expect("last"), 5);
+    assert_eq!(log.last_subject_seq("t.a").await.expect("subject"), 4);
+    assert_eq!(log.last_subject_seq("t.b").await.expect("subject"), 5);
+    assert_eq!(log.last_subject_seq("t.none").await.expect("subject"), 0);
+}
+
+pub async fn expected_sequence_is_checked(log: &dyn EventLog) {
+    let first = log.append(ev("t.agg", "e1", Some(0), "one")).await.expect("expected 0 on empty subject");
+    let err = log.append(ev("t.agg", "e2", Some(0), "stale")).await.expect_err("stale expectation");
+    assert!(matches!(err, LogError::Conflict { .. }), "{err:?}");
+    log.append(ev("t.other", "o1", None, "other")).await.expect("other subject");
+    let err = log.append(ev("t.agg", "e3", Some(first.seq + 5), "future")).await.expect_err("wrong expectation");
+    assert!(matches!(err, LogError::Conflict { .. }), "{err:?}");
+    let second = log.append(ev("t.agg", "e4", Some(first.seq), "two")).await.expect("right expectation");
+    assert_eq!(second.seq, 3, "conflicting appends stored nothing");
+    let all = log.read(1, 100).await.expect("read");
+    let payloads: Vec<_> = all.iter().map(|e| String::from_utf8_lossy(&e.payload).to_string()).collect();
+    assert_eq!(payloads, vec!["one", "other", "two"]);
+}
+
+pub async fn duplicate_message_ids_are_dropped(log: &dyn EventLog) {
+    let a = log.append(ev("t.d", "same-id", None, "first")).await.expect("append");
+    let b = log.append(ev("t.d", "same-id", None, "second")).await.expect("duplicate");
+    assert_eq!(b.seq, a.seq);
+    assert!(b.duplicate);
+    assert_eq!(log.last_seq().await.expect("last"), a.seq, "stored once");
+    let c = log.append(ev("t.d", "other-id", None, "third")).await.expect("append");
+    assert_eq!(c.seq, a.seq + 1);
+}
+
+pub async fn read_from_a_sequence(log: &dyn EventLog) {
+    for i in 1..=10 {
+        log.append(ev(&format!("t.r{}", i % 3), &format!("r{i}"), None, &i.to_string())).await.expect("append");
+    }
+    let from4 = log.read(4, 100).await.expect("read");
+    assert_eq!(from4.iter().map(|e| e.seq).collect::<Vec<_>>(), (4..=10).collect::<Vec<_>>());
+    assert_eq!(from4[0].payload, Bytes::from("4"));
+    assert_eq!(from4[0].subject, "t.r1");
+    let limited = log.read(2, 3).await.expect("read");
+    assert_eq!(limited.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![2, 3, 4]);
+    assert!(log.read(11, 10).await.expect("read").is_empty());
+    assert_eq!(log.read(0, 1).await.expect("read")[0].seq, 1, "0 reads from the start");
+}
+
+async fn next_event(sub: &mut crate::EventStream) -> crate::RecordedEvent {
+    tokio::time::timeout(Duration::from_secs(10), sub.next()).await.expect("event in time").expect("stream open").expect("event")
+}
+
+pub async fn subscribe_from_a_sequence_then_live(log: &dyn EventLog) {
+    for i in 1..=3 {
+        log.append(ev("t.s", &format!("s{i}"), None, &i.to_string())).await.expect("append");
+    }
+    let mut sub = log.subscribe(2).await.expect("subscribe");
+    assert_eq!(next_event(&mut sub).await.seq, 2);
+    assert_eq!(next_event(&mut sub).await.seq, 3);
+    for i in 4..=6 {
+        log.append(ev("t.s2", &format!("s{i}"), None, &i.to_string())).await.expect("append");
+    }
+    for want in 4..=6 {
+        let e = next_event(&mut sub).await;
+        assert_eq!(e.seq, want, "in order, no gaps or repeats");
+        assert_eq!(e.payload, Bytes::from(want.to_string()));
+    }
+    let quiet = tokio::time::timeout(Duration::from_millis(300), sub.next()).await;
+    assert!(quiet.is_err(), "nothing more than was appended");
+}
+
+pub async fn headers_and_payload_round_trip(log: &dyn EventLog) {
+    let payload: Vec<u8> = (0..=255u8).collect();
+    let mut e = ev("t.h", "h1", None, "");
+    e.payload = Bytes::from(payload.clone());
+    log.append(e).await.expect("append");
+    let got = log.read(1, 1).await.expect("read").remove(0);
+    assert_eq!(got.payload.as_ref(), payload.as_slice());
+    let mut headers = got.headers.clone();
+    headers.sort();
+    assert_eq!(headers, vec![("Corral-Event-Type".to_string(), "Test".to_string()), ("traceparent".to_string(), "tp-h1".to_string())]);
+    let age = chrono::Utc::now() - got.time;
+    assert!(age.num_seconds().abs() < 60, "event time is the append time");
+}
+
+pub async fn racing_appenders_on_one_subject_one_wins(log: Arc<dyn EventLog>) {
+    let base = log.append(ev("t.race", "base", None, "base")).await.expect("append").seq;
+    for round in 0..3u64 {
+        let expected = log.last_subject_seq("t.race").await.expect("subject");
+        let tasks: Vec<_> = (0..20)
+            .map(|i| {
+                let log = log.clone();
+                tokio::spawn(async move { log.append(ev("t.race", &format!("race-{round}-{i}"), Some(expected), "x")).await })
+            })
+            .collect();
+        let mut wins = 0;
+        for t in tasks {
+            match t.await.expect("task") {
+                Ok(_) => wins += 1,
+                Err(LogError::Conflict { .. }) => {}
+                Err(e) => panic!("unexpected error {e:?}"),
+            }
+        }
+        assert_eq!(wins, 1, "round {round}: exactly one appender wins");
+    }
+    assert_eq!(log.last_seq().await.expect("last"), base + 3);
+}

@@ -1,0 +1,74 @@
+use std::sync::Arc;
+
+use corral_event_log::{EventLog, NatsLog, NatsLogConfig};
+use corral_test_harness::NatsServer;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_log_passes_the_conformance_suite() {
+    let nats = NatsServer::start().await.expect("nats-server");
+    let url = nats.url();
+    let counter = std::sync::atomic::AtomicUsize::new(0);
+    corral_event_log::conformance::run_all(|| {
+        // A fresh stream per property, on the test's own server.
+        let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let url = url.clone();
+        async move {
+            let config = NatsLogConfig { stream: format!("T{n}"), subjects: vec![format!("s{n}.>")], replicas: 1 };
+            Arc::new(Prefixed { inner: NatsLog::connect(&url, config).await.expect("log"), prefix: format!("s{n}") }) as Arc<dyn EventLog>
+        }
+    })
+    .await;
+}
+
+/// Maps the suite's subjects (`t.*`) into this stream's subject space, so each property gets a
+/// stream of its own on one server.
+struct Prefixed {
+    inner: NatsLog,
+    prefix: String,
+}
+
+impl Prefixed {
+    fn map(&self, s: &str) -> String {
+        format!("{}.{}", self.prefix, s)
+    }
+    fn unmap(&self, mut e: corral_event_log::RecordedEvent) -> corral_event_log::RecordedEvent {
+        if let Some(rest) = e.subject.strip_prefix(&format!("{}.", self.prefix)) {
+            e.subject = rest.to_string();
+        }
+        e
+    }
+}
+
+#[async_trait::async_trait]
+impl EventLog for Prefixed {
+    async fn append(&self, mut event: corral_event_log::NewEvent) -> Result<corral_event_log::AppendOutcome, corral_event_log::LogError> {
+        event.subject = self.map(&event.subject);
+        self.inner.append(event).await
+    }
+    async fn last_seq(&self) -> Result<u64, corral_event_log::LogError> {
+        self.inner.last_seq().await
+    }
+    async fn last_subject_seq(&self, subject: &str) -> Result<u64, corral_event_log::LogError> {
+        self.inner.last_subject_seq(&self.map(subject)).await
+    }
+    async fn read(&self, from_seq: u64, max: usize) -> Result<Vec<corral_event_log::RecordedEvent>, corral_event_log::LogError> {
+        Ok(self.inner.read(from_seq, max).await?.into_iter().map(|e| self.unmap(e)).collect())
+    }
+    async fn subscribe(&self, from_seq: u64) -> Result<corral_event_log::EventStream, corral_event_log::LogError> {
+        use futures::StreamExt;
+        let prefix = format!("{}.", self.prefix);
+        Ok(self
+            .inner
+            .subscribe(from_seq)
+            .await?
+            .map(move |r| {
+                r.map(|mut e| {
+                    if let Some(rest) = e.subject.strip_prefix(&prefix) {
+                        e.subject = rest.to_string();
+                    }
+                    e
+                })
+            })
+            .boxed())
+    }
+}

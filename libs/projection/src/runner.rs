@@ -1,0 +1,488 @@
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use corral_event_log::{EventLog, RecordedEvent};
+use futures::StreamExt as _;
+
+use crate::{Changes, Projection, ProjectionError};
+
+const MIN_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Follows the log from last_applied+1 and applies each event through `fold` until `shutdown`
+/// resolves. `fold(&Projection, &RecordedEvent) -> Result<Changes, E>` reads current state and
+/// returns the changes.
+///
+/// Log trouble (a failed subscribe, a stream error or end) is retried with backoff from the
+/// last applied event, since the log may come back. A fold error or a storage error ends the
+/// run with `Err`: retrying the same event would fail the same way. A rebuild's projection
+/// that gets switched in or abandoned ends the run with `Ok`.
+///
+/// Run one runner per live projection: after a rebuild is switched in, the live runner goes on
+/// with its fold on the new generation, so a new fold needs a restarted runner.
+pub async fn run<F, E>(
+    log: Arc<dyn EventLog>,
+    projection: Projection,
+    mut fold: F,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ProjectionError>
+where
+    F: FnMut(&Projection, &RecordedEvent) -> Result<Changes, E>,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let shutdown = async {
+        // A retired rebuild handle accepts no more events: as good as a shutdown.
+        tokio::select! {
+            () = shutdown => {},
+            () = projection.retired() => {},
+        }
+    };
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        let from = projection.last_applied() + 1;
+        let subscribed = tokio::select! {
+            biased;
+            () = &mut shutdown => return Ok(()),
+            s = log.subscribe(from) => s,
+        };
+        match subscribed {
+            Ok(mut stream) => loop {
+                let item = tokio::select! {
+                    biased;
+                    () = &mut shutdown => return Ok(()),
+                    item = stream.next() => item,
+                };
+                match item {
+                    Some(Ok(event)) => {
+                        backoff = MIN_BACKOFF;
+                        // Redelivery after a resubscribe: already in the read model.
+                        if event.seq <= projection.last_applied() {
+                            continue;
+                        }
+                        let changes =
+                            fold(&projection, &event).map_err(|e| ProjectionError::Fold {
+                                seq: event.seq,
+                                source: Box::new(e),
+                            })?;
+                        match projection.apply(event.seq, changes) {
+                            Ok(_) => {}
+                            Err(ProjectionError::Retired(_)) => return Ok(()),
+                            Err(e) => return Err(e),
+                        }
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(projection = projection.name(), error = %e, "event stream failed; resubscribing");
+                        break;
+                    }
+                    None => {
+                        tracing::debug!(
+                            projection = projection.name(),
+                            "event stream ended; resubscribing"
+                        );
+                        break;
+                    }
+                }
+            },
+            Err(e) => {
+                tracing::warn!(projection = projection.name(), error = %e, "subscribe failed; retrying");
+            }
+        }
+        tokio::select! {
+            biased;
+            () = &mut shutdown => return Ok(()),
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use corral_event_log::{AppendOutcome, EventStream, LogError, NewEvent};
+    use tokio::sync::watch;
+
+    use super::*;
+
+    /// An in-memory log: a subscription replays from `from_seq` and then follows appends.
+    /// `end_after` makes every stream end after that many events, like a dropped connection.
+    struct FakeLog {
+        events: Arc<Mutex<Vec<RecordedEvent>>>,
+        appended: watch::Sender<usize>,
+        subscribes: Mutex<Vec<u64>>,
+        end_after: usize,
+        failing_subscribes: AtomicUsize,
+    }
+
+    impl FakeLog {
+        fn new() -> Arc<FakeLog> {
+            FakeLog::with(usize::MAX, 0)
+        }
+
+        fn with(end_after: usize, failing_subscribes: usize) -> Arc<FakeLog> {
+            Arc::new(FakeLog {
+                events: Arc::new(Mutex::new(Vec::new())),
+                appended: watch::channel(0).0,
+                subscribes: Mutex::new(Vec::new()),
+                end_after,
+                failing_subscribes: AtomicUsize::new(failing_subscribes),
+            })
+        }
+
+        fn append(&self, payload: &str) -> u64 {
+            let mut events = self.events.lock().unwrap();
+            let seq = events.len() as u64 + 1;
+            events.push(RecordedEvent {
+                seq,
+                subject: "test.subject".into(),
+                headers: vec![],
+                payload: bytes::Bytes::copy_from_slice(payload.as_bytes()),
+                time: chrono::Utc::now(),
+            });
+            self.appended.send_replace(events.len());
+            seq
+        }
+
+        fn subscribes(&self) -> Vec<u64> {
+            self.subscribes.lock().unwrap().clone()
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl EventLog for FakeLog {
+        async fn append(&self, event: NewEvent) -> Result<AppendOutcome, LogError> {
+            let seq = self.append(&String::from_utf8_lossy(&event.payload));
+            Ok(AppendOutcome {
+                seq,
+                duplicate: false,
+            })
+        }
+
+        async fn last_seq(&self) -> Result<u64, LogError> {
+            Ok(self.events.lock().unwrap().len() as u64)
+        }
+
+        async fn last_subject_seq(&self, _subject: &str) -> Result<u64, LogError> {
+            self.last_seq().await
+        }
+
+        async fn read(&self, from_seq: u64, max: usize) -> Result<Vec<RecordedEvent>, LogError> {
+            let events = self.events.lock().unwrap();
+            let start = usize::try_from(from_seq.saturating_sub(1)).unwrap();
+            Ok(events.iter().skip(start).take(max).cloned().collect())
+        }
+
+        async fn subscribe(&self, from_seq: u64) -> Result<EventStream, LogError> {
+            self.subscribes.lock().unwrap().push(from_seq);
+            let failing =
+                self.failing_subscribes
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+            if failing.is_ok() {
+                return Err(LogError::Unavailable("test outage".into()));
+            }
+            let events = Arc::clone(&self.events);
+            let rx = self.appended.subscribe();
+            let next = usize::try_from(from_seq.saturating_sub(1)).unwrap();
+            let limit = self.end_after;
+            let stream =
+                futures::stream::unfold((next, rx, 0usize), move |(next, mut rx, sent)| {
+                    let events = Arc::clone(&events);
+                    async move {
+                        if sent >= limit {
+                            return None;
+                        }
+                        loop {
+                            let got = events.lock().unwrap().get(next).cloned();
+                            if let Some(ev) = got {
+                                return Some((Ok(ev), (next + 1, rx, sent + 1)));
+                            }
+                            rx.changed().await.ok()?;
+                        }
+                    }
+                });
+            Ok(stream.boxed())
+        }
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("bad event: {0}")]
+    struct BadEvent(String);
+
+    /// Keeps the last payload under "last" and counts events under "count".
+    fn counting_fold(
+        calls: Arc<AtomicUsize>,
+    ) -> impl FnMut(&Projection, &RecordedEvent) -> Result<Changes, BadEvent> + Send {
+        move |p, ev| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            let payload = String::from_utf8_lossy(&ev.payload).into_owned();
+            if payload == "poison" {
+                return Err(BadEvent(payload));
+            }
+            let count = p
+                .get(b"count")
+                .unwrap()
+                .map_or(0, |v| u64::from_be_bytes(v.as_ref().try_into().unwrap()));
+            let mut c = Changes::new();
+            c.put(b"count".to_vec(), (count + 1).to_be_bytes().to_vec());
+            c.put(b"last".to_vec(), payload.into_bytes());
+            Ok(c)
+        }
+    }
+
+    fn last(p: &Projection) -> String {
+        String::from_utf8(p.get(b"last").unwrap().unwrap().to_vec()).unwrap()
+    }
+
+    fn count(p: &Projection) -> u64 {
+        u64::from_be_bytes(
+            p.get(b"count")
+                .unwrap()
+                .unwrap()
+                .as_ref()
+                .try_into()
+                .unwrap(),
+        )
+    }
+
+    const WAIT: Duration = Duration::from_secs(5);
+
+    #[test]
+    fn run_future_is_send_for_spawning() {
+        fn assert_send<T: Send>(_: &T) {}
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let p = Projection::open(&db, "t").unwrap();
+        let log: Arc<dyn EventLog> = FakeLog::new();
+        let fut = run(
+            log,
+            p,
+            counting_fold(Arc::new(AtomicUsize::new(0))),
+            std::future::ready(()),
+        );
+        assert_send(&fut);
+    }
+
+    #[tokio::test]
+    async fn run_applies_events_and_follows_the_log_until_shutdown() {
+        // given a log with two events and a fresh projection
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let p = Projection::open(&db, "t").unwrap();
+        let log = FakeLog::new();
+        log.append("a");
+        log.append("b");
+        let calls = Arc::new(AtomicUsize::new(0));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        // when the runner starts
+        let runner = tokio::spawn(run(
+            log.clone(),
+            p.clone(),
+            counting_fold(calls.clone()),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        // then it catches up, then follows new events
+        p.wait_for(2, WAIT).await.unwrap();
+        assert_eq!(last(&p), "b");
+        let seq = log.append("c");
+        p.wait_for(seq, WAIT).await.unwrap();
+        assert_eq!((last(&p), count(&p)), ("c".to_owned(), 3));
+        // and it stops cleanly on shutdown
+        stop.send(()).unwrap();
+        runner.await.unwrap().unwrap();
+        assert_eq!(log.subscribes(), vec![1]);
+    }
+
+    #[tokio::test]
+    async fn run_follows_the_embedded_sled_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let log: Arc<dyn EventLog> =
+            Arc::new(corral_event_log::SledLog::open(&dir.path().join("log")).unwrap());
+        let db = sled::open(dir.path().join("projection")).unwrap();
+        let p = Projection::open(&db, "t").unwrap();
+        let new_event = |payload: &str| NewEvent {
+            subject: "corral.test.x".into(),
+            msg_id: payload.into(),
+            expected_subject_seq: None,
+            headers: vec![],
+            payload: bytes::Bytes::copy_from_slice(payload.as_bytes()),
+        };
+        log.append(new_event("a")).await.unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let runner = tokio::spawn(run(
+            log.clone(),
+            p.clone(),
+            counting_fold(Arc::new(AtomicUsize::new(0))),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        let seq = log.append(new_event("b")).await.unwrap().seq;
+        p.wait_for(seq, WAIT).await.unwrap();
+        assert_eq!((last(&p), count(&p)), ("b".to_owned(), 2));
+        stop.send(()).unwrap();
+        runner.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn run_resumes_after_restart_without_refolding() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let log = FakeLog::new();
+        for x in ["a", "b", "c"] {
+            log.append(x);
+        }
+        let calls = Arc::new(AtomicUsize::new(0));
+        {
+            let db = sled::open(&path).unwrap();
+            let p = Projection::open(&db, "t").unwrap();
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let runner = tokio::spawn(run(
+                log.clone(),
+                p.clone(),
+                counting_fold(calls.clone()),
+                async move {
+                    let _ = stopped.await;
+                },
+            ));
+            p.wait_for(3, WAIT).await.unwrap();
+            stop.send(()).unwrap();
+            runner.await.unwrap().unwrap();
+            p.flush().unwrap();
+        }
+        // given more events while stopped
+        log.append("d");
+        log.append("e");
+        // when the runner starts again on the reopened database
+        let db = sled::open(&path).unwrap();
+        let p = Projection::open(&db, "t").unwrap();
+        assert_eq!(p.last_applied(), 3);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let runner = tokio::spawn(run(
+            log.clone(),
+            p.clone(),
+            counting_fold(calls.clone()),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        p.wait_for(5, WAIT).await.unwrap();
+        // then it subscribed after the last applied event and folded each event once
+        assert_eq!(log.subscribes(), vec![1, 4]);
+        assert_eq!(calls.load(Ordering::SeqCst), 5);
+        assert_eq!((last(&p), count(&p)), ("e".to_owned(), 5));
+        stop.send(()).unwrap();
+        runner.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn run_resubscribes_after_stream_end_and_outage() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let p = Projection::open(&db, "t").unwrap();
+        // given a log whose streams end after two events and whose first subscribe fails
+        let log = FakeLog::with(2, 1);
+        for x in ["a", "b", "c", "d", "e"] {
+            log.append(x);
+        }
+        let calls = Arc::new(AtomicUsize::new(0));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let runner = tokio::spawn(run(
+            log.clone(),
+            p.clone(),
+            counting_fold(calls.clone()),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        // then the runner gets through all of it, resuming each time after the last event
+        p.wait_for(5, WAIT).await.unwrap();
+        assert_eq!(count(&p), 5);
+        assert_eq!(log.subscribes()[..4], [1, 1, 3, 5]);
+        stop.send(()).unwrap();
+        runner.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn run_stops_with_an_error_when_fold_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let p = Projection::open(&db, "t").unwrap();
+        let log = FakeLog::new();
+        log.append("a");
+        log.append("poison");
+        log.append("c");
+        let calls = Arc::new(AtomicUsize::new(0));
+        let result = tokio::time::timeout(
+            WAIT,
+            run(
+                log.clone(),
+                p.clone(),
+                counting_fold(calls),
+                std::future::pending(),
+            ),
+        )
+        .await
+        .unwrap();
+        assert!(
+            matches!(result, Err(ProjectionError::Fold { seq: 2, .. })),
+            "{result:?}"
+        );
+        // the event before the poison one is applied, the poison one is not
+        assert_eq!(p.last_applied(), 1);
+    }
+
+    #[tokio::test]
+    async fn rebuild_through_run_then_switch() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let live = Projection::open(&db, "t").unwrap();
+        let log = FakeLog::new();
+        for x in ["a", "b", "c"] {
+            log.append(x);
+        }
+        // given a live projection whose read model holds a stray key from an older fold
+        let mut stray = Changes::new();
+        stray.put(b"wrong".to_vec(), b"1".to_vec());
+        live.apply(3, stray).unwrap();
+        let (stop_live, live_stopped) = tokio::sync::oneshot::channel::<()>();
+        let live_runner = tokio::spawn(run(
+            log.clone(),
+            live.clone(),
+            counting_fold(Arc::new(AtomicUsize::new(0))),
+            async move {
+                let _ = live_stopped.await;
+            },
+        ));
+        // when it is rebuilt with the right fold while the live runner keeps going
+        let rebuild = live.begin_rebuild().unwrap();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let rebuild_runner = tokio::spawn(run(
+            log.clone(),
+            rebuild.projection().clone(),
+            counting_fold(calls),
+            std::future::pending(),
+        ));
+        log.append("d");
+        rebuild.switch_when_caught_up(WAIT).await.unwrap();
+        // then the rebuild's runner ends by itself, and the live handle serves the new model
+        tokio::time::timeout(WAIT, rebuild_runner)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        // the event appended during the rebuild is in, from whichever runner applied it
+        live.wait_for(4, WAIT).await.unwrap();
+        assert_eq!(live.generation(), 1);
+        assert_eq!(live.get(b"wrong").unwrap(), None);
+        assert_eq!((last(&live), count(&live)), ("d".to_owned(), 4));
+        stop_live.send(()).unwrap();
+        live_runner.await.unwrap().unwrap();
+    }
+}

@@ -1,0 +1,64 @@
+//! Generated protobuf and gRPC code. Package paths mirror the `.proto` packages so that the
+//! cross-package references prost generates resolve.
+#![allow(clippy::all, missing_docs)]
+
+pub mod github {
+    pub mod com {
+        pub mod argoproj {
+            pub mod argo_cd {
+                pub mod v3 {
+                    pub mod pkg {
+                        pub mod apis {
+                            pub mod application {
+                                pub mod v1alpha1 {
+                                    include!(concat!(
+                                        env!("OUT_DIR"),
+                                        "/github.com.argoproj.argo_cd.v3.pkg.apis.application.v1alpha1.rs"
+                                    ));
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+pub mod k8s {
+    pub mod io {
+        pub mod apimachinery {
+            pub mod pkg {
+                pub mod apis {
+                    pub mod meta {
+                        pub mod v1 {
+                            include!(concat!(env!("OUT_DIR"), "/k8s.io.apimachinery.pkg.apis.meta.v1.rs"));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+pub mod cluster {
+    include!(concat!(env!("OUT_DIR"), "/cluster.rs"));
+}
+
+pub mod corral {
+    pub mod events {
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/corral.events.v1.rs"));
+        }
+    }
+    pub mod registry {
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/corral.registry.v1.rs"));
+        }
+    }
+}
+
+pub use corral::events::v1 as events;
+pub use corral::registry::v1 as registry;
+pub use github::com::argoproj::argo_cd::v3::pkg::apis::application::v1alpha1;
+pub use k8s::io::apimachinery::pkg::apis::meta::v1 as meta;

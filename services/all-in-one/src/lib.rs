@@ -1,0 +1,65 @@
+//! The all-in-one control plane: the gateway and the registry in one process. With no NATS URL it
+//! runs on the embedded event log, so nothing else needs to be installed.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use corral_event_log::EventLog;
+use corral_registry::{RegistryApi, RegistryConfig};
+use corral_secrets::SealingKey;
+
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "corral", about = "Event-sourced cluster registry control plane (all in one process)")]
+pub struct Config {
+    /// Address to listen on for gRPC and REST.
+    #[arg(long, env = "CORRAL_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Folder for the embedded log, projections and the generated sealing key.
+    #[arg(long, env = "CORRAL_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// NATS server URL; without it the embedded event log is used.
+    #[arg(long, env = "CORRAL_NATS_URL")]
+    pub nats_url: Option<String>,
+    /// File holding the sealing key (base64). Default: <data-dir>/seal.key, generated on first
+    /// start in embedded mode. CORRAL_SEAL_KEY takes precedence.
+    #[arg(long, env = "CORRAL_SEAL_KEY_FILE")]
+    pub seal_key_file: Option<PathBuf>,
+    /// Largest accepted request body in bytes.
+    #[arg(long, env = "CORRAL_MAX_BODY_BYTES", default_value_t = corral_gateway::DEFAULT_MAX_BODY_BYTES)]
+    pub max_body_bytes: usize,
+}
+
+/// Runs the control plane on an already-bound listener until `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir)?;
+    let embedded = config.nats_url.is_none();
+    let key_file = config.seal_key_file.clone().unwrap_or_else(|| config.data_dir.join("seal.key"));
+    let key = Arc::new(SealingKey::load(corral_registry::SEAL_KEY_ENV, Some(&key_file), embedded)?);
+    let log: Arc<dyn EventLog> = match &config.nats_url {
+        None => Arc::new(corral_event_log::SledLog::open(&config.data_dir.join("log"))?),
+        Some(url) => {
+            let client = async_nats::connect(url.as_str()).await?;
+            Arc::new(corral_event_log::NatsLog::new(client, Default::default()).await?)
+        }
+    };
+    let db = corral_registry::open_projection_db(Some(&config.data_dir.join("projections")))?;
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let projection_stop = async move {
+        let _ = stop_rx.wait_for(|s| *s).await;
+    };
+    let registry = corral_registry::start(log, &db, key, RegistryConfig::default(), projection_stop).await?;
+    let api: Arc<dyn RegistryApi> = registry;
+    let app = corral_gateway::app(api, &corral_gateway::GatewayConfig { max_body_bytes: config.max_body_bytes });
+    let addr = listener.local_addr()?;
+    println!("listening on {addr}");
+    tracing::info!(%addr, embedded, "control plane listening");
+    corral_gateway::serve(listener, app, shutdown).await?;
+    let _ = stop_tx.send(true);
+    db.flush_async().await?;
+    Ok(())
+}

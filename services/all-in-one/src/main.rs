@@ -1,0 +1,14 @@
+use clap::Parser;
+
+// The services allocate many small buffers per request on several threads; mimalloc handles
+// that with less contention than the system allocator.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = corral::Config::parse();
+    let _telemetry = corral_telemetry::init("corral");
+    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    corral::run(config, listener, corral_telemetry::shutdown_signal()).await
+}

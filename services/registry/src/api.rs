@@ -1,0 +1,11 @@
+//! The registry's interface as the gateway sees it, the same in-process and over NATS.
+
+use corral_proto::registry::{Command, Query, Reply};
+
+#[async_trait::async_trait]
+pub trait RegistryApi: Send + Sync + 'static {
+    /// Runs a command; the reply carries the revision it produced, or an error.
+    async fn command(&self, command: Command) -> Reply;
+    /// Answers a query from the projection, once it has applied what the query asks for.
+    async fn query(&self, query: Query) -> Reply;
+}

@@ -1,0 +1,162 @@
+//! The registry's projection: one record per cluster and one per claimed name, folded from the
+//! log. Records keep credentials sealed; the redacted config is what responses show.
+
+use corral_event_log::RecordedEvent;
+use corral_projection::{Changes, Projection};
+use corral_proto::events::{self, EventEnvelope};
+use corral_proto::meta::Time;
+use corral_proto::registry::{ClusterRecord, NameRecord};
+use corral_proto::v1alpha1::{self, ClusterConfig, ConnectionState};
+use prost::Message;
+
+use crate::codec;
+use crate::error::RegistryError;
+
+pub const CLUSTER_SUBJECT_PREFIX: &str = "corral.cluster.";
+pub const NAME_SUBJECT_PREFIX: &str = "corral.clustername.";
+const CLUSTER_KEY_PREFIX: &[u8] = b"c/";
+const NAME_KEY_PREFIX: &[u8] = b"n/";
+
+fn cluster_key(id: &str) -> Vec<u8> {
+    [CLUSTER_KEY_PREFIX, id.as_bytes()].concat()
+}
+
+fn name_key(key: &str) -> Vec<u8> {
+    [NAME_KEY_PREFIX, key.as_bytes()].concat()
+}
+
+pub fn cluster_record(p: &Projection, id: &str) -> Result<Option<ClusterRecord>, RegistryError> {
+    match p.get(&cluster_key(id))? {
+        Some(bytes) => Ok(Some(ClusterRecord::decode(bytes.as_ref())?)),
+        None => Ok(None),
+    }
+}
+
+pub fn name_record(p: &Projection, key: &str) -> Result<Option<NameRecord>, RegistryError> {
+    match p.get(&name_key(key))? {
+        Some(bytes) => Ok(Some(NameRecord::decode(bytes.as_ref())?)),
+        None => Ok(None),
+    }
+}
+
+/// Every live (not deleted) cluster record.
+pub fn live_clusters(p: &Projection) -> Result<Vec<ClusterRecord>, RegistryError> {
+    let mut out = Vec::new();
+    for item in p.scan_prefix(CLUSTER_KEY_PREFIX) {
+        let (_, v) = item?;
+        let rec = ClusterRecord::decode(v.as_ref())?;
+        if !rec.deleted {
+            out.push(rec);
+        }
+    }
+    Ok(out)
+}
+
+pub use crate::codec::redact;
+
+fn decode_envelope(ev: &RecordedEvent) -> Result<EventEnvelope, RegistryError> {
+    Ok(EventEnvelope::decode(ev.payload.as_ref())?)
+}
+
+/// Folds one cluster event into the cluster's record. Pure, so a writer can render the result
+/// of its own append without waiting for the projection.
+pub fn fold_cluster(
+    rec: Option<ClusterRecord>,
+    id: &str,
+    seq: u64,
+    env: &EventEnvelope,
+) -> Result<ClusterRecord, RegistryError> {
+    let mut rec = rec.unwrap_or_else(|| ClusterRecord { cluster_id: id.to_string(), ..Default::default() });
+    rec.subject_seq = seq;
+    rec.version += 1;
+    match env.event_type.as_str() {
+        codec::CLUSTER_REGISTERED => {
+            let e = events::ClusterRegistered::decode(env.payload.as_slice())?;
+            let spec = e.spec.unwrap_or_default();
+            rec.redacted_config = spec.redacted_config.clone();
+            rec.spec = Some(spec);
+            rec.deleted = false;
+            rec.refresh_requested_at_unix_nanos = 0;
+            rec.created_at_unix_nanos = env.occurred_at_unix_nanos;
+        }
+        codec::CLUSTER_SPEC_CHANGED => {
+            let e = events::ClusterSpecChanged::decode(env.payload.as_slice())?;
+            let spec = e.spec.unwrap_or_default();
+            rec.redacted_config = spec.redacted_config.clone();
+            rec.spec = Some(spec);
+        }
+        codec::CLUSTER_DELETED => {
+            rec.deleted = true;
+        }
+        codec::CLUSTER_REFRESH_REQUESTED => {
+            let e = events::ClusterRefreshRequested::decode(env.payload.as_slice())?;
+            rec.refresh_requested_at_unix_nanos = e.requested_at_unix_nanos;
+        }
+        other => {
+            // Events from newer writers this version does not know: skip, keep the version.
+            tracing::warn!(event_type = other, seq, "skipping unknown cluster event type");
+        }
+    }
+    Ok(rec)
+}
+
+/// Folds one logged event into the changes it makes to the projection.
+pub fn fold(p: &Projection, ev: &RecordedEvent) -> Result<Changes, RegistryError> {
+    let mut changes = Changes::default();
+    if let Some(id) = ev.subject.strip_prefix(CLUSTER_SUBJECT_PREFIX) {
+        let env = decode_envelope(ev)?;
+        let rec = fold_cluster(cluster_record(p, id)?, id, ev.seq, &env)?;
+        changes.put(cluster_key(id), rec.encode_to_vec());
+    } else if let Some(k) = ev.subject.strip_prefix(NAME_SUBJECT_PREFIX) {
+        let env = decode_envelope(ev)?;
+        let mut rec = name_record(p, k)?.unwrap_or_default();
+        rec.subject_seq = ev.seq;
+        rec.version += 1;
+        match env.event_type.as_str() {
+            codec::CLUSTER_NAME_CLAIMED => {
+                let e = events::ClusterNameClaimed::decode(env.payload.as_slice())?;
+                rec.cluster_id = e.cluster_id;
+                rec.released = false;
+                rec.claimed_at_unix_nanos = env.occurred_at_unix_nanos;
+            }
+            codec::CLUSTER_NAME_RELEASED => {
+                rec.released = true;
+            }
+            other => tracing::warn!(event_type = other, seq = ev.seq, "skipping unknown name event type"),
+        }
+        changes.put(name_key(k), rec.encode_to_vec());
+    }
+    Ok(changes)
+}
+
+fn time_from_nanos(n: i64) -> Option<Time> {
+    (n != 0).then(|| Time { seconds: n.div_euclid(1_000_000_000), nanos: n.rem_euclid(1_000_000_000) as i32 })
+}
+
+/// The cluster as the API shows it.
+pub fn render(rec: &ClusterRecord) -> v1alpha1::Cluster {
+    let spec = rec.spec.clone().unwrap_or_default();
+    // No probe has run yet: the observed state is Unknown, as Argo CD shows before its first check.
+    let connection_state = ConnectionState { status: "Unknown".to_string(), message: String::new(), attempted_at: None };
+    v1alpha1::Cluster {
+        server: spec.server,
+        name: spec.name,
+        config: Some(rec.redacted_config.clone().unwrap_or_else(|| redact(&ClusterConfig::default()))),
+        connection_state: Some(connection_state.clone()),
+        server_version: String::new(),
+        namespaces: spec.namespaces,
+        refresh_requested_at: time_from_nanos(rec.refresh_requested_at_unix_nanos),
+        info: Some(v1alpha1::ClusterInfo {
+            connection_state: Some(connection_state),
+            server_version: String::new(),
+            cache_info: Some(v1alpha1::ClusterCacheInfo::default()),
+            applications_count: 0,
+            api_versions: Vec::new(),
+        }),
+        shard: spec.shard,
+        cluster_resources: spec.cluster_resources,
+        project: spec.project,
+        labels: spec.labels,
+        annotations: spec.annotations,
+    }
+}

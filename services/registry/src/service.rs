@@ -1,0 +1,396 @@
+//! The registry: decides commands on the cluster aggregate, appends the events with optimistic
+//! concurrency, and answers queries from its projection.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use corral_domain::{self as domain, ClusterCommand, ClusterEvent, ClusterSpec, ClusterState};
+use corral_event_log::{EventLog, NewEvent};
+use corral_projection::Projection;
+use corral_proto::cluster::{ClusterCreateRequest, ClusterQuery, ClusterResponse, ClusterUpdateRequest};
+use corral_proto::events;
+use corral_proto::registry::{self, Command, Query, Reply, RequestContext, command, reply};
+use corral_proto::v1alpha1;
+use corral_secrets::SealingKey;
+use prost::Message;
+use tracing::{Instrument, info_span};
+
+use crate::api::RegistryApi;
+use crate::queries::Queries;
+use crate::codec::{self, EVENT_TYPE_HEADER, EnvelopeFields, from_unix_nanos};
+use crate::error::RegistryError;
+use crate::read_model::{self, cluster_record, name_record};
+
+#[derive(Clone, Debug)]
+pub struct RegistryConfig {
+    /// How long a query waits for the projection to reach the revision it needs.
+    pub read_timeout: Duration,
+    /// How many times a command is retried on fresh state after losing an append race.
+    pub max_attempts: usize,
+    /// A name claim whose cluster does not (yet) hold the name counts for this long: the time a
+    /// create in flight needs between claiming the name and registering the cluster.
+    pub name_claim_lease: Duration,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            read_timeout: Duration::from_secs(10),
+            max_attempts: 20,
+            name_claim_lease: Duration::from_secs(30),
+        }
+    }
+}
+
+pub struct Registry {
+    log: Arc<dyn EventLog>,
+    projection: Projection,
+    queries: Queries,
+    key: Arc<SealingKey>,
+    config: RegistryConfig,
+}
+
+/// Who caused a change, carried into the events' envelopes.
+struct Origin {
+    actor: String,
+    correlation_id: String,
+    traceparent: String,
+}
+
+impl Origin {
+    fn from_context(ctx: Option<RequestContext>) -> Origin {
+        let ctx = ctx.unwrap_or_default();
+        Origin {
+            actor: ctx.actor,
+            correlation_id: if ctx.correlation_id.is_empty() {
+                uuid::Uuid::new_v4().to_string()
+            } else {
+                ctx.correlation_id
+            },
+            traceparent: ctx.traceparent,
+        }
+    }
+}
+
+impl Registry {
+    pub fn new(
+        log: Arc<dyn EventLog>,
+        projection: Projection,
+        key: Arc<SealingKey>,
+        config: RegistryConfig,
+    ) -> Arc<Registry> {
+        let queries = Queries::new(log.clone(), projection.clone(), config.read_timeout);
+        Arc::new(Registry { log, projection, queries, key, config })
+    }
+
+    pub fn projection(&self) -> &Projection {
+        &self.projection
+    }
+
+    pub fn queries(&self) -> &Queries {
+        &self.queries
+    }
+
+    async fn catch_up(&self) -> Result<u64, RegistryError> {
+        self.queries.catch_up().await
+    }
+
+    fn live_id(&self, q: &ClusterQuery) -> Result<String, RegistryError> {
+        self.queries.live_id(q)
+    }
+
+    fn not_found(q: &ClusterQuery) -> RegistryError {
+        Queries::not_found(q)
+    }
+
+    /// Registers the built-in in-cluster entry unless the log already has it. Safe to run on
+    /// every replica at once: the appends expect an empty subject, so only one lands.
+    pub async fn ensure_in_cluster(&self) -> Result<(), RegistryError> {
+        self.catch_up().await?;
+        let id = domain::cluster_id(domain::IN_CLUSTER_SERVER);
+        if cluster_record(&self.projection, &id)?.is_some_and(|r| r.subject_seq > 0) {
+            return Ok(());
+        }
+        let origin = Origin::from_context(Some(RequestContext {
+            actor: "system".into(),
+            correlation_id: "seed-in-cluster".into(),
+            traceparent: String::new(),
+        }));
+        let cmd = || ClusterCommand::Create { spec: domain::in_cluster_spec(), upsert: false };
+        self.run_command(&origin, &id, cmd).await.map(|_| ())
+    }
+
+    fn load(&self, id: &str) -> Result<(Option<ClusterState>, u64, Option<registry::ClusterRecord>), RegistryError> {
+        let Some(rec) = cluster_record(&self.projection, id)? else {
+            return Ok((None, 0, None));
+        };
+        if rec.deleted {
+            return Ok((None, rec.subject_seq, Some(rec)));
+        }
+        let spec = codec::open_spec(&rec.spec.clone().unwrap_or_default(), id, &self.key)?;
+        let refresh = (rec.refresh_requested_at_unix_nanos != 0).then(|| from_unix_nanos(rec.refresh_requested_at_unix_nanos));
+        let state = ClusterState { spec, refresh_requested_at: refresh };
+        Ok((Some(state), rec.subject_seq, Some(rec)))
+    }
+
+    /// Decides `command` on fresh state and appends the result, retrying on lost races. Returns
+    /// the revision and the rendered cluster (None when the cluster no longer exists).
+    async fn run_command(
+        &self,
+        origin: &Origin,
+        id: &str,
+        command: impl Fn() -> ClusterCommand,
+    ) -> Result<(u64, Option<v1alpha1::Cluster>), RegistryError> {
+        for attempt in 0..self.config.max_attempts {
+            let (state, subject_seq, rec) = self.load(id)?;
+            let version = rec.as_ref().map(|r| r.version).unwrap_or(0);
+            let events = domain::decide(&state, command())?;
+            if events.is_empty() {
+                let rec = cluster_record(&self.projection, id)?;
+                return Ok((self.projection.last_applied(), rec.filter(|r| !r.deleted).map(|r| read_model::render(&r))));
+            }
+            match self.commit(origin, id, &state, (subject_seq, version), &events).await {
+                Ok((revision, appended)) => {
+                    // Render from our own events rather than wait for the projection to apply them.
+                    let mut rec = rec;
+                    for (seq, env) in &appended {
+                        rec = Some(read_model::fold_cluster(rec, id, *seq, env)?);
+                    }
+                    return Ok((revision, rec.filter(|r| !r.deleted).map(|r| read_model::render(&r))));
+                }
+                Err(RegistryError::Conflict) => {
+                    tracing::debug!(cluster_id = id, attempt, "append conflict; retrying on fresh state");
+                    self.catch_up().await?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(RegistryError::Conflict)
+    }
+
+    async fn commit(
+        &self,
+        origin: &Origin,
+        id: &str,
+        before: &Option<ClusterState>,
+        (subject_seq, version): (u64, u64),
+        events: &[ClusterEvent],
+    ) -> Result<(u64, Vec<(u64, events::EventEnvelope)>), RegistryError> {
+        let old_name = before.as_ref().map(|s| s.spec.name.clone());
+        let mut state = before.clone();
+        for e in events {
+            domain::apply(&mut state, e);
+        }
+        let new_name = state.as_ref().map(|s| s.spec.name.clone());
+        if let Some(name) = &new_name
+            && old_name.as_deref() != Some(name.as_str()) {
+                self.claim_name(origin, name, id).await?;
+            }
+        let mut expected = subject_seq;
+        let mut revision = 0;
+        let mut version = version;
+        let mut appended = Vec::with_capacity(events.len());
+        for e in events {
+            let (event_type, payload) = codec::encode_event(e, id, &self.key);
+            version += 1;
+            let (seq, env) = self
+                .append(origin, domain::cluster_subject(id), format!("cluster/{id}"), version, expected, event_type, payload)
+                .await?;
+            revision = seq;
+            expected = seq;
+            appended.push((seq, env));
+        }
+        if let Some(old) = old_name
+            && new_name.as_deref() != Some(old.as_str()) {
+                self.release_name(origin, &old, id).await;
+            }
+        Ok((revision, appended))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn append(
+        &self,
+        origin: &Origin,
+        subject: String,
+        aggregate_id: String,
+        version: u64,
+        expected: u64,
+        event_type: &str,
+        payload: Vec<u8>,
+    ) -> Result<(u64, events::EventEnvelope), RegistryError> {
+        let env = codec::envelope(EnvelopeFields {
+            event_type,
+            aggregate_id,
+            aggregate_version: version,
+            correlation_id: &origin.correlation_id,
+            causation_id: &origin.correlation_id,
+            traceparent: &origin.traceparent,
+            actor: &origin.actor,
+            payload,
+        });
+        let mut headers = vec![(EVENT_TYPE_HEADER.to_string(), event_type.to_string())];
+        if !origin.traceparent.is_empty() {
+            headers.push(("traceparent".to_string(), origin.traceparent.clone()));
+        }
+        // A retried request re-sends the same id for the same step, so the log drops the copy.
+        let msg_id = format!("{}:{}:{}", origin.correlation_id, subject, expected);
+        let outcome = self
+            .log
+            .append(NewEvent {
+                subject,
+                msg_id,
+                expected_subject_seq: Some(expected),
+                headers,
+                payload: env.encode_to_vec().into(),
+            })
+            .await?;
+        Ok((outcome.seq, env))
+    }
+
+    /// A claim holds while its cluster holds the name, or while a create may still be in flight.
+    fn claim_is_live(&self, claim: &registry::NameRecord, name: &str) -> Result<bool, RegistryError> {
+        if claim.released {
+            return Ok(false);
+        }
+        if let Some(rec) = cluster_record(&self.projection, &claim.cluster_id)?
+            && !rec.deleted && rec.spec.as_ref().is_some_and(|s| s.name == name) {
+                return Ok(true);
+            }
+        let age = Utc::now() - from_unix_nanos(claim.claimed_at_unix_nanos);
+        Ok(age.to_std().map(|a| a < self.config.name_claim_lease).unwrap_or(true))
+    }
+
+    async fn claim_name(&self, origin: &Origin, name: &str, id: &str) -> Result<(), RegistryError> {
+        let key = domain::name_key(name);
+        let claim = name_record(&self.projection, &key)?;
+        if let Some(c) = &claim {
+            if c.cluster_id == id && !c.released {
+                return Ok(());
+            }
+            if self.claim_is_live(c, name)? {
+                return Err(RegistryError::AlreadyExists(format!("cluster with name \"{name}\" already exists")));
+            }
+        }
+        let (expected, version) = claim.map(|c| (c.subject_seq, c.version)).unwrap_or((0, 0));
+        let payload = events::ClusterNameClaimed { cluster_id: id.to_string() }.encode_to_vec();
+        self.append(origin, domain::name_subject(&key), format!("clustername/{key}"), version + 1, expected, codec::CLUSTER_NAME_CLAIMED, payload)
+            .await?;
+        Ok(())
+    }
+
+    /// Best effort: a claim left behind is harmless, as it stops counting once its cluster no
+    /// longer holds the name.
+    async fn release_name(&self, origin: &Origin, name: &str, id: &str) {
+        let key = domain::name_key(name);
+        let Ok(Some(claim)) = name_record(&self.projection, &key) else { return };
+        if claim.cluster_id != id || claim.released {
+            return;
+        }
+        let payload = events::ClusterNameReleased { cluster_id: id.to_string() }.encode_to_vec();
+        if let Err(e) = self
+            .append(origin, domain::name_subject(&key), format!("clustername/{key}"), claim.version + 1, claim.subject_seq, codec::CLUSTER_NAME_RELEASED, payload)
+            .await
+        {
+            tracing::debug!(error = %e, "name release skipped");
+        }
+    }
+
+    async fn create(&self, origin: &Origin, req: ClusterCreateRequest) -> Result<(u64, v1alpha1::Cluster), RegistryError> {
+        let api = req.cluster.ok_or_else(|| RegistryError::InvalidArgument("cluster: required".into()))?;
+        let spec = ClusterSpec::from_api(&api);
+        domain::validate(&spec)?;
+        let id = domain::cluster_id(&spec.server);
+        let upsert = req.upsert;
+        let (rev, cluster) = self.run_command(origin, &id, || ClusterCommand::Create { spec: spec.clone(), upsert }).await?;
+        let cluster = cluster.ok_or_else(|| RegistryError::Internal("created cluster missing from projection".into()))?;
+        Ok((rev, cluster))
+    }
+
+    async fn update(&self, origin: &Origin, req: ClusterUpdateRequest) -> Result<(u64, v1alpha1::Cluster), RegistryError> {
+        let api = req.cluster.ok_or_else(|| RegistryError::InvalidArgument("cluster: required".into()))?;
+        let query = ClusterQuery { server: api.server.clone(), name: api.name.clone(), id: req.id.clone(), selector: String::new() };
+        let id = self.live_id(&query)?;
+        let mut patch = ClusterSpec::from_api(&api);
+        if patch.server.is_empty()
+            && let Some(spec) = cluster_record(&self.projection, &id)?.and_then(|r| r.spec) {
+                patch.server = spec.server;
+            }
+        let fields = req.updated_fields.clone();
+        let (rev, cluster) = self
+            .run_command(origin, &id, || ClusterCommand::Update { patch: patch.clone(), updated_fields: fields.clone() })
+            .await?;
+        Ok((rev, cluster.ok_or_else(|| Self::not_found(&query))?))
+    }
+
+    async fn delete(&self, origin: &Origin, q: ClusterQuery) -> Result<u64, RegistryError> {
+        let id = self.live_id(&q)?;
+        let (rev, _) = self.run_command(origin, &id, || ClusterCommand::Delete).await?;
+        Ok(rev)
+    }
+
+    async fn invalidate_cache(&self, origin: &Origin, q: ClusterQuery) -> Result<(u64, v1alpha1::Cluster), RegistryError> {
+        let id = self.live_id(&q)?;
+        let at = Utc::now();
+        let (rev, cluster) = self.run_command(origin, &id, || ClusterCommand::RequestRefresh { at }).await?;
+        Ok((rev, cluster.ok_or_else(|| Self::not_found(&q))?))
+    }
+
+    pub async fn handle_command(&self, cmd: Command) -> Result<(u64, reply::Result), RegistryError> {
+        let origin = Origin::from_context(cmd.context);
+        let kind = cmd.kind.ok_or_else(|| RegistryError::InvalidArgument("empty command".into()))?;
+        match kind {
+            command::Kind::Create(req) => {
+                let (rev, c) = self.create(&origin, req).await?;
+                Ok((rev, reply::Result::Cluster(c)))
+            }
+            command::Kind::Update(req) => {
+                let (rev, c) = self.update(&origin, req).await?;
+                Ok((rev, reply::Result::Cluster(c)))
+            }
+            command::Kind::Delete(q) => {
+                let rev = self.delete(&origin, q).await?;
+                Ok((rev, reply::Result::Empty(ClusterResponse {})))
+            }
+            command::Kind::InvalidateCache(q) => {
+                let (rev, c) = self.invalidate_cache(&origin, q).await?;
+                Ok((rev, reply::Result::Cluster(c)))
+            }
+        }
+    }
+
+}
+
+pub(crate) fn to_reply(result: Result<(u64, reply::Result), RegistryError>) -> Reply {
+    match result {
+        Ok((revision, result)) => Reply { revision, result: Some(result) },
+        Err(e) => {
+            if matches!(e, RegistryError::Internal(_)) {
+                tracing::error!(error = %e, "registry call failed");
+            }
+            Reply { revision: 0, result: Some(reply::Result::Error(e.to_reply_error())) }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl RegistryApi for Registry {
+    async fn command(&self, command: Command) -> Reply {
+        let kind = match &command.kind {
+            Some(command::Kind::Create(_)) => "create",
+            Some(command::Kind::Update(_)) => "update",
+            Some(command::Kind::Delete(_)) => "delete",
+            Some(command::Kind::InvalidateCache(_)) => "invalidate_cache",
+            None => "empty",
+        };
+        let correlation_id = command.context.as_ref().map(|c| c.correlation_id.clone()).unwrap_or_default();
+        let span = info_span!("registry.command", kind, correlation_id, revision = tracing::field::Empty);
+        let reply = to_reply(self.handle_command(command).instrument(span.clone()).await);
+        span.record("revision", reply.revision);
+        reply
+    }
+
+    async fn query(&self, query: Query) -> Reply {
+        self.queries.query(query).await
+    }
+}

@@ -1,0 +1,367 @@
+//! The cluster API's behaviour, checked through gRPC and REST exactly as an Argo CD client calls
+//! it. Every deployment shape runs all of it.
+
+use base64::Engine;
+use corral_proto::cluster::{ClusterCreateRequest, ClusterId, ClusterQuery, ClusterUpdateRequest};
+use corral_proto::v1alpha1::{Cluster, ClusterConfig, TlsClientConfig};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tonic::Code;
+
+use super::Api;
+
+pub const TOKEN: &str = "s3cr3t-bearer-token-never-shown";
+pub const PASSWORD: &str = "hunter2-password-never-shown";
+const PEM: &str = "-----BEGIN CERTIFICATE-----\naGVsbG8gd29ybGQgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n";
+
+fn b64(s: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+pub fn escape(server: &str) -> String {
+    url_escape(server)
+}
+
+fn url_escape(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+pub fn cluster_json(server: &str, name: &str) -> Value {
+    json!({
+        "server": server,
+        "name": name,
+        "config": {
+            "bearerToken": TOKEN,
+            "password": PASSWORD,
+            "username": "admin",
+            "tlsClientConfig": {"insecure": false, "caData": b64(PEM), "serverName": "kube.internal"}
+        },
+        "namespaces": ["default", "apps"],
+        "labels": {"env": "prod"},
+        "annotations": {"owner": "team-a"},
+        "project": "platform"
+    })
+}
+
+pub fn grpc_cluster(server: &str, name: &str) -> Cluster {
+    Cluster {
+        server: server.into(),
+        name: name.into(),
+        config: Some(ClusterConfig {
+            bearer_token: TOKEN.into(),
+            tls_client_config: Some(TlsClientConfig { insecure: true, ..Default::default() }),
+            ..Default::default()
+        }),
+        labels: [("env".to_string(), "dev".to_string())].into(),
+        ..Default::default()
+    }
+}
+
+async fn rest(api: &Api, method: reqwest::Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+    let mut req = api.http.request(method, api.url(path));
+    if let Some(b) = body {
+        req = req.header("content-type", "application/json").body(b.to_string());
+    }
+    let resp = req.send().await.expect("http request");
+    let status = resp.status();
+    let text = resp.text().await.expect("body");
+    let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, value)
+}
+
+pub async fn rest_get(api: &Api, path: &str) -> (StatusCode, Value) {
+    rest(api, reqwest::Method::GET, path, None).await
+}
+pub async fn rest_post(api: &Api, path: &str, body: Value) -> (StatusCode, Value) {
+    rest(api, reqwest::Method::POST, path, Some(body)).await
+}
+pub async fn rest_put(api: &Api, path: &str, body: Value) -> (StatusCode, Value) {
+    rest(api, reqwest::Method::PUT, path, Some(body)).await
+}
+pub async fn rest_delete(api: &Api, path: &str) -> (StatusCode, Value) {
+    rest(api, reqwest::Method::DELETE, path, None).await
+}
+
+fn assert_error(status: StatusCode, body: &Value, want_status: u16, want_code: Code, needle: &str) {
+    assert_eq!(status.as_u16(), want_status, "status for {body}");
+    assert_eq!(body["code"], json!(want_code as i32), "grpc code in {body}");
+    let msg = body["message"].as_str().unwrap_or_default();
+    assert_eq!(body["error"].as_str(), Some(msg), "error and message agree in {body}");
+    assert!(msg.contains(needle), "message {msg:?} should mention {needle:?}");
+}
+
+fn assert_no_secrets(v: &Value) {
+    let text = v.to_string();
+    for s in [TOKEN, PASSWORD, &b64(PEM)] {
+        assert!(!text.contains(s), "response leaks a credential: {text}");
+    }
+}
+
+fn servers(list: &Value) -> Vec<String> {
+    list["items"].as_array().map(|a| a.iter().filter_map(|c| c["server"].as_str().map(String::from)).collect()).unwrap_or_default()
+}
+
+/// Runs every check on a fresh deployment.
+pub async fn run_all(api: &Api) {
+    in_cluster_is_built_in(api).await;
+    rest_create_get_update_delete(api).await;
+    create_is_idempotent_and_needs_upsert(api).await;
+    grpc_calls(api).await;
+    updated_fields(api).await;
+    invalid_input_is_rejected_and_changes_nothing(api).await;
+    names_are_unique(api).await;
+    oversized_bodies_are_refused(api).await;
+    invalidate_cache_and_rotate_auth(api).await;
+}
+
+pub async fn in_cluster_is_built_in(api: &Api) {
+    let (s, list) = rest_get(api, "/api/v1/clusters").await;
+    assert_eq!(s, StatusCode::OK, "{list}");
+    let item = list["items"].as_array().and_then(|a| a.iter().find(|c| c["server"] == "https://kubernetes.default.svc")).cloned();
+    let item = item.unwrap_or_else(|| panic!("in-cluster entry missing from {list}"));
+    assert_eq!(item["name"], "in-cluster");
+
+    let (s, body) = rest_delete(api, &format!("/api/v1/clusters/{}", escape("https://kubernetes.default.svc"))).await;
+    assert_error(s, &body, 404, Code::NotFound, "built in");
+    let mut grpc = api.grpc.clone();
+    let q = ClusterQuery { server: "https://kubernetes.default.svc".into(), ..Default::default() };
+    let err = grpc.delete(q.clone()).await.expect_err("in-cluster delete must fail");
+    assert_eq!(err.code(), Code::NotFound);
+    assert!(grpc.get(q).await.is_ok(), "in-cluster still there");
+
+    // It can be updated, e.g. its labels and namespaces.
+    let (s, c) = rest_put(
+        api,
+        "/api/v1/clusters/in-cluster?id.type=name&updatedFields=labels&updatedFields=namespaces",
+        json!({"labels": {"role": "home"}, "namespaces": ["argocd"]}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{c}");
+    assert_eq!(c["labels"], json!({"role": "home"}));
+    assert_eq!(c["namespaces"], json!(["argocd"]));
+    assert_eq!(c["server"], "https://kubernetes.default.svc");
+}
+
+pub async fn rest_create_get_update_delete(api: &Api) {
+    let server = "https://rest-1.example.com:6443";
+    let (s, created) = rest_post(api, "/api/v1/clusters", cluster_json(server, "rest-1")).await;
+    assert_eq!(s, StatusCode::OK, "{created}");
+    assert_no_secrets(&created);
+    assert_eq!(created["server"], server);
+    assert_eq!(created["labels"]["env"], "prod");
+    assert_eq!(created["config"]["tlsClientConfig"]["serverName"], "kube.internal");
+    assert_eq!(created["connectionState"]["status"], "Unknown");
+
+    // Read own write at once, by server (escaped) and by name.
+    let path = format!("/api/v1/clusters/{}", escape(server));
+    let (s, got) = rest_get(api, &path).await;
+    assert_eq!(s, StatusCode::OK, "{got}");
+    assert_eq!(got["name"], "rest-1");
+    assert_no_secrets(&got);
+    let (s, by_name) = rest_get(api, "/api/v1/clusters/rest-1?id.type=name").await;
+    assert_eq!(s, StatusCode::OK, "{by_name}");
+    assert_eq!(by_name["server"], server);
+    let (s, listed) = rest_get(api, &format!("/api/v1/clusters?server={}", escape(server))).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(servers(&listed), vec![server.to_string()]);
+    let (_, listed) = rest_get(api, "/api/v1/clusters?selector=env%3Dprod").await;
+    assert!(servers(&listed).contains(&server.to_string()), "{listed}");
+    assert_no_secrets(&listed);
+
+    // Unknown clusters are 404 (no authorisation yet, so nothing to hide).
+    let (s, body) = rest_get(api, &format!("/api/v1/clusters/{}", escape("https://nope.example.com"))).await;
+    assert_error(s, &body, 404, Code::NotFound, "not found");
+    let (s, body) = rest_get(api, "/api/v1/clusters/nope?id.type=name").await;
+    assert_error(s, &body, 404, Code::NotFound, "not found");
+
+    // PUT with the wrapped body form that Argo CD's docs show.
+    let (s, updated) = rest_put(
+        api,
+        &path,
+        json!({"cluster": {"server": server, "name": "rest-1", "labels": {"env": "staging"}}, "updatedFields": ["labels"]}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{updated}");
+    assert_eq!(updated["labels"], json!({"env": "staging"}));
+    assert_eq!(updated["namespaces"], json!(["default", "apps"]), "untouched fields stay");
+
+    let (s, body) = rest_delete(api, &path).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let (s, body) = rest_get(api, &path).await;
+    assert_error(s, &body, 404, Code::NotFound, "not found");
+    let (s, body) = rest_delete(api, &path).await;
+    assert_error(s, &body, 404, Code::NotFound, "not found");
+}
+
+pub async fn create_is_idempotent_and_needs_upsert(api: &Api) {
+    let server = "https://idem.example.com";
+    let (s, first) = rest_post(api, "/api/v1/clusters", cluster_json(server, "idem")).await;
+    assert_eq!(s, StatusCode::OK, "{first}");
+    let (s, again) = rest_post(api, "/api/v1/clusters", cluster_json(server, "idem")).await;
+    assert_eq!(s, StatusCode::OK, "identical create succeeds: {again}");
+    assert_eq!(again, first);
+
+    let mut different = cluster_json(server, "idem");
+    different["labels"] = json!({"env": "other"});
+    let (s, body) = rest_post(api, "/api/v1/clusters", different.clone()).await;
+    assert_error(s, &body, 400, Code::InvalidArgument, "upsert");
+    let (_, unchanged) = rest_get(api, &format!("/api/v1/clusters/{}", escape(server))).await;
+    assert_eq!(unchanged["labels"]["env"], "prod", "rejected create changes nothing");
+
+    let (s, upserted) = rest_post(api, "/api/v1/clusters?upsert=true", different).await;
+    assert_eq!(s, StatusCode::OK, "{upserted}");
+    assert_eq!(upserted["labels"]["env"], "other");
+}
+
+pub async fn grpc_calls(api: &Api) {
+    let mut g = api.grpc.clone();
+    let server = "https://grpc-1.example.com";
+    let created = g
+        .create(ClusterCreateRequest { cluster: Some(grpc_cluster(server, "grpc-1")), upsert: false })
+        .await
+        .expect("create")
+        .into_inner();
+    assert_eq!(created.server, server);
+    let cfg = created.config.clone().unwrap_or_default();
+    assert!(cfg.bearer_token.is_empty(), "bearer token redacted");
+    assert!(cfg.tls_client_config.unwrap_or_default().insecure);
+
+    let by_server = ClusterQuery { id: Some(ClusterId { r#type: "server".into(), value: server.into() }), ..Default::default() };
+    let by_name = ClusterQuery { id: Some(ClusterId { r#type: "name".into(), value: "grpc-1".into() }), ..Default::default() };
+    assert_eq!(g.get(by_server.clone()).await.expect("get").into_inner().name, "grpc-1");
+    assert_eq!(g.get(by_name.clone()).await.expect("get by name").into_inner().server, server);
+    let list = g.list(ClusterQuery::default()).await.expect("list").into_inner();
+    assert!(list.items.iter().any(|c| c.server == server));
+
+    let mut patch = grpc_cluster(server, "grpc-1-renamed");
+    patch.labels = [("env".to_string(), "qa".to_string())].into();
+    let updated = g
+        .update(ClusterUpdateRequest { cluster: Some(patch), updated_fields: vec!["name".into()], id: Some(ClusterId { r#type: "server".into(), value: server.into() }) })
+        .await
+        .expect("update")
+        .into_inner();
+    assert_eq!(updated.name, "grpc-1-renamed");
+    assert_eq!(updated.labels.get("env").map(String::as_str), Some("dev"), "labels not in updatedFields stay");
+    assert_eq!(g.get(by_name).await.expect_err("old name gone").code(), Code::NotFound);
+
+    g.delete(by_server.clone()).await.expect("delete");
+    assert_eq!(g.get(by_server).await.expect_err("deleted").code(), Code::NotFound);
+    // The freed name can be taken by another cluster.
+    g.create(ClusterCreateRequest { cluster: Some(grpc_cluster("https://grpc-2.example.com", "grpc-1-renamed")), upsert: false })
+        .await
+        .expect("name reuse after delete");
+}
+
+pub async fn updated_fields(api: &Api) {
+    let server = "https://fields.example.com";
+    let path = format!("/api/v1/clusters/{}", escape(server));
+    let (s, _) = rest_post(api, "/api/v1/clusters", cluster_json(server, "fields")).await;
+    assert_eq!(s, StatusCode::OK);
+
+    // Only the listed fields change; the body is the cluster itself, fields in the query.
+    let (s, c) = rest_put(
+        api,
+        &format!("{path}?updatedFields=namespaces&updatedFields=project"),
+        json!({"server": server, "name": "ignored-name", "namespaces": ["x"], "project": "p2", "labels": {"ignored": "yes"}}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{c}");
+    assert_eq!(c["namespaces"], json!(["x"]));
+    assert_eq!(c["project"], "p2");
+    assert_eq!(c["name"], "fields");
+    assert_eq!(c["labels"], json!({"env": "prod"}));
+
+    let (s, body) = rest_put(api, &format!("{path}?updatedFields=bogus"), json!({"server": server})).await;
+    assert_error(s, &body, 400, Code::InvalidArgument, "bogus");
+
+    // Without updatedFields the whole spec is replaced (server kept).
+    let (s, c) = rest_put(api, &path, json!({"server": server, "name": "fields-2"})).await;
+    assert_eq!(s, StatusCode::OK, "{c}");
+    assert_eq!(c["name"], "fields-2");
+    assert!(c.get("labels").is_none_or(|l| l.as_object().is_none_or(|o| o.is_empty())), "{c}");
+    assert!(c.get("namespaces").is_none_or(|n| n.as_array().is_none_or(|a| a.is_empty())), "{c}");
+}
+
+pub async fn invalid_input_is_rejected_and_changes_nothing(api: &Api) {
+    let (_, before) = rest_get(api, "/api/v1/clusters").await;
+    let cases: Vec<(Value, &str)> = vec![
+        (json!({"server": "not a url", "name": "bad-1"}), "server"),
+        (json!({"server": "ftp://x.example.com", "name": "bad-2"}), "server"),
+        (json!({"server": "https://bad-3.example.com", "name": ""}), "name"),
+        (json!({"server": "https://bad-4.example.com", "name": "bad-4", "config": {"tlsClientConfig": {"caData": "%%%not-base64"}}}), "caData"),
+        (json!({"server": "https://bad-5.example.com", "name": "bad-5", "config": {"tlsClientConfig": {"caData": b64("not pem at all")}}}), "caData"),
+        (json!({"server": "https://bad-6.example.com", "name": "bad-6", "labels": {"bad key!": "v"}}), "labels"),
+        (json!({"server": "https://bad-7.example.com", "name": "bad-7", "labels": {"k": "bad value with spaces"}}), "labels"),
+        (json!({"server": "https://bad-8.example.com", "name": "bad-8", "shard": "one"}), "shard"),
+    ];
+    for (body, field) in cases {
+        let (s, err) = rest_post(api, "/api/v1/clusters", body.clone()).await;
+        assert_error(s, &err, 400, Code::InvalidArgument, field);
+    }
+    // Malformed JSON, unknown keys ignored.
+    let resp = api.http.post(api.url("/api/v1/clusters")).header("content-type", "application/json").body("{not json").send().await.expect("send");
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let (s, ok) = rest_post(api, "/api/v1/clusters", json!({"server": "https://unknown-keys.example.com", "name": "uk", "someFutureField": 1})).await;
+    assert_eq!(s, StatusCode::OK, "{ok}");
+    rest_delete(api, &format!("/api/v1/clusters/{}", escape("https://unknown-keys.example.com"))).await;
+
+    let mut g = api.grpc.clone();
+    let err = g
+        .create(ClusterCreateRequest { cluster: Some(grpc_cluster("not-a-url", "g-bad")), upsert: false })
+        .await
+        .expect_err("invalid server");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("server"), "{}", err.message());
+
+    let (_, after) = rest_get(api, "/api/v1/clusters").await;
+    assert_eq!(servers(&before), servers(&after), "rejected requests change nothing");
+}
+
+pub async fn names_are_unique(api: &Api) {
+    let (s, _) = rest_post(api, "/api/v1/clusters", cluster_json("https://unique-a.example.com", "shared-name")).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, body) = rest_post(api, "/api/v1/clusters", cluster_json("https://unique-b.example.com", "shared-name")).await;
+    assert_error(s, &body, 409, Code::AlreadyExists, "shared-name");
+    let (s, _) = rest_get(api, &format!("/api/v1/clusters/{}", escape("https://unique-b.example.com"))).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "nothing stored for the refused create");
+}
+
+pub async fn oversized_bodies_are_refused(api: &Api) {
+    // The test deployments use a 64 KiB limit.
+    let big = "x".repeat(80 * 1024);
+    let (s, body) = rest_post(api, "/api/v1/clusters", json!({"server": "https://big.example.com", "name": "big", "annotations": {"blob": big}})).await;
+    assert_eq!(s.as_u16(), 413, "{body}");
+    assert_eq!(body["code"], json!(Code::ResourceExhausted as i32));
+    let mut c = grpc_cluster("https://big.example.com", "big");
+    c.annotations.insert("blob".into(), big);
+    let err = api.grpc.clone().create(ClusterCreateRequest { cluster: Some(c), upsert: false }).await.expect_err("too big");
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    let (s, _) = rest_get(api, &format!("/api/v1/clusters/{}", escape("https://big.example.com"))).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}
+
+pub async fn invalidate_cache_and_rotate_auth(api: &Api) {
+    let server = "https://cache.example.com";
+    let (s, c) = rest_post(api, "/api/v1/clusters", cluster_json(server, "cache")).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(c.get("refreshRequestedAt").is_none(), "{c}");
+    let (s, c) = rest_post(api, &format!("/api/v1/clusters/{}/invalidate-cache", escape(server)), json!({})).await;
+    assert_eq!(s, StatusCode::OK, "{c}");
+    let at = c["refreshRequestedAt"].as_str().unwrap_or_default().to_string();
+    assert!(at.ends_with('Z') && at.len() == 20, "RFC 3339 to the second: {at:?}");
+    let (_, got) = rest_get(api, "/api/v1/clusters/cache?id.type=name").await;
+    assert_eq!(got["refreshRequestedAt"], json!(at));
+    let mut g = api.grpc.clone();
+    let q = ClusterQuery { server: server.into(), ..Default::default() };
+    let c = g.invalidate_cache(q.clone()).await.expect("invalidate").into_inner();
+    assert!(c.refresh_requested_at.is_some());
+
+    let (s, body) = rest_post(api, &format!("/api/v1/clusters/{}/rotate-auth", escape(server)), json!({})).await;
+    assert_error(s, &body, 501, Code::Unimplemented, "rotate-auth");
+    assert_eq!(g.rotate_auth(q).await.expect_err("unimplemented").code(), Code::Unimplemented);
+}

@@ -1,0 +1,109 @@
+//! Uniqueness and read-your-writes across replicas: two registry processes and two gateway
+//! processes on one nats-server.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::suite::{escape, rest_get, rest_post};
+use corral_event_log::{EventLog, NatsLog};
+use reqwest::StatusCode;
+use serde_json::json;
+
+async fn stored_event_types(d: &common::Deployment, subject: &str) -> Vec<String> {
+    let client = async_nats::connect(d.nats.url()).await.expect("nats");
+    let log = NatsLog::new(client, Default::default()).await.expect("log");
+    let mut out = Vec::new();
+    let mut from = 1;
+    loop {
+        let batch = log.read(from, 1000).await.expect("read");
+        let Some(last) = batch.last() else { break };
+        from = last.seq + 1;
+        for e in batch.iter().filter(|e| e.subject == subject) {
+            let t = e.headers.iter().find(|(k, _)| k == "Corral-Event-Type").map(|(_, v)| v.clone()).unwrap_or_default();
+            out.push(t);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_creates_of_one_server_register_it_once() {
+    let d = common::Deployment::start(2, 2).await;
+    let apis = Arc::new(vec![d.api(0).await, d.api(1).await]);
+    let server = "https://contended.example.com";
+    let mut tasks = Vec::new();
+    for i in 0..24 {
+        let apis = apis.clone();
+        tasks.push(tokio::spawn(async move {
+            // Each racer asks for a different spec, so only the first may win.
+            let body = json!({"server": server, "name": "contended", "labels": {"racer": format!("r{i}")}});
+            rest_post(&apis[i % 2], "/api/v1/clusters", body).await
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        let (status, body) = t.await.expect("task");
+        match status.as_u16() {
+            200 => ok += 1,
+            400 | 409 => assert!([3, 6].contains(&body["code"].as_i64().unwrap_or_default()), "{body}"),
+            other => panic!("unexpected status {other}: {body}"),
+        }
+    }
+    assert_eq!(ok, 1, "exactly one racer registers the server");
+    let subject = format!("corral.cluster.{}", corral_domain::cluster_id(server));
+    let types = stored_event_types(&d, &subject).await;
+    assert_eq!(types, vec!["ClusterRegistered".to_string()], "the stream holds one creation event");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_creates_of_one_name_give_it_to_one_server() {
+    let d = common::Deployment::start(2, 2).await;
+    let apis = Arc::new(vec![d.api(0).await, d.api(1).await]);
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let apis = apis.clone();
+        tasks.push(tokio::spawn(async move {
+            let body = json!({"server": format!("https://name-race-{i}.example.com"), "name": "the-one-name"});
+            rest_post(&apis[i % 2], "/api/v1/clusters", body).await
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        let (status, body) = t.await.expect("task");
+        match status.as_u16() {
+            200 => ok += 1,
+            409 => {}
+            other => panic!("unexpected status {other}: {body}"),
+        }
+    }
+    assert_eq!(ok, 1, "exactly one server gets the name");
+    let (_, list) = rest_get(&apis[0], "/api/v1/clusters?name=the-one-name").await;
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(1), "{list}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_are_read_back_at_once_through_any_replica() {
+    let d = common::Deployment::start(2, 2).await;
+    let apis = [d.api(0).await, d.api(1).await];
+    for i in 0..60 {
+        let (w, r) = (&apis[i % 2], &apis[(i + 1) % 2]);
+        let server = format!("https://ryw-{i}.example.com");
+        let (s, body) = rest_post(w, "/api/v1/clusters", json!({"server": server, "name": format!("ryw-{i}")})).await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+        let (s, got) = rest_get(r, &format!("/api/v1/clusters/{}", escape(&server))).await;
+        assert_eq!(s, StatusCode::OK, "write {i} not visible through the other gateway: {got}");
+        let list = r.grpc.clone().list(corral_proto::cluster::ClusterQuery::default()).await.expect("list").into_inner();
+        assert!(list.items.iter().any(|c| c.server == server), "write {i} missing from list");
+        // And an update is visible at once too.
+        let (s, _) = common::suite::rest_put(
+            w,
+            &format!("/api/v1/clusters/{}?updatedFields=labels", escape(&server)),
+            json!({"labels": {"step": "two"}}),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK);
+        let (_, got) = rest_get(r, &format!("/api/v1/clusters/ryw-{i}?id.type=name")).await;
+        assert_eq!(got["labels"]["step"], "two", "update {i} not visible: {got}");
+    }
+}

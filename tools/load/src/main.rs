@@ -1,0 +1,293 @@
+//! Drives a gateway over gRPC with N concurrent clients and prints, for Create, Get, List (at 1k
+//! and 10k clusters) and Update, p50 / p99 / operations per second, beside the floors measured in
+//! the same run: a bare tonic unary round trip (an in-process echo server on loopback) and a bare
+//! JetStream publish-with-ack on the given NATS server.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use corral_proto::cluster::cluster_service_client::ClusterServiceClient;
+use corral_proto::cluster::cluster_service_server::{ClusterService, ClusterServiceServer};
+use corral_proto::cluster::{ClusterCreateRequest, ClusterId, ClusterQuery, ClusterResponse, ClusterUpdateRequest};
+use corral_proto::v1alpha1::{Cluster, ClusterList};
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+
+#[derive(Parser, Debug)]
+#[command(about = "Load tool for the corral gateway")]
+struct Args {
+    /// Gateway address (gRPC).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    gateway: SocketAddr,
+    /// NATS URL for the publish-with-ack floor.
+    #[arg(long)]
+    nats_url: String,
+    /// Concurrent clients for Create, Get and Update.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Concurrent clients for List.
+    #[arg(long, default_value_t = 4)]
+    list_concurrency: usize,
+    /// Seconds each Get / Update / floor phase runs.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Cluster counts at which List is measured.
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+    list_sizes: Vec<usize>,
+}
+
+struct Stats {
+    name: String,
+    samples: Vec<Duration>,
+    elapsed: Duration,
+    errors: usize,
+}
+
+impl Stats {
+    fn pct(&self, p: f64) -> Duration {
+        if self.samples.is_empty() {
+            return Duration::ZERO;
+        }
+        let i = ((self.samples.len() as f64 - 1.0) * p).round() as usize;
+        self.samples[i]
+    }
+    fn ops(&self) -> f64 {
+        self.samples.len() as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+/// Runs `op` from `clients` tasks until `total` operations are done or `deadline` passes.
+async fn drive<F, Fut>(name: &str, clients: usize, total: Option<usize>, seconds: u64, op: F) -> Stats
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let op = Arc::new(op);
+    let counter = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (op, counter) = (op.clone(), counter.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut samples = Vec::new();
+            let mut errors = 0;
+            loop {
+                let i = counter.fetch_add(1, Ordering::Relaxed);
+                if total.is_some_and(|t| i >= t) || (total.is_none() && Instant::now() >= deadline) {
+                    break;
+                }
+                let t0 = Instant::now();
+                if op(i).await {
+                    samples.push(t0.elapsed());
+                } else {
+                    errors += 1;
+                }
+            }
+            (samples, errors)
+        }));
+    }
+    let mut samples = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        if let Ok((s, e)) = t.await {
+            samples.extend(s);
+            errors += e;
+        }
+    }
+    let elapsed = started.elapsed();
+    samples.sort();
+    Stats { name: name.to_string(), samples, elapsed, errors }
+}
+
+struct Echo;
+
+#[tonic::async_trait]
+impl ClusterService for Echo {
+    async fn list(&self, _: Request<ClusterQuery>) -> Result<Response<ClusterList>, Status> {
+        Ok(Response::new(ClusterList::default()))
+    }
+    async fn create(&self, r: Request<ClusterCreateRequest>) -> Result<Response<Cluster>, Status> {
+        Ok(Response::new(r.into_inner().cluster.unwrap_or_default()))
+    }
+    async fn get(&self, r: Request<ClusterQuery>) -> Result<Response<Cluster>, Status> {
+        Ok(Response::new(Cluster { server: r.into_inner().server, ..Default::default() }))
+    }
+    async fn update(&self, r: Request<ClusterUpdateRequest>) -> Result<Response<Cluster>, Status> {
+        Ok(Response::new(r.into_inner().cluster.unwrap_or_default()))
+    }
+    async fn delete(&self, _: Request<ClusterQuery>) -> Result<Response<ClusterResponse>, Status> {
+        Ok(Response::new(ClusterResponse {}))
+    }
+    async fn rotate_auth(&self, _: Request<ClusterQuery>) -> Result<Response<ClusterResponse>, Status> {
+        Ok(Response::new(ClusterResponse {}))
+    }
+    async fn invalidate_cache(&self, _: Request<ClusterQuery>) -> Result<Response<Cluster>, Status> {
+        Ok(Response::new(Cluster::default()))
+    }
+}
+
+async fn clients(addr: SocketAddr, n: usize) -> anyhow::Result<Vec<ClusterServiceClient<Channel>>> {
+    // A few HTTP/2 connections shared by the clients, as a real client pool would.
+    let conns = n.clamp(1, 8);
+    let mut channels = Vec::new();
+    for _ in 0..conns {
+        channels.push(Channel::from_shared(format!("http://{addr}"))?.connect().await?);
+    }
+    Ok((0..n).map(|i| ClusterServiceClient::new(channels[i % conns].clone())).collect())
+}
+
+fn server_url(i: usize) -> String {
+    format!("https://load-{i}.bench.example.com")
+}
+
+fn cluster(i: usize) -> Cluster {
+    Cluster {
+        server: server_url(i),
+        name: format!("load-{i}"),
+        labels: [("bench".to_string(), "yes".to_string())].into(),
+        ..Default::default()
+    }
+}
+
+fn report(stats: &Stats, floor: Option<(&str, Duration)>) {
+    let ratio = floor
+        .map(|(n, f)| format!("  p50/{n} = {:.2}x", us(stats.pct(0.5)) / us(f).max(0.001)))
+        .unwrap_or_default();
+    println!(
+        "{:<28} n={:<8} p50={:>9.1}us p99={:>9.1}us {:>10.0} ops/s errors={}{}",
+        stats.name,
+        stats.samples.len(),
+        us(stats.pct(0.5)),
+        us(stats.pct(0.99)),
+        stats.ops(),
+        stats.errors,
+        ratio
+    );
+}
+
+// The same allocator as the services, so the client takes no more of the shared cores than it must.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let c = args.concurrency;
+
+    // Floors, measured on this machine in this run.
+    let echo_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let echo_addr = echo_listener.local_addr()?;
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(ClusterServiceServer::new(Echo))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(echo_listener)),
+    );
+    let echo_clients = Arc::new(clients(echo_addr, c).await?);
+    let echo = {
+        let cl = echo_clients.clone();
+        drive("floor: tonic echo", c, None, args.seconds, move |i| {
+            let mut g = cl[i % cl.len()].clone();
+            async move { g.get(ClusterQuery { server: "x".into(), ..Default::default() }).await.is_ok() }
+        })
+        .await
+    };
+    let echo_single = {
+        let cl = echo_clients.clone();
+        drive("floor: tonic echo (1 client)", 1, None, args.seconds.min(3), move |_| {
+            let mut g = cl[0].clone();
+            async move { g.get(ClusterQuery { server: "x".into(), ..Default::default() }).await.is_ok() }
+        })
+        .await
+    };
+    let nats = async_nats::connect(&args.nats_url).await?;
+    let js = async_nats::jetstream::new(nats);
+    let _ = js.delete_stream("LOADFLOOR").await;
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "LOADFLOOR".into(),
+        subjects: vec!["loadfloor.>".into()],
+        ..Default::default()
+    })
+    .await?;
+    let js = Arc::new(js);
+    let publish = {
+        let js = js.clone();
+        drive("floor: jetstream pub+ack", c, None, args.seconds, move |i| {
+            let js = js.clone();
+            async move {
+                match js.publish(format!("loadfloor.{}", i % 1024), bytes::Bytes::from_static(&[0u8; 256])).await {
+                    Ok(ack) => ack.await.is_ok(),
+                    Err(_) => false,
+                }
+            }
+        })
+        .await
+    };
+    let _ = js.delete_stream("LOADFLOOR").await;
+    report(&echo, None);
+    report(&echo_single, None);
+    report(&publish, None);
+    let echo_p50 = echo.pct(0.5);
+    let create_floor = echo.pct(0.5) + publish.pct(0.5);
+
+    let gw = Arc::new(clients(args.gateway, c).await?);
+    let mut registered = 0usize;
+    let mut results = Vec::new();
+    for (round, size) in args.list_sizes.iter().copied().enumerate() {
+        if size <= registered {
+            continue;
+        }
+        let base = registered;
+        let cl = gw.clone();
+        let create = drive(&format!("Create (to {size})"), c, Some(size - base), 0, move |i| {
+            let mut g = cl[i % cl.len()].clone();
+            async move { g.create(ClusterCreateRequest { cluster: Some(cluster(base + i)), upsert: false }).await.is_ok() }
+        })
+        .await;
+        registered = size;
+        report(&create, Some(("(echo+pub)", create_floor)));
+        let cl = gw.clone();
+        let list = drive(&format!("List ({size} clusters)"), args.list_concurrency, None, args.seconds, move |i| {
+            let mut g = cl[i % cl.len()].clone();
+            async move { g.list(ClusterQuery::default()).await.is_ok_and(|r| r.into_inner().items.len() > size) }
+        })
+        .await;
+        report(&list, Some(("echo", echo_p50)));
+        if round == 0 {
+            results.push(create);
+        }
+        results.push(list);
+    }
+    let n = registered.max(1);
+    let cl = gw.clone();
+    let get = drive("Get", c, None, args.seconds, move |i| {
+        let mut g = cl[i % cl.len()].clone();
+        async move {
+            let q = ClusterQuery { id: Some(ClusterId { r#type: "server".into(), value: server_url(i % n) }), ..Default::default() };
+            g.get(q).await.is_ok()
+        }
+    })
+    .await;
+    report(&get, Some(("echo", echo_p50)));
+    let cl = gw.clone();
+    let update = drive("Update (labels)", c, None, args.seconds, move |i| {
+        let mut g = cl[i % cl.len()].clone();
+        async move {
+            let mut c = cluster(i % n);
+            c.labels.insert("round".into(), i.to_string());
+            let req = ClusterUpdateRequest { cluster: Some(c), updated_fields: vec!["labels".into()], id: None };
+            g.update(req).await.is_ok()
+        }
+    })
+    .await;
+    report(&update, Some(("(echo+pub)", create_floor)));
+    Ok(())
+}
+
