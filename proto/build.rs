@@ -4,6 +4,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/k8s/meta.proto",
         "proto/argocd/v1alpha1.proto",
         "proto/argocd/cluster.proto",
+        "proto/argocd/account.proto",
+        "proto/argocd/session.proto",
+        "proto/corral/auth.proto",
         "proto/corral/events.proto",
         "proto/corral/registry.proto",
     ];

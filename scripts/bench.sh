@@ -22,10 +22,17 @@ export RUST_LOG=warn
 target/release/corral-registry --nats-url "$nats_url" --data-dir "$work/registry" >"$work/registry.out" 2>"$work/registry.err" &
 pids+=($!)
 for _ in $(seq 300); do grep -q "registry ready" "$work/registry.out" && break; sleep 0.1; done
-target/release/corral-gateway --nats-url "$nats_url" --listen 127.0.0.1:0 >"$work/gateway.out" 2>"$work/gateway.err" &
+export CORRAL_ADMIN_PASSWORD="bench-$(head -c 12 /dev/urandom | base64 | tr -dc 'A-Za-z0-9')"
+# Two gateways on the same deployment: one with authentication off (the main figures) and one
+# with it on, to measure what authentication + RBAC add to each request.
+target/release/corral-gateway --nats-url "$nats_url" --listen 127.0.0.1:0 --disable-auth >"$work/gateway.out" 2>"$work/gateway.err" &
 pids+=($!)
-for _ in $(seq 300); do grep -q "listening on" "$work/gateway.out" && break; sleep 0.1; done
+target/release/corral-gateway --nats-url "$nats_url" --listen 127.0.0.1:0 >"$work/gateway-auth.out" 2>"$work/gateway-auth.err" &
+pids+=($!)
+for _ in $(seq 300); do grep -q "listening on" "$work/gateway.out" && grep -q "listening on" "$work/gateway-auth.out" && break; sleep 0.1; done
 gw="$(sed -n 's/^listening on //p' "$work/gateway.out" | head -1)"
+gw_auth="$(sed -n 's/^listening on //p' "$work/gateway-auth.out" | head -1)"
 
 echo "nats-server $("$nats_bin" --version | awk '{print $2}') on $nats_url; gateway on $gw; $(nproc) cores"
-target/release/corral-load --gateway "$gw" --nats-url "$nats_url" "$@"
+CORRAL_LOAD_PASSWORD="$CORRAL_ADMIN_PASSWORD" \
+  target/release/corral-load --gateway "$gw" --auth-gateway "$gw_auth" --nats-url "$nats_url" "$@"

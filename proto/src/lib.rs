@@ -45,7 +45,20 @@ pub mod cluster {
     include!(concat!(env!("OUT_DIR"), "/cluster.rs"));
 }
 
+pub mod account {
+    include!(concat!(env!("OUT_DIR"), "/account.rs"));
+}
+
+pub mod session {
+    include!(concat!(env!("OUT_DIR"), "/session.rs"));
+}
+
 pub mod corral {
+    pub mod auth {
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/corral.auth.v1.rs"));
+        }
+    }
     pub mod events {
         pub mod v1 {
             include!(concat!(env!("OUT_DIR"), "/corral.events.v1.rs"));
@@ -58,6 +71,7 @@ pub mod corral {
     }
 }
 
+pub use corral::auth::v1 as auth;
 pub use corral::events::v1 as events;
 pub use corral::registry::v1 as registry;
 pub use github::com::argoproj::argo_cd::v3::pkg::apis::application::v1alpha1;

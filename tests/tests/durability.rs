@@ -20,12 +20,12 @@ struct Writers {
 }
 
 impl Writers {
-    fn start(base_urls: Arc<Mutex<Vec<String>>>, writers: usize, tag: &'static str) -> Writers {
+    fn start(base_urls: Arc<Mutex<Vec<String>>>, token: String, writers: usize, tag: &'static str) -> Writers {
         let acked: Arc<Mutex<BTreeSet<String>>> = Arc::default();
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let tasks = (0..writers)
             .map(|w| {
-                let (acked, stop, base_urls) = (acked.clone(), stop.clone(), base_urls.clone());
+                let (acked, stop, base_urls, token) = (acked.clone(), stop.clone(), base_urls.clone(), token.clone());
                 tokio::spawn(async move {
                     let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().expect("client");
                     let mut n = 0u32;
@@ -35,6 +35,7 @@ impl Writers {
                         let resp = http
                             .post(format!("{base}/api/v1/clusters"))
                             .header("content-type", "application/json")
+                            .bearer_auth(&token)
                             .body(json!({"server": server, "name": format!("{tag}-{w}-{n}")}).to_string())
                             .send()
                             .await;
@@ -86,11 +87,18 @@ async fn full_list(api: &common::Api) -> Value {
     rest_get(api, "/api/v1/clusters").await.1
 }
 
+/// A session token of the admin: signed with the key in the log, so valid on every gateway.
+async fn api_token(api: &common::Api) -> String {
+    api.token.clone().expect("logged in")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_registry_and_gateway_loses_no_acknowledged_write() {
     let mut d = common::Deployment::start(1, 1).await;
     let base = Arc::new(Mutex::new(vec![format!("http://{}", d.gateway_addrs[0])]));
-    let writers = Writers::start(base.clone(), 4, "reg");
+    // An API token outlives the gateway that issued it: the writers keep it across restarts.
+    let token = api_token(&d.api(0).await).await;
+    let writers = Writers::start(base.clone(), token, 4, "reg");
     writers.wait_for_more(30).await;
 
     // Registry dies mid-stream and comes back on its own projection.
@@ -147,7 +155,7 @@ async fn kill_9_of_the_all_in_one_on_the_embedded_log_loses_no_acknowledged_writ
         let p = ServiceProcess::spawn(
             &common::workspace_bin("corral"),
             &["--listen".into(), "127.0.0.1:0".into(), "--data-dir".into(), dir.display().to_string()],
-            &[],
+            &[("CORRAL_ADMIN_PASSWORD".into(), common::ADMIN_PASSWORD.into())],
             "listening on",
             Duration::from_secs(60),
         )
@@ -158,7 +166,8 @@ async fn kill_9_of_the_all_in_one_on_the_embedded_log_loses_no_acknowledged_writ
     };
     let (mut p, addr) = start(dir.path().to_path_buf()).await;
     let base = Arc::new(Mutex::new(vec![format!("http://{addr}")]));
-    let writers = Writers::start(base.clone(), 4, "emb");
+    let token = api_token(&common::wait_for_api(addr).await).await;
+    let writers = Writers::start(base.clone(), token, 4, "emb");
     writers.wait_for_more(50).await;
     p.kill_9().await;
     let acked = writers.finish().await;

@@ -2,28 +2,9 @@
 
 mod common;
 
-use std::path::Path;
-
+use common::files_containing;
 use common::suite::{PASSWORD, TOKEN, cluster_json, rest_get, rest_post};
 use corral_event_log::{EventLog, NatsLog};
-
-fn files_containing(dir: &Path, needle: &[u8]) -> Vec<String> {
-    let mut hits = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if let Ok(bytes) = std::fs::read(&p)
-                && bytes.windows(needle.len()).any(|w| w == needle) {
-                    hits.push(p.display().to_string());
-                }
-        }
-    }
-    hits
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_credential_in_clear_in_the_stream_the_store_or_sled_files() {

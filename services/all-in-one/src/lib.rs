@@ -28,6 +28,8 @@ pub struct Config {
     /// Largest accepted request body in bytes.
     #[arg(long, env = "CORRAL_MAX_BODY_BYTES", default_value_t = corral_gateway::DEFAULT_MAX_BODY_BYTES)]
     pub max_body_bytes: usize,
+    #[command(flatten)]
+    pub auth: corral_gateway::AuthOptions,
 }
 
 /// Runs the control plane on an already-bound listener until `shutdown` resolves.
@@ -52,9 +54,14 @@ pub async fn run(
     let projection_stop = async move {
         let _ = stop_rx.wait_for(|s| *s).await;
     };
+    let mut auth_options = config.auth.clone();
+    if auth_options.admin_password_out.is_none() {
+        auth_options.admin_password_out = Some(config.data_dir.join("admin.password"));
+    }
+    let auth = corral_gateway::start_auth(log.clone(), key.clone(), &auth_options).await?;
     let registry = corral_registry::start(log, &db, key, RegistryConfig::default(), projection_stop).await?;
     let api: Arc<dyn RegistryApi> = registry;
-    let app = corral_gateway::app(api, &corral_gateway::GatewayConfig { max_body_bytes: config.max_body_bytes });
+    let app = corral_gateway::app(api, auth, &corral_gateway::GatewayConfig { max_body_bytes: config.max_body_bytes });
     let addr = listener.local_addr()?;
     println!("listening on {addr}");
     tracing::info!(%addr, embedded, "control plane listening");

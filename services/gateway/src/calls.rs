@@ -1,7 +1,14 @@
-//! The cluster API's calls, shared by the gRPC and REST front ends: each turns into a registry
-//! command or query, with the caller's trace context and a correlation id.
+//! The cluster API's calls, shared by the gRPC and REST front ends: each is authorised against
+//! the caller's roles and turns into a registry command or query, with the caller's trace context
+//! and a correlation id.
+//!
+//! Permission is always checked against the stored cluster (its stored project and server), never
+//! the one in the request body; a cluster the caller may not `get` answers exactly as one that
+//! does not exist.
 
 use std::sync::Arc;
+
+use corral_auth::{Auth, Principal};
 
 use corral_proto::cluster::{ClusterCreateRequest, ClusterQuery, ClusterUpdateRequest};
 use corral_proto::registry::{Command, Query, Reply, RequestContext, command, query, reply};
@@ -17,6 +24,10 @@ pub struct CallContext {
     pub traceparent: String,
     pub correlation_id: String,
     pub actor: String,
+    /// The caller's address, for login rate limits.
+    pub source: String,
+    /// Set by the authentication layer on every call that needs it.
+    pub principal: Option<Principal>,
 }
 
 impl CallContext {
@@ -32,6 +43,23 @@ impl CallContext {
 #[derive(Clone)]
 pub struct Clusters {
     api: Arc<dyn RegistryApi>,
+    auth: Arc<Auth>,
+}
+
+const RESOURCE: &str = "clusters";
+
+/// Argo CD's RBAC object for a cluster: `PROJECT/SERVER`, or the server alone outside a project.
+pub fn rbac_object(project: &str, server: &str) -> String {
+    if project.is_empty() { server.to_string() } else { format!("{project}/{server}") }
+}
+
+fn denied() -> ApiError {
+    ApiError::new(Code::PermissionDenied, "permission denied")
+}
+
+fn not_found(q: &ClusterQuery) -> ApiError {
+    let e = corral_registry::Queries::not_found(q);
+    ApiError::new(e.code(), e.to_string())
 }
 
 fn reply_error(reply: &Reply) -> Option<ApiError> {
@@ -47,8 +75,30 @@ fn unexpected() -> ApiError {
 }
 
 impl Clusters {
-    pub fn new(api: Arc<dyn RegistryApi>) -> Clusters {
-        Clusters { api }
+    pub fn new(api: Arc<dyn RegistryApi>, auth: Arc<Auth>) -> Clusters {
+        Clusters { api, auth }
+    }
+
+    fn principal(ctx: &CallContext) -> Result<&Principal, ApiError> {
+        ctx.principal.as_ref().ok_or_else(|| ApiError::new(Code::Unauthenticated, "no session information"))
+    }
+
+    fn may(&self, who: &Principal, action: &str, c: &Cluster) -> bool {
+        self.auth.enforce(who, RESOURCE, action, &rbac_object(&c.project, &c.server))
+    }
+
+    /// The stored cluster `q` names, if the caller may see it and may `action` it; otherwise
+    /// NotFound exactly as for a missing cluster, or PermissionDenied when it may only see it.
+    async fn authorised_target(&self, ctx: &CallContext, q: &ClusterQuery, action: &str) -> Result<Cluster, ApiError> {
+        let who = Self::principal(ctx)?;
+        let stored = Self::cluster(self.query(ctx, query::Kind::Get(q.clone())).await?)?;
+        if !self.may(who, "get", &stored) {
+            return Err(not_found(q));
+        }
+        if action != "get" && !self.may(who, action, &stored) {
+            return Err(denied());
+        }
+        Ok(stored)
     }
 
     async fn command(&self, ctx: &CallContext, kind: command::Kind) -> Result<Reply, ApiError> {
@@ -78,33 +128,73 @@ impl Clusters {
     }
 
     pub async fn list(&self, ctx: &CallContext, q: ClusterQuery) -> Result<ClusterList, ApiError> {
+        let who = Self::principal(ctx)?;
         match self.query(ctx, query::Kind::List(q)).await?.result {
-            Some(reply::Result::List(l)) => Ok(l),
+            Some(reply::Result::List(mut l)) => {
+                l.items.retain(|c| self.may(who, "get", c));
+                Ok(l)
+            }
             _ => Err(unexpected()),
         }
     }
 
     pub async fn get(&self, ctx: &CallContext, q: ClusterQuery) -> Result<Cluster, ApiError> {
-        Self::cluster(self.query(ctx, query::Kind::Get(q)).await?)
+        self.authorised_target(ctx, &q, "get").await
     }
 
     pub async fn create(&self, ctx: &CallContext, req: ClusterCreateRequest) -> Result<Cluster, ApiError> {
+        let who = Self::principal(ctx)?;
+        let body = req.cluster.clone().unwrap_or_default();
+        if !self.may(who, "create", &body) {
+            return Err(denied());
+        }
+        if req.upsert && !body.server.is_empty() {
+            // An upsert that lands on an existing cluster changes it: that needs update on it.
+            let q = ClusterQuery { server: body.server.clone(), ..Default::default() };
+            match self.authorised_target(ctx, &q, "update").await {
+                Ok(_) => {}
+                Err(e) if e.code == Code::NotFound && self.exists(ctx, &q).await? => return Err(denied()),
+                Err(e) if e.code == Code::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
         Self::cluster(self.command(ctx, command::Kind::Create(req)).await?)
     }
 
+    async fn exists(&self, ctx: &CallContext, q: &ClusterQuery) -> Result<bool, ApiError> {
+        match self.query(ctx, query::Kind::Get(q.clone())).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.code == Code::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     pub async fn update(&self, ctx: &CallContext, req: ClusterUpdateRequest) -> Result<Cluster, ApiError> {
+        let who = Self::principal(ctx)?;
+        let body = req.cluster.clone().unwrap_or_default();
+        let q = ClusterQuery { server: body.server.clone(), name: body.name.clone(), id: req.id.clone(), selector: String::new() };
+        let stored = self.authorised_target(ctx, &q, "update").await?;
+        // Moving a cluster into another project needs update there too.
+        let moves = req.updated_fields.is_empty() || req.updated_fields.iter().any(|f| f == "project");
+        if moves && body.project != stored.project && !self.auth.enforce(who, RESOURCE, "update", &rbac_object(&body.project, &stored.server)) {
+            return Err(denied());
+        }
         Self::cluster(self.command(ctx, command::Kind::Update(req)).await?)
     }
 
     pub async fn delete(&self, ctx: &CallContext, q: ClusterQuery) -> Result<(), ApiError> {
+        self.authorised_target(ctx, &q, "delete").await?;
         self.command(ctx, command::Kind::Delete(q)).await.map(|_| ())
     }
 
+    /// Needs `update`, as in Argo CD.
     pub async fn invalidate_cache(&self, ctx: &CallContext, q: ClusterQuery) -> Result<Cluster, ApiError> {
+        self.authorised_target(ctx, &q, "update").await?;
         Self::cluster(self.command(ctx, command::Kind::InvalidateCache(q)).await?)
     }
 
-    pub async fn rotate_auth(&self, _ctx: &CallContext, _q: ClusterQuery) -> Result<(), ApiError> {
+    pub async fn rotate_auth(&self, ctx: &CallContext, q: ClusterQuery) -> Result<(), ApiError> {
+        self.authorised_target(ctx, &q, "update").await?;
         Err(ApiError::new(
             Code::Unimplemented,
             "rotate-auth is not available yet: it comes with the auth-rotation service",

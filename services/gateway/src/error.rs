@@ -20,6 +20,12 @@ impl ApiError {
     pub fn invalid(message: impl Into<String>) -> ApiError {
         ApiError::new(Code::InvalidArgument, message)
     }
+
+    /// The Argo CD error body under an HTTP status other than the code's usual one.
+    pub fn into_response_with_status(self, status: StatusCode) -> Response {
+        let body = corral_api_json::error_body(self.code as i32, &self.message);
+        (status, axum::Json(body)).into_response()
+    }
 }
 
 /// gRPC code to HTTP status, as grpc-gateway (and so Argo CD) maps them.

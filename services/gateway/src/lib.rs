@@ -1,20 +1,25 @@
 //! The gateway: the only public door. gRPC (`cluster.ClusterService`) and REST (`/api/v1/...`)
 //! on one port, both mapped onto the same calls to the registry.
 
+pub mod accounts;
 pub mod calls;
 pub mod error;
 pub mod grpc;
 pub mod rest;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::Request;
-use axum::middleware::{Next, from_fn};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::middleware::{Next, from_fn, from_fn_with_state};
+use corral_auth::Auth;
+use corral_proto::account::account_service_server::AccountServiceServer;
 use axum::response::{IntoResponse, Response};
 use corral_proto::cluster::cluster_service_server::ClusterServiceServer;
+use corral_proto::session::session_service_server::SessionServiceServer;
 use corral_registry::RegistryApi;
 use tonic::Code;
 use tracing::Instrument;
@@ -55,13 +60,105 @@ async fn context_layer(mut req: Request, next: Next) -> Response {
         trace_id = corral_telemetry::trace_id(&traceparent),
         correlation_id = %correlation_id,
     );
-    req.extensions_mut().insert(CallContext { traceparent, correlation_id, actor: String::new() });
+    let source = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string()).unwrap_or_default();
+    req.extensions_mut().insert(CallContext { traceparent, correlation_id, source, ..Default::default() });
     let started = Instant::now();
     let response = next.run(req).instrument(span.clone()).await;
     let status = response.status().as_u16();
     let elapsed_us = started.elapsed().as_micros() as u64;
     span.in_scope(|| tracing::debug!(status, elapsed_us, "served"));
     response
+}
+
+fn is_grpc(req: &Request) -> bool {
+    req.headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+/// Calls anyone may make: logging in.
+fn is_public(req: &Request) -> bool {
+    let path = req.uri().path();
+    path == "/session.SessionService/Create" || (path == "/api/v1/session" && req.method() == http::Method::POST)
+}
+
+fn unauthenticated(grpc: bool, message: &str) -> Response {
+    if grpc {
+        return tonic::Status::unauthenticated(message.to_string()).into_http();
+    }
+    ApiError::new(Code::Unauthenticated, message).into_response()
+}
+
+/// Where a token can come from, as in Argo CD. A cookie marks a browser.
+enum TokenSource {
+    Header(String),
+    Cookie(String),
+}
+
+fn find_token(req: &Request) -> Option<TokenSource> {
+    let headers = req.headers();
+    if let Some(v) = headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+        let v = v.trim();
+        let token = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")).unwrap_or(v);
+        return Some(TokenSource::Header(token.trim().to_string()));
+    }
+    if let Some(v) = headers.get("token").and_then(|v| v.to_str().ok()) {
+        return Some(TokenSource::Header(v.trim().to_string()));
+    }
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == accounts::TOKEN_COOKIE)
+        .map(|(_, v)| TokenSource::Cookie(v.to_string()))
+}
+
+/// Authenticates every call but login: verifies the token and records who is calling.
+async fn auth_layer(State(auth): State<Arc<Auth>>, mut req: Request, next: Next) -> Response {
+    if is_public(&req) {
+        return next.run(req).await;
+    }
+    let grpc = is_grpc(&req);
+    let principal = if auth.disabled() {
+        auth.anonymous_admin()
+    } else {
+        let token = match find_token(&req) {
+            Some(TokenSource::Header(t)) => t,
+            Some(TokenSource::Cookie(t)) => {
+                // A browser sends cookies with cross-site form posts; Argo CD refuses non-JSON
+                // writes for them. Header-token API clients are not affected.
+                let json = req
+                    .headers()
+                    .get(http::header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| v.starts_with("application/json"));
+                if !grpc && req.method() != http::Method::GET && req.method() != http::Method::HEAD && !json {
+                    return ApiError::new(Code::InvalidArgument, "Content-Type must be application/json")
+                        .into_response_with_status(http::StatusCode::UNSUPPORTED_MEDIA_TYPE);
+                }
+                t
+            }
+            None => return unauthenticated(grpc, "no session information"),
+        };
+        match auth.verify(&token).await {
+            Ok(p) => p,
+            Err(e) => {
+                let e = ApiError::from(e);
+                if e.code == Code::Unauthenticated {
+                    return unauthenticated(grpc, &e.message);
+                }
+                return if grpc { tonic::Status::from(e).into_http() } else { e.into_response() };
+            }
+        }
+    };
+    if let Some(ctx) = req.extensions_mut().get_mut::<CallContext>() {
+        ctx.actor = principal.account.clone();
+        ctx.principal = Some(principal);
+    }
+    next.run(req).await
 }
 
 /// tonic reports a message over the size limit as OutOfRange; Argo CD clients (and the REST
@@ -85,13 +182,26 @@ async fn not_found() -> Response {
 }
 
 /// The whole public API as one router: REST routes, gRPC services, and the shared layers.
-pub fn app(api: Arc<dyn RegistryApi>, config: &GatewayConfig) -> Router {
-    let clusters = Clusters::new(api);
-    let grpc = ClusterServiceServer::new(grpc::GrpcClusters { clusters: clusters.clone() })
-        .max_decoding_message_size(config.max_body_bytes);
-    let grpc_router = tonic::service::Routes::new(grpc).into_axum_router().layer(from_fn(grpc_size_limit_status));
-    let rest_router = rest::router(rest::RestState { clusters, max_body_bytes: config.max_body_bytes });
-    rest_router.merge(grpc_router).fallback(not_found).layer(from_fn(context_layer))
+pub fn app(api: Arc<dyn RegistryApi>, auth: Arc<Auth>, config: &GatewayConfig) -> Router {
+    let clusters = Clusters::new(api, auth.clone());
+    let accounts = accounts::Accounts { auth: auth.clone() };
+    let limit = config.max_body_bytes;
+    let grpc_clusters =
+        ClusterServiceServer::new(grpc::GrpcClusters { clusters: clusters.clone() }).max_decoding_message_size(limit);
+    let grpc_accounts = AccountServiceServer::new(accounts::GrpcAccounts(accounts.clone())).max_decoding_message_size(limit);
+    let grpc_sessions = SessionServiceServer::new(accounts::GrpcSessions(accounts.clone())).max_decoding_message_size(limit);
+    let grpc_router = tonic::service::Routes::new(grpc_clusters)
+        .add_service(grpc_accounts)
+        .add_service(grpc_sessions)
+        .into_axum_router()
+        .layer(from_fn(grpc_size_limit_status));
+    let rest_router = rest::router(rest::RestState { clusters, max_body_bytes: limit })
+        .merge(accounts::router(accounts::RestAccounts { accounts, max_body_bytes: limit }));
+    rest_router
+        .merge(grpc_router)
+        .fallback(not_found)
+        .layer(from_fn_with_state(auth, auth_layer))
+        .layer(from_fn(context_layer))
 }
 
 /// Serves `app` on an already-bound listener until `shutdown` resolves.
@@ -100,7 +210,10 @@ pub async fn serve(
     app: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    // The peer address feeds the per-source login rate limit.
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 /// Configuration of the stand-alone gateway process.
@@ -122,6 +235,68 @@ pub struct ServiceConfig {
     /// JetStream stream name.
     #[arg(long, env = "CORRAL_STREAM", default_value = "CORRAL")]
     pub stream: String,
+    /// File holding the sealing key (base64); CORRAL_SEAL_KEY takes precedence. The gateway
+    /// opens the token signing key and password hashes with it.
+    #[arg(long, env = "CORRAL_SEAL_KEY_FILE")]
+    pub seal_key_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub auth: AuthOptions,
+}
+
+/// Authentication settings shared by the gateway and the all-in-one binary.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AuthOptions {
+    /// Accounts and RBAC configuration (TOML with argocd-cm / argocd-rbac-cm keys); reloaded
+    /// when it changes. Without it: the admin account only.
+    #[arg(long, env = "CORRAL_ACCOUNTS_FILE")]
+    pub accounts_file: Option<PathBuf>,
+    /// Serve every call as the admin without authentication (as Argo CD's --disable-auth).
+    #[arg(long, env = "CORRAL_DISABLE_AUTH", default_value_t = false)]
+    pub disable_auth: bool,
+    /// Where to write the admin password when it is generated on first start (mode 0600).
+    #[arg(long, env = "CORRAL_ADMIN_PASSWORD_OUT")]
+    pub admin_password_out: Option<PathBuf>,
+}
+
+/// Starts authentication on `log`: the auth projection, the signing key, the admin's first
+/// password (shown once when generated) and the configuration file watch.
+pub async fn start_auth(
+    log: Arc<dyn corral_registry::EventLog>,
+    key: Arc<corral_secrets::SealingKey>,
+    options: &AuthOptions,
+) -> anyhow::Result<Arc<Auth>> {
+    let config = match &options.accounts_file {
+        Some(path) => corral_auth::AuthConfig::load(path)?,
+        None => corral_auth::AuthConfig::default(),
+    };
+    let auth = Auth::start(log, key, config, options.disable_auth).await?;
+    if let Some(password) = auth.ensure_admin_password(corral_auth::InitialAdminPassword::from_env()?).await? {
+        if let Some(path) = &options.admin_password_out {
+            write_owner_only(path, password.expose())?;
+            println!("admin password generated; it is in {} (readable by its owner only)", path.display());
+        } else {
+            println!("admin password (shown once): {}", password.expose());
+        }
+    }
+    if let Some(path) = &options.accounts_file {
+        auth.watch_config_file(path.clone());
+    }
+    if options.disable_auth {
+        tracing::warn!("authentication is disabled: every caller acts as the admin");
+    }
+    Ok(auth)
+}
+
+fn write_owner_only(path: &std::path::Path, content: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut f = options.open(path)?;
+    f.write_all(content.as_bytes())?;
+    f.write_all(b"\n")?;
+    f.sync_all()
 }
 
 /// Runs the gateway against NATS until `shutdown` resolves.
@@ -132,6 +307,8 @@ pub async fn run(config: ServiceConfig, shutdown: impl std::future::Future<Outpu
     // Reads are answered from this replica's own view of the log: no hop to a registry.
     let log_config = corral_registry::NatsLogConfig { stream: config.stream.clone(), ..Default::default() };
     let log: Arc<dyn corral_registry::EventLog> = Arc::new(corral_registry::NatsLog::new(client, log_config).await?);
+    let key = Arc::new(corral_secrets::SealingKey::load(corral_registry::SEAL_KEY_ENV, config.seal_key_file.as_deref(), false)?);
+    let auth = start_auth(log.clone(), key, &config.auth).await?;
     let view_db = corral_registry::open_projection_db(None)?;
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let view_stop = async move {
@@ -143,7 +320,7 @@ pub async fn run(config: ServiceConfig, shutdown: impl std::future::Future<Outpu
     let addr = listener.local_addr()?;
     println!("listening on {addr}");
     tracing::info!(%addr, "gateway listening");
-    serve(listener, app(api, &GatewayConfig { max_body_bytes: config.max_body_bytes }), shutdown).await?;
+    serve(listener, app(api, auth, &GatewayConfig { max_body_bytes: config.max_body_bytes }), shutdown).await?;
     let _ = stop_tx.send(true);
     Ok(())
 }

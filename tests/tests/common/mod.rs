@@ -12,28 +12,89 @@ use std::time::Duration;
 use base64::Engine;
 use corral_proto::cluster::cluster_service_client::ClusterServiceClient;
 use corral_test_harness::{NatsServer, ServiceProcess, parse_listen_addr};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
-/// A client of one gateway, over both protocols.
+/// The admin password the spawned gateways start with (CORRAL_ADMIN_PASSWORD).
+pub const ADMIN_PASSWORD: &str = "corral-test-admin-password";
+
+/// Puts the caller's token in the `authorization` metadata of every gRPC call.
+#[derive(Clone, Default)]
+pub struct TokenInterceptor(pub Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl Interceptor for TokenInterceptor {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+pub type Authed = InterceptedService<Channel, TokenInterceptor>;
+
+/// A client of one gateway, over both protocols, acting with one token (or none).
 #[derive(Clone)]
 pub struct Api {
     pub addr: SocketAddr,
-    pub grpc: ClusterServiceClient<Channel>,
+    pub channel: Channel,
+    pub token: Option<String>,
+    pub grpc: ClusterServiceClient<Authed>,
     pub http: reqwest::Client,
 }
 
 impl Api {
-    pub async fn connect(addr: SocketAddr) -> Api {
-        let channel = Channel::from_shared(format!("http://{addr}"))
-            .expect("uri")
-            .connect()
-            .await
-            .expect("grpc connect");
-        Api { addr, grpc: ClusterServiceClient::new(channel), http: reqwest::Client::new() }
+    /// The same gateway, acting with `token` (None: anonymous).
+    pub fn with_token(&self, token: Option<&str>) -> Api {
+        let header = token.map(|t| format!("Bearer {t}"));
+        let interceptor = TokenInterceptor(header.as_deref().map(|h| h.parse().expect("ascii token")));
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(h) = &header {
+            headers.insert(reqwest::header::AUTHORIZATION, h.parse().expect("header"));
+        }
+        Api {
+            addr: self.addr,
+            channel: self.channel.clone(),
+            token: token.map(str::to_string),
+            grpc: ClusterServiceClient::with_interceptor(self.channel.clone(), interceptor),
+            http: reqwest::Client::builder().default_headers(headers).build().expect("http client"),
+        }
+    }
+
+    pub fn anonymous(&self) -> Api {
+        self.with_token(None)
+    }
+
+    /// A gRPC client of any service on this gateway, with this Api's token.
+    pub fn interceptor(&self) -> TokenInterceptor {
+        TokenInterceptor(self.token.as_ref().map(|t| format!("Bearer {t}").parse().expect("ascii token")))
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    /// Logs in over REST; the session token, or the error status and body.
+    pub async fn login(&self, username: &str, password: &str) -> Result<String, (u16, serde_json::Value)> {
+        let resp = reqwest::Client::new()
+            .post(self.url("/api/v1/session"))
+            .json(&serde_json::json!({"username": username, "password": password}))
+            .send()
+            .await
+            .expect("login request");
+        let status = resp.status().as_u16();
+        let body: serde_json::Value = resp.json().await.unwrap_or_default();
+        match body["token"].as_str() {
+            Some(t) if status == 200 => Ok(t.to_string()),
+            _ => Err((status, body)),
+        }
+    }
+
+    /// Logs in as `username` and returns an Api acting with that session.
+    pub async fn as_user(&self, username: &str, password: &str) -> Api {
+        let token = self.login(username, password).await.unwrap_or_else(|e| panic!("login as {username}: {e:?}"));
+        self.with_token(Some(&token))
     }
 }
 
@@ -60,6 +121,7 @@ impl Embedded {
             nats_url: None,
             seal_key_file: None,
             max_body_bytes: 64 * 1024,
+            auth: corral_gateway::AuthOptions { accounts_file: None, disable_auth: false, admin_password_out: None },
         };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -69,7 +131,17 @@ impl Embedded {
             .await
             .expect("control plane");
         });
-        let api = wait_for_api(addr).await;
+        // First start: the generated admin password is in the data folder, for its owner only.
+        let file = dir.path().join("admin.password");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let password = loop {
+            match std::fs::read_to_string(&file) {
+                Ok(p) if !p.trim().is_empty() => break p,
+                _ => assert!(tokio::time::Instant::now() < deadline, "no generated admin password in {}", file.display()),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let api = wait_for_api_as(addr, "admin", password.trim()).await;
         Embedded { api, dir, stop: Some(tx), task: Some(task) }
     }
 
@@ -85,21 +157,34 @@ impl Embedded {
     }
 }
 
-/// Polls until the gateway answers gRPC (readiness without sleeps of fixed length).
+/// Polls until the gateway answers, then logs in as the admin (test password).
 pub async fn wait_for_api(addr: SocketAddr) -> Api {
+    wait_for_api_as(addr, "admin", ADMIN_PASSWORD).await
+}
+
+/// Polls until the gateway answers gRPC (readiness without sleeps of fixed length), then logs in.
+pub async fn wait_for_api_as(addr: SocketAddr, username: &str, password: &str) -> Api {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
+    let channel = loop {
         if let Ok(Ok(ch)) = tokio::time::timeout(
             Duration::from_secs(2),
             Channel::from_shared(format!("http://{addr}")).expect("uri").connect(),
         )
         .await
         {
-            return Api { addr, grpc: ClusterServiceClient::new(ch), http: reqwest::Client::new() };
+            break ch;
         }
         assert!(tokio::time::Instant::now() < deadline, "gateway at {addr} never came up");
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    };
+    let anonymous = Api {
+        addr,
+        channel: channel.clone(),
+        token: None,
+        grpc: ClusterServiceClient::with_interceptor(channel, TokenInterceptor::default()),
+        http: reqwest::Client::new(),
+    };
+    anonymous.as_user(username, password).await
 }
 
 /// A binary of this workspace. `cargo test --workspace` only builds the binaries of packages that
@@ -139,10 +224,22 @@ pub struct Deployment {
     pub registry_dirs: Vec<tempfile::TempDir>,
     pub gateways: Vec<ServiceProcess>,
     pub gateway_addrs: Vec<SocketAddr>,
+    /// Accounts and RBAC configuration every gateway reads (CORRAL_ACCOUNTS_FILE).
+    pub accounts_file: Option<tempfile::NamedTempFile>,
 }
 
 impl Deployment {
     pub async fn start(registries: usize, gateways: usize) -> Deployment {
+        Self::start_with_accounts(registries, gateways, None).await
+    }
+
+    /// A deployment whose gateways read `accounts` (TOML) as their accounts configuration.
+    pub async fn start_with_accounts(registries: usize, gateways: usize, accounts: Option<&str>) -> Deployment {
+        let accounts_file = accounts.map(|text| {
+            let f = tempfile::NamedTempFile::new().expect("accounts file");
+            std::fs::write(f.path(), text).expect("write accounts file");
+            f
+        });
         let nats = NatsServer::start().await.expect("nats-server");
         let mut d = Deployment {
             nats,
@@ -151,6 +248,7 @@ impl Deployment {
             registry_dirs: Vec::new(),
             gateways: Vec::new(),
             gateway_addrs: Vec::new(),
+            accounts_file,
         };
         for _ in 0..registries {
             let dir = tempfile::tempdir().expect("tempdir");
@@ -182,7 +280,7 @@ impl Deployment {
         let p = ServiceProcess::spawn(
             &workspace_bin("corral-gateway"),
             &["--nats-url".into(), self.nats.url(), "--listen".into(), "127.0.0.1:0".into(), "--max-body-bytes".into(), "65536".into()],
-            &[],
+            &self.gateway_env(),
             "listening on",
             Duration::from_secs(60),
         )
@@ -192,7 +290,37 @@ impl Deployment {
         (p, addr)
     }
 
+    pub fn gateway_env(&self) -> Vec<(String, String)> {
+        let mut env = vec![
+            ("CORRAL_SEAL_KEY".to_string(), self.seal_key.clone()),
+            ("CORRAL_ADMIN_PASSWORD".to_string(), ADMIN_PASSWORD.to_string()),
+        ];
+        if let Some(f) = &self.accounts_file {
+            env.push(("CORRAL_ACCOUNTS_FILE".to_string(), f.path().display().to_string()));
+        }
+        env
+    }
+
     pub async fn api(&self, i: usize) -> Api {
         wait_for_api(self.gateway_addrs[i]).await
     }
+}
+
+/// Files under `dir` whose bytes contain `needle`.
+pub fn files_containing(dir: &std::path::Path, needle: &[u8]) -> Vec<String> {
+    let mut hits = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(bytes) = std::fs::read(&p)
+                && bytes.windows(needle.len()).any(|w| w == needle) {
+                    hits.push(p.display().to_string());
+                }
+        }
+    }
+    hits
 }

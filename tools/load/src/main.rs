@@ -37,6 +37,42 @@ struct Args {
     /// Cluster counts at which List is measured.
     #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
     list_sizes: Vec<usize>,
+    /// Authenticated mode: a second gateway on the same deployment with authentication on.
+    /// Get is then measured through both, in turns, and the cost of authentication + RBAC per
+    /// request is printed beside the figures of `--gateway` (which should run --disable-auth).
+    #[arg(long)]
+    auth_gateway: Option<SocketAddr>,
+    /// Account to log in as on the gateways that require it.
+    #[arg(long, default_value = "admin")]
+    username: String,
+    /// Its password.
+    #[arg(long, env = "CORRAL_LOAD_PASSWORD", default_value = "")]
+    password: String,
+}
+
+/// Sends the session token with every call, as an Argo CD client does.
+#[derive(Clone, Default)]
+struct BearerToken(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for BearerToken {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+type Client = ClusterServiceClient<tonic::service::interceptor::InterceptedService<Channel, BearerToken>>;
+
+/// Logs in over gRPC and returns the bearer interceptor for the session.
+async fn login(addr: SocketAddr, username: &str, password: &str) -> anyhow::Result<BearerToken> {
+    use corral_proto::session::SessionCreateRequest;
+    use corral_proto::session::session_service_client::SessionServiceClient;
+    let channel = Channel::from_shared(format!("http://{addr}"))?.connect().await?;
+    let req = SessionCreateRequest { username: username.into(), password: password.into(), token: String::new() };
+    let token = SessionServiceClient::new(channel).create(req).await?.into_inner().token;
+    Ok(BearerToken(Some(format!("Bearer {token}").parse()?)))
 }
 
 struct Stats {
@@ -134,14 +170,14 @@ impl ClusterService for Echo {
     }
 }
 
-async fn clients(addr: SocketAddr, n: usize) -> anyhow::Result<Vec<ClusterServiceClient<Channel>>> {
+async fn clients(addr: SocketAddr, n: usize, auth: BearerToken) -> anyhow::Result<Vec<Client>> {
     // A few HTTP/2 connections shared by the clients, as a real client pool would.
     let conns = n.clamp(1, 8);
     let mut channels = Vec::new();
     for _ in 0..conns {
         channels.push(Channel::from_shared(format!("http://{addr}"))?.connect().await?);
     }
-    Ok((0..n).map(|i| ClusterServiceClient::new(channels[i % conns].clone())).collect())
+    Ok((0..n).map(|i| ClusterServiceClient::with_interceptor(channels[i % conns].clone(), auth.clone())).collect())
 }
 
 fn server_url(i: usize) -> String {
@@ -190,7 +226,7 @@ async fn main() -> anyhow::Result<()> {
             .add_service(ClusterServiceServer::new(Echo))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(echo_listener)),
     );
-    let echo_clients = Arc::new(clients(echo_addr, c).await?);
+    let echo_clients = Arc::new(clients(echo_addr, c, BearerToken::default()).await?);
     let echo = {
         let cl = echo_clients.clone();
         drive("floor: tonic echo", c, None, args.seconds, move |i| {
@@ -237,7 +273,9 @@ async fn main() -> anyhow::Result<()> {
     let echo_p50 = echo.pct(0.5);
     let create_floor = echo.pct(0.5) + publish.pct(0.5);
 
-    let gw = Arc::new(clients(args.gateway, c).await?);
+    // A gateway running --disable-auth needs no login; one that requires it gets the session.
+    let gw_auth = if args.password.is_empty() { BearerToken::default() } else { login(args.gateway, &args.username, &args.password).await? };
+    let gw = Arc::new(clients(args.gateway, c, gw_auth).await?);
     let mut registered = 0usize;
     let mut results = Vec::new();
     for (round, size) in args.list_sizes.iter().copied().enumerate() {
@@ -266,15 +304,7 @@ async fn main() -> anyhow::Result<()> {
         results.push(list);
     }
     let n = registered.max(1);
-    let cl = gw.clone();
-    let get = drive("Get", c, None, args.seconds, move |i| {
-        let mut g = cl[i % cl.len()].clone();
-        async move {
-            let q = ClusterQuery { id: Some(ClusterId { r#type: "server".into(), value: server_url(i % n) }), ..Default::default() };
-            g.get(q).await.is_ok()
-        }
-    })
-    .await;
+    let get = run_get("Get", gw.clone(), c, n, args.seconds).await;
     report(&get, Some(("echo", echo_p50)));
     let cl = gw.clone();
     let update = drive("Update (labels)", c, None, args.seconds, move |i| {
@@ -288,6 +318,45 @@ async fn main() -> anyhow::Result<()> {
     })
     .await;
     report(&update, Some(("(echo+pub)", create_floor)));
+
+    if let Some(auth_addr) = args.auth_gateway {
+        let token = login(auth_addr, &args.username, &args.password).await?;
+        let authed = Arc::new(clients(auth_addr, c, token).await?);
+        // Turns, so that both see the same machine; then the difference of the p50s.
+        for clients in [1usize, c] {
+            let mut plain = Vec::new();
+            let mut auth = Vec::new();
+            for round in 0..3 {
+                let p = run_get(&format!("Get, no auth, {clients} client(s) #{round}"), gw.clone(), clients, n, args.seconds.min(3)).await;
+                let a = run_get(&format!("Get, authenticated, {clients} client(s) #{round}"), authed.clone(), clients, n, args.seconds.min(3)).await;
+                report(&p, Some(("echo", echo_p50)));
+                report(&a, Some(("echo", echo_p50)));
+                plain.push(us(p.pct(0.5)));
+                auth.push(us(a.pct(0.5)));
+            }
+            let median = |v: &mut Vec<f64>| {
+                v.sort_by(f64::total_cmp);
+                v[v.len() / 2]
+            };
+            let (p, a) = (median(&mut plain), median(&mut auth));
+            println!(
+                "authentication + RBAC ({clients} client(s)): Get p50 {p:.1}us -> {a:.1}us, +{:.1}us = {:+.1}% of Get p50",
+                a - p,
+                (a - p) / p * 100.0
+            );
+        }
+    }
     Ok(())
+}
+
+async fn run_get(name: &str, cl: Arc<Vec<Client>>, clients: usize, n: usize, seconds: u64) -> Stats {
+    drive(name, clients, None, seconds, move |i| {
+        let mut g = cl[i % cl.len()].clone();
+        async move {
+            let q = ClusterQuery { id: Some(ClusterId { r#type: "server".into(), value: server_url(i % n) }), ..Default::default() };
+            g.get(q).await.is_ok()
+        }
+    })
+    .await
 }
 

@@ -1,0 +1,670 @@
+//! Accounts, sessions, API tokens and RBAC decisions, the way Argo CD has them, event-sourced.
+//!
+//! Every change (a password set, a token issued or revoked, a session logged out, a failed login)
+//! is an event on the log; every replica folds the events into its own [`state::AuthState`], so a
+//! revocation or a lockout on one replica holds on all of them. Tokens are HS256 JWTs signed with
+//! a key that is itself an event (sealed), created once by whichever replica starts first.
+
+pub mod config;
+pub mod state;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::{Duration, SystemTime};
+
+use corral_event_log::{EventLog, LogError, NewEvent};
+use corral_proto::account as api;
+use corral_proto::auth as ev;
+use corral_proto::events::EventEnvelope;
+use corral_secrets::{Secret, SealingKey};
+use futures::StreamExt;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use prost::Message;
+use tokio::sync::watch;
+
+pub use config::{ADMIN, AccountConfig, AuthConfig, Capability};
+use state::{AuthState, TokenMeta};
+
+/// The issuer Argo CD puts in its tokens; clients and tools check it.
+pub const ISSUER: &str = "argocd";
+/// bcrypt cost as Argo CD (Go's bcrypt.DefaultCost).
+pub const BCRYPT_COST: u32 = 10;
+/// How long to wait for this replica's projection to reach a revision.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(10);
+const APPEND_RETRIES: usize = 8;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("permission denied")]
+    PermissionDenied,
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("too many failed login attempts; try again later")]
+    TooManyAttempts,
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<LogError> for AuthError {
+    fn from(e: LogError) -> Self {
+        match e {
+            LogError::Unavailable(m) => AuthError::Unavailable(m),
+            other => AuthError::Internal(other.to_string()),
+        }
+    }
+}
+
+/// The same answer for an unknown user and a wrong password.
+fn bad_login() -> AuthError {
+    AuthError::Unauthenticated("Invalid username or password".into())
+}
+
+fn invalid_token() -> AuthError {
+    AuthError::Unauthenticated("invalid session: token is not valid".into())
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenKind {
+    Session,
+    ApiKey,
+    /// Authentication is switched off: every caller acts as the admin.
+    AuthDisabled,
+}
+
+impl TokenKind {
+    fn subject_suffix(self) -> &'static str {
+        match self {
+            TokenKind::Session | TokenKind::AuthDisabled => "login",
+            TokenKind::ApiKey => "apiKey",
+        }
+    }
+}
+
+/// Who is calling, established from a verified token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal {
+    pub account: String,
+    pub kind: TokenKind,
+    pub token_id: String,
+    pub expires_at: Option<i64>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Claims {
+    iss: String,
+    sub: String,
+    jti: String,
+    iat: i64,
+    nbf: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    exp: Option<i64>,
+    /// Sessions only: the password version they were issued under. A password change ends
+    /// every older session at once, even one issued in the same second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pwv: Option<u64>,
+}
+
+/// Where the admin's first password comes from.
+pub enum InitialAdminPassword {
+    /// Generate one, show it once.
+    Generate,
+    /// A clear-text password given by the operator.
+    Plain(Secret<String>),
+    /// A bcrypt hash, e.g. Argo CD's `admin.password`, imported as it is.
+    Bcrypt(Secret<String>),
+}
+
+impl InitialAdminPassword {
+    /// From `CORRAL_ADMIN_PASSWORD`, `CORRAL_ADMIN_PASSWORD_FILE` or `CORRAL_ADMIN_PASSWORD_BCRYPT`.
+    pub fn from_env() -> Result<InitialAdminPassword, AuthError> {
+        if let Ok(p) = std::env::var("CORRAL_ADMIN_PASSWORD") {
+            return Ok(InitialAdminPassword::Plain(Secret::new(p)));
+        }
+        if let Ok(path) = std::env::var("CORRAL_ADMIN_PASSWORD_FILE") {
+            let p = std::fs::read_to_string(&path).map_err(|e| AuthError::Config(format!("CORRAL_ADMIN_PASSWORD_FILE {path}: {e}")))?;
+            return Ok(InitialAdminPassword::Plain(Secret::new(p.trim_end_matches(['\r', '\n']).to_string())));
+        }
+        if let Ok(h) = std::env::var("CORRAL_ADMIN_PASSWORD_BCRYPT") {
+            h.parse::<bcrypt::HashParts>().map_err(|_| AuthError::Config("CORRAL_ADMIN_PASSWORD_BCRYPT is not a bcrypt hash".into()))?;
+            return Ok(InitialAdminPassword::Bcrypt(Secret::new(h)));
+        }
+        Ok(InitialAdminPassword::Generate)
+    }
+}
+
+pub struct Auth {
+    log: Arc<dyn EventLog>,
+    key: Arc<SealingKey>,
+    state: Arc<RwLock<AuthState>>,
+    applied: watch::Receiver<u64>,
+    config: RwLock<Arc<AuthConfig>>,
+    disabled: bool,
+}
+
+fn now_unix() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+fn new_password_ok(p: &str) -> Result<(), AuthError> {
+    // bcrypt reads at most 72 bytes; a longer password would be silently cut.
+    if p.len() < 8 || p.len() > 72 {
+        return Err(AuthError::InvalidArgument("newPassword: must be 8 to 72 bytes long".into()));
+    }
+    Ok(())
+}
+
+fn hash_password(p: &str) -> Result<String, AuthError> {
+    bcrypt::hash(p, BCRYPT_COST).map_err(|e| AuthError::Internal(format!("bcrypt: {e}")))
+}
+
+/// A hash nobody's password matches, verified against for unknown users so that their answer
+/// takes as long as a wrong password's.
+fn dummy_hash() -> &'static str {
+    static DUMMY: OnceLock<String> = OnceLock::new();
+    DUMMY.get_or_init(|| hash_password(&uuid::Uuid::new_v4().to_string()).unwrap_or_default())
+}
+
+fn generate_password() -> String {
+    use rand::Rng;
+    const CHARS: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
+    let mut rng = rand::rng();
+    (0..20).map(|_| CHARS[rng.random_range(0..CHARS.len())] as char).collect()
+}
+
+impl Auth {
+    /// Starts the projection, catches up with the log, and makes sure a signing key exists.
+    pub async fn start(
+        log: Arc<dyn EventLog>,
+        key: Arc<SealingKey>,
+        config: AuthConfig,
+        disabled: bool,
+    ) -> Result<Arc<Auth>, AuthError> {
+        let state: Arc<RwLock<AuthState>> = Arc::default();
+        let (tx, rx) = watch::channel(0u64);
+        tokio::spawn(run_projection(log.clone(), key.clone(), state.clone(), tx));
+        let auth = Arc::new(Auth { log, key, state, applied: rx, config: RwLock::new(Arc::new(config)), disabled });
+        auth.barrier().await?;
+        auth.ensure_signing_key().await?;
+        Ok(auth)
+    }
+
+    pub fn disabled(&self) -> bool {
+        self.disabled
+    }
+
+    pub fn config(&self) -> Arc<AuthConfig> {
+        self.config.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn set_config(&self, config: AuthConfig) {
+        *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
+    }
+
+    /// Reloads the configuration from `path` whenever it changes (checked every second). An
+    /// invalid file is reported and the previous configuration stays in force.
+    pub fn watch_config_file(self: &Arc<Self>, path: PathBuf) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+            let mut last: Option<SystemTime> = modified(&path);
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let Some(auth) = weak.upgrade() else { return };
+                let now = modified(&path);
+                if now == last {
+                    continue;
+                }
+                last = now;
+                match AuthConfig::load(&path) {
+                    Ok(cfg) => {
+                        auth.set_config(cfg);
+                        tracing::info!(path = %path.display(), "accounts configuration reloaded");
+                    }
+                    Err(e) => tracing::error!(error = %e, "accounts configuration not reloaded; keeping the previous one"),
+                }
+            }
+        });
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, AuthState> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn wait_for(&self, seq: u64) -> Result<(), AuthError> {
+        let mut rx = self.applied.clone();
+        match tokio::time::timeout(CATCH_UP_TIMEOUT, rx.wait_for(|s| *s >= seq)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(AuthError::Unavailable("auth projection stopped".into())),
+            Err(_) => Err(AuthError::Unavailable(format!("auth projection did not reach revision {seq} in time"))),
+        }
+    }
+
+    /// Waits until this replica has applied everything the log held when the call began.
+    pub async fn barrier(&self) -> Result<(), AuthError> {
+        let last = self.log.last_seq().await?;
+        self.wait_for(last).await
+    }
+
+    async fn append<M: Message>(
+        &self,
+        subject: String,
+        event_type: &str,
+        payload: &M,
+        expected: Option<u64>,
+        actor: &str,
+    ) -> Result<Result<u64, ()>, AuthError> {
+        let event_id = uuid::Uuid::new_v4().to_string();
+        let envelope = EventEnvelope {
+            event_id: event_id.clone(),
+            event_type: event_type.to_string(),
+            aggregate_id: subject.clone(),
+            occurred_at_unix_nanos: chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default(),
+            schema_version: 1,
+            actor: actor.to_string(),
+            payload: payload.encode_to_vec(),
+            ..Default::default()
+        };
+        let new = NewEvent {
+            subject,
+            msg_id: event_id,
+            expected_subject_seq: expected,
+            headers: vec![],
+            payload: envelope.encode_to_vec().into(),
+        };
+        match self.log.append(new).await {
+            Ok(out) => Ok(Ok(out.seq)),
+            Err(LogError::Conflict { .. }) => Ok(Err(())),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Appends an event on an account's subject against the version this replica has, retrying
+    /// on fresh state when another replica got there first. `build` sees the fresh state and may
+    /// refuse.
+    async fn append_account<M: Message>(
+        &self,
+        account: &str,
+        event_type: &str,
+        actor: &str,
+        build: impl Fn(&AuthState) -> Result<M, AuthError>,
+    ) -> Result<u64, AuthError> {
+        for _ in 0..APPEND_RETRIES {
+            let (payload, expected) = {
+                let s = self.read();
+                (build(&s)?, s.subject_seq(account))
+            };
+            match self.append(state::account_subject(account), event_type, &payload, Some(expected), actor).await? {
+                Ok(seq) => {
+                    self.wait_for(seq).await?;
+                    return Ok(seq);
+                }
+                Err(()) => self.barrier().await?,
+            }
+        }
+        Err(AuthError::Unavailable(format!("account {account} is changing too fast; retry")))
+    }
+
+    async fn ensure_signing_key(&self) -> Result<(), AuthError> {
+        if self.read().signing_key.is_some() {
+            return Ok(());
+        }
+        let mut raw = vec![0u8; 32];
+        rand::Rng::fill(&mut rand::rng(), raw.as_mut_slice());
+        let payload = ev::SigningKeyCreated { sealed_key: Some(self.key.seal(&raw, state::SIGNING_KEY_AAD)) };
+        // Expected sequence 0: of racing replicas exactly one key is written; the others read it.
+        match self.append(state::KEY_SUBJECT.into(), state::SIGNING_KEY_CREATED, &payload, Some(0), "").await? {
+            Ok(seq) => self.wait_for(seq).await?,
+            Err(()) => self.barrier().await?,
+        }
+        if self.read().signing_key.is_none() {
+            return Err(AuthError::Internal("no token signing key after creating one".into()));
+        }
+        Ok(())
+    }
+
+    /// Gives the admin account its first password if it has none. Returns the password when it
+    /// was generated here, so the caller can show it once.
+    pub async fn ensure_admin_password(&self, initial: InitialAdminPassword) -> Result<Option<Secret<String>>, AuthError> {
+        if self.read().accounts.get(ADMIN).is_some_and(|a| a.password_hash.is_some()) {
+            return Ok(None);
+        }
+        let (hash, shown) = match initial {
+            InitialAdminPassword::Plain(p) => (hash_password(p.expose())?, None),
+            InitialAdminPassword::Bcrypt(h) => (h.into_inner(), None),
+            InitialAdminPassword::Generate => {
+                let p = generate_password();
+                (hash_password(&p)?, Some(Secret::new(p)))
+            }
+        };
+        let payload = ev::PasswordSet {
+            account: ADMIN.into(),
+            sealed_bcrypt_hash: Some(self.key.seal(hash.as_bytes(), &state::password_aad(ADMIN))),
+            changed_at_unix: now_unix(),
+        };
+        // Only if nothing was ever written for the admin: another replica may have won the race.
+        match self.append(state::account_subject(ADMIN), state::PASSWORD_SET, &payload, Some(0), "").await? {
+            Ok(seq) => {
+                self.wait_for(seq).await?;
+                Ok(shown)
+            }
+            Err(()) => {
+                self.barrier().await?;
+                Ok(None)
+            }
+        }
+    }
+
+    fn signing_key(&self) -> Result<Vec<u8>, AuthError> {
+        self.read()
+            .signing_key
+            .as_ref()
+            .map(|k| k.expose().clone())
+            .ok_or_else(|| AuthError::Unavailable("token signing key not loaded yet".into()))
+    }
+
+    fn sign(&self, account: &str, kind: TokenKind, jti: &str, iat: i64, exp: Option<i64>, pwv: Option<u64>) -> Result<String, AuthError> {
+        let claims = Claims {
+            iss: ISSUER.into(),
+            sub: format!("{account}:{}", kind.subject_suffix()),
+            jti: jti.into(),
+            iat,
+            nbf: iat,
+            exp,
+            pwv,
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(&self.signing_key()?))
+            .map_err(|e| AuthError::Internal(format!("signing token: {e}")))
+    }
+
+    fn decode(&self, token: &str) -> Result<Claims, AuthError> {
+        let mut v = Validation::new(Algorithm::HS256);
+        v.set_issuer(&[ISSUER]);
+        v.set_required_spec_claims(&["iss", "sub"]);
+        v.leeway = 0;
+        v.validate_nbf = true;
+        let data = jsonwebtoken::decode::<Claims>(token, &DecodingKey::from_secret(&self.signing_key()?), &v)
+            .map_err(|_| invalid_token())?;
+        Ok(data.claims)
+    }
+
+    /// Verifies a bearer token and says who it belongs to.
+    pub async fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        let claims = self.decode(token)?;
+        if claims.exp.is_some_and(|exp| exp <= now_unix()) {
+            return Err(invalid_token());
+        }
+        let (account, kind) = match claims.sub.rsplit_once(':') {
+            Some((a, "apiKey")) => (a.to_string(), TokenKind::ApiKey),
+            Some((a, "login")) => (a.to_string(), TokenKind::Session),
+            _ => return Err(invalid_token()),
+        };
+        let config = self.config();
+        let capability = if kind == TokenKind::ApiKey { Capability::ApiKey } else { Capability::Login };
+        if !config.account(&account).is_some_and(|a| a.can(capability)) {
+            return Err(AuthError::Unauthenticated("account is disabled or lacks the capability for this token".into()));
+        }
+        let principal = Principal { account, kind, token_id: claims.jti.clone(), expires_at: claims.exp };
+        match kind {
+            TokenKind::ApiKey => {
+                let known = |s: &AuthState| s.accounts.get(&principal.account).is_some_and(|a| a.tokens.contains_key(&claims.jti));
+                if known(&self.read()) {
+                    return Ok(principal);
+                }
+                // Issued moments ago through another replica? Catch up once before refusing.
+                self.barrier().await?;
+                if known(&self.read()) { Ok(principal) } else { Err(invalid_token()) }
+            }
+            _ => {
+                let s = self.read();
+                let password_seq = s.accounts.get(&principal.account).map(|a| a.password_seq).unwrap_or(0);
+                if s.revoked_sessions.contains_key(&claims.jti) || claims.pwv != Some(password_seq) {
+                    return Err(invalid_token());
+                }
+                Ok(principal)
+            }
+        }
+    }
+
+    /// The principal every caller gets when authentication is switched off.
+    pub fn anonymous_admin(&self) -> Principal {
+        Principal { account: ADMIN.into(), kind: TokenKind::AuthDisabled, token_id: String::new(), expires_at: None }
+    }
+
+    fn locked_out(&self, username: &str, source: &str, config: &AuthConfig) -> bool {
+        let since = now_unix() - config.failure_window.as_secs() as i64;
+        let s = self.read();
+        AuthState::failures_since(&s.user_failures, username, since) >= config.max_login_failures
+            || (!source.is_empty() && AuthState::failures_since(&s.source_failures, source, since) >= config.max_source_failures)
+    }
+
+    /// Password login: a session token, or the same refusal for an unknown user and a wrong
+    /// password, after the same bcrypt work.
+    pub async fn login(&self, username: &str, password: &str, source: &str) -> Result<String, AuthError> {
+        let config = self.config();
+        if self.locked_out(username, source, &config) {
+            return Err(AuthError::TooManyAttempts);
+        }
+        let (hash, password_seq) = {
+            let s = self.read();
+            let usable = config.account(username).is_some_and(|a| a.can(Capability::Login));
+            match s.accounts.get(username).filter(|_| usable) {
+                Some(a) => (a.password_hash.as_ref().map(|h| h.expose().clone()), a.password_seq),
+                None => (None, 0),
+            }
+        };
+        let (hash_to_check, known) = match hash {
+            Some(h) => (h, true),
+            None => (dummy_hash().to_string(), false),
+        };
+        let password = Secret::new(password.to_string());
+        let matches = tokio::task::spawn_blocking(move || bcrypt::verify(password.expose(), &hash_to_check).unwrap_or(false))
+            .await
+            .map_err(|e| AuthError::Internal(e.to_string()))?;
+        let login_subject = state::login_subject(username);
+        if !(matches && known) {
+            let failed = ev::LoginFailed { username: username.to_string(), source: source.to_string() };
+            let seq = self.append(login_subject, state::LOGIN_FAILED, &failed, None, "").await?.unwrap_or(0);
+            self.wait_for(seq).await?;
+            return Err(bad_login());
+        }
+        let had_failures = self.read().user_failures.contains_key(username);
+        if had_failures {
+            let ok = ev::LoginSucceeded { username: username.to_string() };
+            let seq = self.append(login_subject, state::LOGIN_SUCCEEDED, &ok, None, username).await?.unwrap_or(0);
+            self.wait_for(seq).await?;
+        }
+        let iat = now_unix();
+        let exp = iat + config.session_duration.as_secs() as i64;
+        self.sign(username, TokenKind::Session, &uuid::Uuid::new_v4().to_string(), iat, Some(exp), Some(password_seq))
+    }
+
+    /// Logs a session out: its token stops working on every replica.
+    pub async fn logout(&self, who: &Principal) -> Result<(), AuthError> {
+        if who.kind != TokenKind::Session {
+            return Ok(());
+        }
+        let payload = ev::SessionRevoked {
+            account: who.account.clone(),
+            token_id: who.token_id.clone(),
+            expires_at_unix: who.expires_at.unwrap_or(i64::MAX),
+        };
+        self.append_account(&who.account, state::SESSION_REVOKED, &who.account, |_| Ok(payload.clone())).await?;
+        Ok(())
+    }
+
+    pub fn enforce(&self, who: &Principal, resource: &str, action: &str, object: &str) -> bool {
+        who.kind == TokenKind::AuthDisabled || self.config().policy.enforce(&who.account, resource, action, object)
+    }
+
+    /// An account may always act on itself; on others it needs `accounts, <action>, <name>`.
+    fn check_account_permission(&self, who: &Principal, action: &str, name: &str) -> Result<(), AuthError> {
+        if who.account == name || self.enforce(who, "accounts", action, name) {
+            Ok(())
+        } else {
+            Err(AuthError::PermissionDenied)
+        }
+    }
+
+    pub async fn update_password(
+        &self,
+        who: &Principal,
+        name: &str,
+        current: &str,
+        new: &str,
+    ) -> Result<(), AuthError> {
+        let target = if name.is_empty() { who.account.clone() } else { name.to_string() };
+        self.check_account_permission(who, "update", &target)?;
+        new_password_ok(new)?;
+        let config = self.config();
+        if !config.account(&target).is_some_and(|a| a.capabilities.contains(&Capability::Login)) {
+            return Err(AuthError::NotFound(format!("account '{target}' does not exist or has no login capability")));
+        }
+        // The current password is the caller's own, as in Argo CD: an admin resetting another
+        // account proves who they are, not the other account's secret.
+        let own_hash = self.read().accounts.get(&who.account).and_then(|a| a.password_hash.as_ref()).map(|h| h.expose().clone());
+        let current = Secret::new(current.to_string());
+        let ok = match own_hash {
+            Some(h) => tokio::task::spawn_blocking(move || bcrypt::verify(current.expose(), &h).unwrap_or(false))
+                .await
+                .map_err(|e| AuthError::Internal(e.to_string()))?,
+            None => false,
+        };
+        if !ok {
+            return Err(AuthError::InvalidArgument("currentPassword: current password does not match".into()));
+        }
+        let new = Secret::new(new.to_string());
+        let hash = tokio::task::spawn_blocking(move || hash_password(new.expose()))
+            .await
+            .map_err(|e| AuthError::Internal(e.to_string()))??;
+        let sealed = self.key.seal(hash.as_bytes(), &state::password_aad(&target));
+        let changed_at = now_unix();
+        self.append_account(&target, state::PASSWORD_SET, &who.account, |_| {
+            Ok(ev::PasswordSet { account: target.clone(), sealed_bcrypt_hash: Some(sealed.clone()), changed_at_unix: changed_at })
+        })
+        .await?;
+        Ok(())
+    }
+
+    pub async fn create_token(&self, who: &Principal, name: &str, expires_in: i64, id: &str) -> Result<String, AuthError> {
+        self.check_account_permission(who, "update", name)?;
+        let config = self.config();
+        let Some(account) = config.account(name) else {
+            return Err(AuthError::NotFound(format!("account '{name}' does not exist")));
+        };
+        if !account.can(Capability::ApiKey) {
+            return Err(AuthError::InvalidArgument(format!("account '{name}' does not have 'apiKey' capability")));
+        }
+        if expires_in < 0 {
+            return Err(AuthError::InvalidArgument("expiresIn: must be zero (never) or a number of seconds".into()));
+        }
+        let id = if id.is_empty() { uuid::Uuid::new_v4().to_string() } else { id.to_string() };
+        if id.len() > 128 || id.chars().any(|c| c.is_control()) {
+            return Err(AuthError::InvalidArgument("id: at most 128 printable characters".into()));
+        }
+        let iat = now_unix();
+        let exp = (expires_in > 0).then(|| iat.saturating_add(expires_in));
+        self.append_account(name, state::API_TOKEN_ISSUED, &who.account, |s| {
+            if s.accounts.get(name).is_some_and(|a| a.tokens.contains_key(&id)) {
+                return Err(AuthError::AlreadyExists(format!("account '{name}' already has a token with id '{id}'")));
+            }
+            Ok(ev::ApiTokenIssued { account: name.into(), token_id: id.clone(), issued_at_unix: iat, expires_at_unix: exp.unwrap_or(0) })
+        })
+        .await?;
+        self.sign(name, TokenKind::ApiKey, &id, iat, exp, None)
+    }
+
+    pub async fn delete_token(&self, who: &Principal, name: &str, id: &str) -> Result<(), AuthError> {
+        self.check_account_permission(who, "update", name)?;
+        self.append_account(name, state::API_TOKEN_REVOKED, &who.account, |s| {
+            if !s.accounts.get(name).is_some_and(|a| a.tokens.contains_key(id)) {
+                return Err(AuthError::NotFound(format!("account '{name}' has no token with id '{id}'")));
+            }
+            Ok(ev::ApiTokenRevoked { account: name.into(), token_id: id.into() })
+        })
+        .await?;
+        Ok(())
+    }
+
+    fn account_view(&self, a: &AccountConfig) -> api::Account {
+        let tokens = self
+            .read()
+            .accounts
+            .get(&a.name)
+            .map(|s| s.tokens.values().map(|t: &TokenMeta| api::Token { id: t.id.clone(), issued_at: t.issued_at, expires_at: t.expires_at }).collect())
+            .unwrap_or_default();
+        api::Account {
+            name: a.name.clone(),
+            enabled: a.enabled,
+            capabilities: a.capabilities.iter().map(|c| c.as_str().to_string()).collect(),
+            tokens,
+        }
+    }
+
+    pub async fn list_accounts(&self, who: &Principal) -> Result<api::AccountsList, AuthError> {
+        self.barrier().await?;
+        let config = self.config();
+        let items = config
+            .accounts
+            .values()
+            .filter(|a| a.name == who.account || self.enforce(who, "accounts", "get", &a.name))
+            .map(|a| self.account_view(a))
+            .collect();
+        Ok(api::AccountsList { items })
+    }
+
+    pub async fn get_account(&self, who: &Principal, name: &str) -> Result<api::Account, AuthError> {
+        self.check_account_permission(who, "get", name)?;
+        self.barrier().await?;
+        let config = self.config();
+        let a = config.account(name).ok_or_else(|| AuthError::NotFound(format!("account '{name}' does not exist")))?;
+        Ok(self.account_view(a))
+    }
+}
+
+/// Follows the log from the start, folding auth events into `state`; resumes after errors.
+async fn run_projection(log: Arc<dyn EventLog>, key: Arc<SealingKey>, state: Arc<RwLock<AuthState>>, applied: watch::Sender<u64>) {
+    loop {
+        let from = state.read().unwrap_or_else(|p| p.into_inner()).applied + 1;
+        let mut stream = match log.subscribe(from).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "auth projection cannot subscribe; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        loop {
+            let next = tokio::select! {
+                n = stream.next() => n,
+                _ = applied.closed() => return,
+            };
+            match next {
+                Some(Ok(event)) => {
+                    let seq = event.seq;
+                    let result = state.write().unwrap_or_else(|p| p.into_inner()).apply(&event, &key);
+                    if let Err(e) = result {
+                        // A broken event must not stop every login; it is reported and skipped.
+                        tracing::error!(error = %e, seq, "auth projection skipped an event");
+                    }
+                    applied.send_replace(seq);
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "auth projection subscription failed; resubscribing");
+                    break;
+                }
+                None => break,
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
