@@ -126,6 +126,21 @@ async fn accounts_tokens_and_rbac_across_two_gateways() {
     let info = sessions.get_user_info(GetUserInfoRequest {}).await.expect("userinfo").into_inner();
     assert_eq!((info.logged_in, info.username.as_str()), (true, "admin"));
 
+    // --- The UI's cookie works too; with it, a write must be JSON (no cross-site form posts).
+    let cookie = format!("argocd.token={}", admin0.token.clone().expect("token"));
+    let plain = reqwest::Client::new();
+    let resp = plain.get(anon.url("/api/v1/clusters")).header("cookie", &cookie).send().await.expect("send");
+    assert_eq!(resp.status().as_u16(), 200);
+    let resp = plain
+        .post(anon.url("/api/v1/clusters"))
+        .header("cookie", &cookie)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("server=https://csrf.example.com")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status().as_u16(), 415);
+
     // --- Clusters A, B, C as the admin.
     for (server, name) in [(A, "a"), (B, "b"), (C, "c")] {
         let (s, b) = call(&admin0, reqwest::Method::POST, "/api/v1/clusters", Some(json!({"server": server, "name": name, "config": {"bearerToken": "cluster-secret"}}))).await;
