@@ -302,6 +302,17 @@ async fn accounts_tokens_and_rbac_across_two_gateways() {
     let deployer1 = admin1.with_token(Some(&deployer));
     within(Duration::from_secs(5), async || get(&deployer1, "/api/v1/clusters").await.0 == 401).await;
 
+    // --- Failures from one address lock that address out, whatever the user name.
+    std::fs::write(&path, format!("{ACCOUNTS}\n\"login.maxSourceFailures\" = \"8\"\n")).expect("rewrite accounts");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut statuses = Vec::new();
+    for i in 0..8 {
+        statuses.push(admin0.login(&format!("nobody-{i}"), "wrong-password").await.expect_err("unknown user").0);
+    }
+    assert_eq!(statuses.last(), Some(&429), "the source is locked out after its failures: {statuses:?}");
+    let blocked = admin1.login("admin", ADMIN_PASSWORD).await.expect_err("source locked out on the other replica too");
+    assert_eq!(blocked.0, 429);
+
     // --- No token, password or hash in clear in the stream, the registry's sled files or logs.
     let client = async_nats::connect(d.nats.url()).await.expect("nats");
     let log = corral_event_log::NatsLog::new(client, Default::default()).await.expect("log");
@@ -342,6 +353,26 @@ async fn the_embedded_control_plane_requires_a_login_and_keeps_no_secret_in_clea
     assert!(b.contains("apiKey"), "{b}");
     let (s, b) = get(&admin, "/api/v1/session/userinfo").await;
     assert_eq!(s, 200, "{b}");
+
+    // An unknown user costs the same bcrypt work as a wrong password: no timing oracle.
+    let timed = async |user: &str| {
+        let started = std::time::Instant::now();
+        let err = admin.login(user, "definitely-wrong").await.expect_err("refused");
+        (started.elapsed(), err)
+    };
+    let (mut known, mut unknown) = (Vec::new(), Vec::new());
+    for i in 0..3 {
+        let (t, e1) = timed("admin").await;
+        known.push(t);
+        let (u, e2) = timed(&format!("ghost-{i}")).await;
+        unknown.push(u);
+        assert_eq!(e1, e2, "same answer for a wrong password and an unknown user");
+    }
+    known.sort();
+    unknown.sort();
+    let (k, u) = (known[1].as_secs_f64(), unknown[1].as_secs_f64());
+    println!("login refusal: wrong password {:.1} ms, unknown user {:.1} ms", k * 1e3, u * 1e3);
+    assert!(u > k * 0.5 && u < k * 2.0, "unknown user {u:.4}s vs wrong password {k:.4}s");
     let dir = cp.stop().await;
     for needle in [password.trim().as_bytes(), b"$2b$".as_slice()] {
         assert!(files_containing(dir.path().join("log").as_path(), needle).is_empty());
