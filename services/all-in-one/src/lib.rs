@@ -30,6 +30,9 @@ pub struct Config {
     pub max_body_bytes: usize,
     #[command(flatten)]
     pub auth: corral_gateway::AuthOptions,
+    /// Seconds between health-probe rounds; 0 turns the probe off.
+    #[arg(long, env = "CORRAL_PROBE_INTERVAL_SECONDS", default_value_t = 10.0)]
+    pub probe_interval_seconds: f64,
 }
 
 /// Runs the control plane on an already-bound listener until `shutdown` resolves.
@@ -59,6 +62,16 @@ pub async fn run(
         auth_options.admin_password_out = Some(config.data_dir.join("admin.password"));
     }
     let auth = corral_gateway::start_auth(log.clone(), key.clone(), &auth_options).await?;
+    if config.probe_interval_seconds > 0.0 {
+        let probe_config = corral_health_probe::ProbeConfig {
+            interval: std::time::Duration::from_secs_f64(config.probe_interval_seconds.max(0.05)),
+            ..Default::default()
+        };
+        let mut probe_stop = stop_tx.subscribe();
+        tokio::spawn(corral_health_probe::HealthProbe::run(log.clone(), key.clone(), probe_config, async move {
+            let _ = probe_stop.wait_for(|s| *s).await;
+        }));
+    }
     let registry = corral_registry::start(log, &db, key, RegistryConfig::default(), projection_stop).await?;
     let api: Arc<dyn RegistryApi> = registry;
     let app = corral_gateway::app(api, auth, &corral_gateway::GatewayConfig { max_body_bytes: config.max_body_bytes });

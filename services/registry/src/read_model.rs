@@ -14,6 +14,9 @@ use crate::error::RegistryError;
 
 pub const CLUSTER_SUBJECT_PREFIX: &str = "corral.cluster.";
 pub const NAME_SUBJECT_PREFIX: &str = "corral.clustername.";
+/// Observed connection state, appended by the health probe.
+pub const STATE_SUBJECT_PREFIX: &str = "corral.clusterstate.";
+pub const CLUSTER_CONNECTION_OBSERVED: &str = "ClusterConnectionObserved";
 const CLUSTER_KEY_PREFIX: &[u8] = b"c/";
 const NAME_KEY_PREFIX: &[u8] = b"n/";
 
@@ -78,6 +81,11 @@ pub fn fold_cluster(
             rec.deleted = false;
             rec.refresh_requested_at_unix_nanos = 0;
             rec.created_at_unix_nanos = env.occurred_at_unix_nanos;
+            // A re-created cluster starts unobserved.
+            rec.connection_status.clear();
+            rec.connection_message.clear();
+            rec.connection_attempted_at_unix = 0;
+            rec.server_version.clear();
         }
         codec::CLUSTER_SPEC_CHANGED => {
             let e = events::ClusterSpecChanged::decode(env.payload.as_slice())?;
@@ -107,6 +115,21 @@ pub fn fold(p: &Projection, ev: &RecordedEvent) -> Result<Changes, RegistryError
         let env = decode_envelope(ev)?;
         let rec = fold_cluster(cluster_record(p, id)?, id, ev.seq, &env)?;
         changes.put(cluster_key(id), rec.encode_to_vec());
+    } else if let Some(id) = ev.subject.strip_prefix(STATE_SUBJECT_PREFIX) {
+        let env = decode_envelope(ev)?;
+        if env.event_type == CLUSTER_CONNECTION_OBSERVED
+            && let Some(mut rec) = cluster_record(p, id)?
+        {
+            let e = events::ClusterConnectionObserved::decode(env.payload.as_slice())?;
+            // Only for the incarnation that was probed; the cluster's own version is untouched.
+            if !rec.deleted && e.cluster_created_at_unix_nanos == rec.created_at_unix_nanos {
+                rec.connection_status = e.status;
+                rec.connection_message = e.message;
+                rec.connection_attempted_at_unix = e.attempted_at_unix;
+                rec.server_version = e.server_version;
+                changes.put(cluster_key(id), rec.encode_to_vec());
+            }
+        }
     } else if let Some(k) = ev.subject.strip_prefix(NAME_SUBJECT_PREFIX) {
         let env = decode_envelope(ev)?;
         let mut rec = name_record(p, k)?.unwrap_or_default();
@@ -136,19 +159,27 @@ fn time_from_nanos(n: i64) -> Option<Time> {
 /// The cluster as the API shows it.
 pub fn render(rec: &ClusterRecord) -> v1alpha1::Cluster {
     let spec = rec.spec.clone().unwrap_or_default();
-    // No probe has run yet: the observed state is Unknown, as Argo CD shows before its first check.
-    let connection_state = ConnectionState { status: "Unknown".to_string(), message: String::new(), attempted_at: None };
+    // Until the first probe the state is Unknown, as Argo CD shows before its first check.
+    let connection_state = if rec.connection_status.is_empty() {
+        ConnectionState { status: "Unknown".to_string(), message: String::new(), attempted_at: None }
+    } else {
+        ConnectionState {
+            status: rec.connection_status.clone(),
+            message: rec.connection_message.clone(),
+            attempted_at: time_from_nanos(rec.connection_attempted_at_unix.saturating_mul(1_000_000_000)),
+        }
+    };
     v1alpha1::Cluster {
         server: spec.server,
         name: spec.name,
         config: Some(rec.redacted_config.clone().unwrap_or_else(|| redact(&ClusterConfig::default()))),
         connection_state: Some(connection_state.clone()),
-        server_version: String::new(),
+        server_version: rec.server_version.clone(),
         namespaces: spec.namespaces,
         refresh_requested_at: time_from_nanos(rec.refresh_requested_at_unix_nanos),
         info: Some(v1alpha1::ClusterInfo {
             connection_state: Some(connection_state),
-            server_version: String::new(),
+            server_version: rec.server_version.clone(),
             cache_info: Some(v1alpha1::ClusterCacheInfo::default()),
             applications_count: 0,
             api_versions: Vec::new(),

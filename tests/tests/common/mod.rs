@@ -122,6 +122,8 @@ impl Embedded {
             seal_key_file: None,
             max_body_bytes: 64 * 1024,
             auth: corral_gateway::AuthOptions { accounts_file: None, disable_auth: false, admin_password_out: None },
+            // The suite's clusters are made-up hosts: probing them would leave loopback.
+            probe_interval_seconds: 0.0,
         };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -288,6 +290,26 @@ impl Deployment {
         .expect("gateway process");
         let addr = parse_listen_addr(&p.ready_line()).expect("gateway address");
         (p, addr)
+    }
+
+    /// A health-probe process probing every `interval_seconds`, each request bounded by `timeout_seconds`.
+    pub async fn spawn_health_probe(&self, interval_seconds: f64, timeout_seconds: f64) -> ServiceProcess {
+        ServiceProcess::spawn(
+            &workspace_bin("corral-health-probe"),
+            &[
+                "--nats-url".into(),
+                self.nats.url(),
+                "--interval-seconds".into(),
+                interval_seconds.to_string(),
+                "--timeout-seconds".into(),
+                timeout_seconds.to_string(),
+            ],
+            &[("CORRAL_SEAL_KEY".into(), self.seal_key.clone())],
+            "health-probe ready",
+            Duration::from_secs(60),
+        )
+        .await
+        .expect("health-probe process")
     }
 
     pub fn gateway_env(&self) -> Vec<(String, String)> {

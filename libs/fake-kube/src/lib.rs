@@ -1,0 +1,285 @@
+//! A test fixture that speaks the parts of the Kubernetes API the services use, over TLS with its
+//! own CA: `/version`, `/api`, `/apis` and discovery documents. It checks bearer tokens and client
+//! certificates like an API server (401 otherwise), and can be told to go down, hang, answer 500
+//! or change its version. Many can run at once, each on its own loopback port.
+//!
+//! It never ships in a service: only tests depend on it.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Up,
+    /// Connections are refused and open ones dropped.
+    Down,
+    /// Requests are accepted and never answered.
+    Hang,
+    /// Every request answers 500.
+    Error500,
+}
+
+/// An API group version with its resource kinds, for discovery.
+#[derive(Clone, Debug)]
+pub struct GroupVersion {
+    /// Empty for the core group (`/api/v1`).
+    pub group: String,
+    pub version: String,
+    pub kinds: Vec<String>,
+}
+
+struct Inner {
+    mode: Mode,
+    git_version: String,
+    tokens: BTreeSet<String>,
+    groups: Vec<GroupVersion>,
+    requests: u64,
+}
+
+/// Client identity established by the TLS handshake of one connection.
+#[derive(Clone)]
+struct PeerCert(bool);
+
+pub struct FakeKube {
+    addr: SocketAddr,
+    ca_pem: String,
+    issuer: Arc<Issuer<'static, KeyPair>>,
+    inner: Arc<Mutex<Inner>>,
+    down: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn default_groups() -> Vec<GroupVersion> {
+    let gv = |g: &str, v: &str, kinds: &[&str]| GroupVersion {
+        group: g.into(),
+        version: v.into(),
+        kinds: kinds.iter().map(|k| k.to_string()).collect(),
+    };
+    vec![
+        gv("", "v1", &["Pod", "Service", "Secret", "ServiceAccount", "Namespace", "ConfigMap"]),
+        gv("apps", "v1", &["Deployment", "StatefulSet", "DaemonSet"]),
+        gv("batch", "v1", &["Job", "CronJob"]),
+    ]
+}
+
+fn status(code: u16, reason: &str, message: &str) -> Response {
+    let body = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": message, "reason": reason, "code": code});
+    (axum::http::StatusCode::from_u16(code).unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR), axum::Json(body))
+        .into_response()
+}
+
+fn resource_list(gv: &GroupVersion) -> Value {
+    let group_version = if gv.group.is_empty() { gv.version.clone() } else { format!("{}/{}", gv.group, gv.version) };
+    let resources: Vec<Value> = gv
+        .kinds
+        .iter()
+        .map(|k| {
+            json!({"name": format!("{}s", k.to_lowercase()), "singularName": k.to_lowercase(), "namespaced": true,
+                "kind": k, "verbs": ["get", "list", "watch", "create", "update", "delete"]})
+        })
+        .collect();
+    json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": resources})
+}
+
+async fn handle(State(inner): State<Arc<Mutex<Inner>>>, req: Request) -> Response {
+    let (mode, git_version, groups, token_ok) = {
+        let mut s = inner.lock().unwrap_or_else(|p| p.into_inner());
+        s.requests += 1;
+        let bearer = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::to_string);
+        let token_ok = bearer.is_some_and(|t| s.tokens.contains(&t));
+        (s.mode, s.git_version.clone(), s.groups.clone(), token_ok)
+    };
+    match mode {
+        Mode::Hang => std::future::pending::<()>().await,
+        Mode::Error500 => return status(500, "InternalError", "the server is failing on purpose"),
+        Mode::Up | Mode::Down => {}
+    }
+    let cert_ok = req.extensions().get::<PeerCert>().is_some_and(|p| p.0);
+    if !token_ok && !cert_ok {
+        return status(401, "Unauthorized", "Unauthorized");
+    }
+    let path = req.uri().path().trim_end_matches('/');
+    let body = match path {
+        "/version" => {
+            let minor = git_version.trim_start_matches('v').split('.').nth(1).unwrap_or("0").to_string();
+            json!({"major": "1", "minor": minor, "gitVersion": git_version, "gitCommit": "0000000",
+                "gitTreeState": "clean", "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.24",
+                "compiler": "gc", "platform": "linux/amd64"})
+        }
+        "/api" => json!({"kind": "APIVersions", "versions": ["v1"],
+            "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}]}),
+        "/apis" => {
+            let mut names: Vec<&str> = groups.iter().filter(|g| !g.group.is_empty()).map(|g| g.group.as_str()).collect();
+            names.dedup();
+            let list: Vec<Value> = names
+                .iter()
+                .map(|name| {
+                    let versions: Vec<Value> = groups
+                        .iter()
+                        .filter(|g| g.group == *name)
+                        .map(|g| json!({"groupVersion": format!("{}/{}", g.group, g.version), "version": g.version}))
+                        .collect();
+                    json!({"name": name, "versions": versions, "preferredVersion": versions[0]})
+                })
+                .collect();
+            json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": list})
+        }
+        p => {
+            let found = groups.iter().find(|g| {
+                if g.group.is_empty() { p == format!("/api/{}", g.version) } else { p == format!("/apis/{}/{}", g.group, g.version) }
+            });
+            match found {
+                Some(gv) => resource_list(gv),
+                None => return status(404, "NotFound", "the server could not find the requested resource"),
+            }
+        }
+    };
+    axum::Json(body).into_response()
+}
+
+impl FakeKube {
+    /// Starts a server on a free loopback port that accepts `tokens` as bearer tokens.
+    pub async fn start(tokens: &[&str]) -> FakeKube {
+        let ca_key = KeyPair::generate().expect("CA key");
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.distinguished_name.push(DnType::CommonName, "fake-kube CA");
+        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::CrlSign];
+        let ca_cert = ca_params.self_signed(&ca_key).expect("CA cert");
+        let issuer = Arc::new(Issuer::new(ca_params, ca_key));
+
+        let server_key = KeyPair::generate().expect("server key");
+        let mut params = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).expect("params");
+        params.distinguished_name.push(DnType::CommonName, "kube-apiserver");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let server_cert = params.signed_by(&server_key, &issuer).expect("server cert");
+
+        let ca_der = rustls::pki_types::CertificateDer::from(ca_cert.der().to_vec());
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca_der.clone()).expect("CA root");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .allow_unauthenticated()
+            .build()
+            .expect("client verifier");
+        let key_der = rustls::pki_types::PrivateKeyDer::try_from(server_key.serialize_der()).expect("key der");
+        let tls = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("protocols")
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(vec![server_cert.der().clone(), ca_der], key_der)
+            .expect("server TLS config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+
+        let inner = Arc::new(Mutex::new(Inner {
+            mode: Mode::Up,
+            git_version: "v1.31.2".into(),
+            tokens: tokens.iter().map(|t| t.to_string()).collect(),
+            groups: default_groups(),
+            requests: 0,
+        }));
+        let router = Router::new().fallback(handle).with_state(inner.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (down, down_rx) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else { continue };
+                if *down_rx.borrow() {
+                    drop(tcp);
+                    continue;
+                }
+                let (acceptor, router, mut down_rx) = (acceptor.clone(), router.clone(), down_rx.clone());
+                tokio::spawn(async move {
+                    let Ok(stream) = acceptor.accept(tcp).await else { return };
+                    let peer = PeerCert(stream.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty()));
+                    let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                        req.extensions_mut().insert(peer.clone());
+                        let router = router.clone();
+                        async move { tower_call(router, req).await }
+                    });
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                    // Going down drops open connections too, as a dead server's would be.
+                    tokio::select! {
+                        _ = conn => {}
+                        _ = down_rx.wait_for(|d| *d) => {}
+                    }
+                });
+            }
+        });
+        FakeKube { addr, ca_pem: ca_cert.pem(), issuer, inner, down, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    /// The CA that signed the server's certificate, PEM.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    /// A client certificate and key (PEM) the server accepts instead of a token.
+    pub fn issue_client_cert(&self, user: &str) -> (String, String) {
+        let key = KeyPair::generate().expect("client key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.distinguished_name.push(DnType::CommonName, user);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params.signed_by(&key, &self.issuer).expect("client cert");
+        (cert.pem(), key.serialize_pem())
+    }
+
+    pub fn set_mode(&self, mode: Mode) {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).mode = mode;
+        let _ = self.down.send(mode == Mode::Down);
+    }
+
+    pub fn set_version(&self, git_version: &str) {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).git_version = git_version.into();
+    }
+
+    pub fn set_groups(&self, groups: Vec<GroupVersion>) {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).groups = groups;
+    }
+
+    pub fn add_token(&self, token: &str) {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).tokens.insert(token.into());
+    }
+
+    pub fn remove_token(&self, token: &str) {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).tokens.remove(token);
+    }
+
+    /// Requests served so far (any answer).
+    pub fn requests(&self) -> u64 {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).requests
+    }
+}
+
+async fn tower_call(router: Router, req: hyper::Request<hyper::body::Incoming>) -> Result<Response, std::convert::Infallible> {
+    use tower::ServiceExt;
+    let req = req.map(axum::body::Body::new);
+    router.oneshot(req).await
+}
+
+impl Drop for FakeKube {
+    fn drop(&mut self) {
+        self.task.abort();
+        let _ = self.down.send(true);
+    }
+}

@@ -1,0 +1,151 @@
+//! The health probe against fake Kubernetes API servers (TLS, own CA), through the gateway on a
+//! real nats-server: Unknown → Successful with the server's version, Failed with a useful message
+//! when the server goes down, hangs or refuses the token, back to Successful; client-certificate
+//! and exec-plugin credentials; no event for a steady fleet; deleted clusters stop being probed.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use common::{Api, Deployment};
+use corral_event_log::EventLog;
+use corral_fake_kube::{FakeKube, Mode};
+use serde_json::{Value, json};
+
+const INTERVAL: f64 = 0.5;
+const TIMEOUT: f64 = 1.0;
+
+fn b64(s: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+fn enc(server: &str) -> String {
+    url::form_urlencoded::byte_serialize(server.as_bytes()).collect()
+}
+
+async fn get(api: &Api, server: &str) -> Value {
+    let resp = api.http.get(api.url(&format!("/api/v1/clusters/{}", enc(server)))).send().await.expect("send");
+    assert_eq!(resp.status().as_u16(), 200);
+    resp.json().await.expect("json")
+}
+
+async fn create(api: &Api, body: Value) {
+    let resp = api.http.post(api.url("/api/v1/clusters")).json(&body).send().await.expect("send");
+    let status = resp.status().as_u16();
+    assert_eq!(status, 200, "{}", resp.text().await.unwrap_or_default());
+}
+
+/// Waits until the cluster's state satisfies `want`; the cluster as last seen and how long it took.
+async fn wait_state(api: &Api, server: &str, limit: Duration, want: impl Fn(&Value) -> bool) -> (Value, Duration) {
+    let started = Instant::now();
+    loop {
+        let c = get(api, server).await;
+        if want(&c) {
+            return (c, started.elapsed());
+        }
+        assert!(started.elapsed() < limit, "state not reached within {limit:?}; last: {}", c["connectionState"]);
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+fn status(c: &Value) -> &str {
+    c["connectionState"]["status"].as_str().unwrap_or_default()
+}
+
+async fn state_events(d: &Deployment) -> usize {
+    let client = async_nats::connect(d.nats.url()).await.expect("nats");
+    let log = corral_event_log::NatsLog::new(client, Default::default()).await.expect("log");
+    log.read(1, 1_000_000).await.expect("read").iter().filter(|e| e.subject.starts_with("corral.clusterstate.")).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_health_probe_records_what_each_cluster_answers() {
+    let d = Deployment::start(1, 1).await;
+    let fake = FakeKube::start(&["good-token"]).await;
+    let other = FakeKube::start(&["exec-token"]).await;
+    let _probe = d.spawn_health_probe(INTERVAL, TIMEOUT).await;
+    let api = d.api(0).await;
+    let interval = Duration::from_secs_f64(INTERVAL);
+
+    // A new cluster is probed within a second of its creation.
+    let ok = fake.url();
+    create(&api, json!({"server": ok, "name": "ok", "config": {"bearerToken": "good-token", "tlsClientConfig": {"caData": b64(fake.ca_pem())}}})).await;
+    let first = get(&api, &ok).await;
+    assert!(matches!(status(&first), "Unknown" | "Successful"), "{first}");
+    let (c, took) = wait_state(&api, &ok, Duration::from_secs(1), |c| status(c) == "Successful").await;
+    println!("new cluster Successful after {took:?}");
+    assert_eq!(c["serverVersion"], "1.31");
+    assert_eq!(c["info"]["serverVersion"], "1.31");
+    assert_eq!(c["info"]["connectionState"]["status"], "Successful");
+    assert!(c["connectionState"]["attemptedAt"].as_str().is_some_and(|t| t.ends_with('Z')), "{c}");
+
+    // A steady fleet appends nothing.
+    let before = state_events(&d).await;
+    tokio::time::sleep(interval * 4).await;
+    assert_eq!(state_events(&d).await, before, "healthy probes must not append events");
+
+    // Down: Failed within two intervals, with a message that says why.
+    fake.set_mode(Mode::Down);
+    let (c, took) = wait_state(&api, &ok, interval * 2 + Duration::from_millis(500), |c| status(c) == "Failed").await;
+    println!("server down → Failed after {took:?}: {}", c["connectionState"]["message"]);
+    assert!(c["connectionState"]["message"].as_str().is_some_and(|m| m.contains("cannot reach")), "{c}");
+    fake.set_mode(Mode::Up);
+    wait_state(&api, &ok, interval * 3, |c| status(c) == "Successful").await;
+
+    // A hanging server fails on the timeout; a new version is noticed.
+    fake.set_mode(Mode::Hang);
+    let (c, _) = wait_state(&api, &ok, interval * 2 + Duration::from_secs_f64(TIMEOUT * 2.0), |c| status(c) == "Failed").await;
+    assert!(c["connectionState"]["message"].as_str().is_some_and(|m| m.contains("did not answer") || m.contains("timed out") || m.contains("timeout")), "{c}");
+    fake.set_mode(Mode::Up);
+    fake.set_version("v1.32.4");
+    wait_state(&api, &ok, interval * 3 + Duration::from_secs_f64(TIMEOUT), |c| status(c) == "Successful" && c["serverVersion"] == "1.32").await;
+
+    // A wrong token: Failed with 401, and the token is nowhere in the message.
+    let bad = fake.url().replace("127.0.0.1", "localhost");
+    create(&api, json!({"server": bad, "name": "bad", "config": {"bearerToken": "wrong-token-value", "tlsClientConfig": {"caData": b64(fake.ca_pem())}}})).await;
+    let (c, _) = wait_state(&api, &bad, Duration::from_secs(2), |c| status(c) == "Failed").await;
+    let message = c["connectionState"]["message"].as_str().unwrap_or_default().to_string();
+    assert!(message.contains("401"), "{message}");
+    assert!(!message.contains("wrong-token-value"));
+
+    // Client certificate and key instead of a token.
+    let (cert, key) = other.issue_client_cert("probe");
+    let by_cert = other.url();
+    create(&api, json!({"server": by_cert, "name": "by-cert", "config": {"tlsClientConfig": {"caData": b64(other.ca_pem()), "certData": b64(&cert), "keyData": b64(&key)}}})).await;
+    wait_state(&api, &by_cert, Duration::from_secs(2), |c| status(c) == "Successful").await;
+
+    // An exec credential plugin that prints an ExecCredential, as kubectl runs them.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = dir.path().join("credential.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\necho '{\"apiVersion\":\"client.authentication.k8s.io/v1\",\"kind\":\"ExecCredential\",\"status\":{\"token\":\"'\"$PLUGIN_TOKEN\"'\"}}'\n",
+    )
+    .expect("script");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    let by_exec = other.url().replace("127.0.0.1", "localhost");
+    create(
+        &api,
+        json!({"server": by_exec, "name": "by-exec", "config": {
+            "tlsClientConfig": {"caData": b64(other.ca_pem())},
+            "execProviderConfig": {"command": script.display().to_string(), "apiVersion": "client.authentication.k8s.io/v1", "env": {"PLUGIN_TOKEN": "exec-token"}}}}),
+    )
+    .await;
+    let (c, _) = wait_state(&api, &by_exec, Duration::from_secs(3), |c| status(c) != "Unknown").await;
+    assert_eq!(status(&c), "Successful", "{c}");
+
+    // Deleted clusters stop being probed.
+    for server in [&by_cert, &by_exec] {
+        let resp = api.http.delete(api.url(&format!("/api/v1/clusters/{}", enc(server)))).send().await.expect("send");
+        assert_eq!(resp.status().as_u16(), 200);
+    }
+    tokio::time::sleep(interval * 2).await;
+    let served = other.requests();
+    tokio::time::sleep(interval * 4).await;
+    assert_eq!(other.requests(), served, "a deleted cluster is still probed");
+}
