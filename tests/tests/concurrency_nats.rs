@@ -107,3 +107,46 @@ async fn writes_are_read_back_at_once_through_any_replica() {
         assert_eq!(got["labels"]["step"], "two", "update {i} not visible: {got}");
     }
 }
+
+/// A command authorised against one version of a cluster does nothing once the cluster changed:
+/// the gateway re-authorises instead of acting on what it checked before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_expecting_a_stale_version_is_refused_and_changes_nothing() {
+    use corral_proto::cluster::{ClusterId, ClusterUpdateRequest};
+    use corral_proto::registry::{Command, Query, command, query, reply};
+    use corral_registry::RegistryApi;
+    let d = common::Deployment::start(1, 1).await;
+    let api = d.api(0).await;
+    let server = "https://versioned.example.com";
+    let (s, _) = common::suite::rest_post(&api, "/api/v1/clusters", serde_json::json!({"server": server, "name": "versioned"})).await;
+    assert!(s.is_success());
+    let client = async_nats::connect(d.nats.url()).await.expect("nats");
+    let registry = corral_registry::nats_rpc::NatsRegistryClient::new(client, std::time::Duration::from_secs(30));
+    let get = || Query {
+        linearizable: true,
+        kind: Some(query::Kind::Get(corral_proto::cluster::ClusterQuery { server: server.into(), ..Default::default() })),
+        ..Default::default()
+    };
+    let version = registry.query(get()).await.cluster_version;
+    assert!(version >= 1);
+    let update = |label: &str, expected_version: u64| Command {
+        context: None,
+        expected_version,
+        kind: Some(command::Kind::Update(ClusterUpdateRequest {
+            cluster: Some(corral_proto::v1alpha1::Cluster { server: server.into(), labels: [("step".to_string(), label.to_string())].into(), ..Default::default() }),
+            updated_fields: vec!["labels".into()],
+            id: Some(ClusterId { r#type: "server".into(), value: server.into() }),
+        })),
+    };
+    let ok = registry.command(update("one", version)).await;
+    assert!(matches!(ok.result, Some(reply::Result::Cluster(_))), "{ok:?}");
+    let stale = registry.command(update("two", version)).await;
+    match stale.result {
+        Some(reply::Result::Error(e)) => assert_eq!(tonic::Code::from(e.code), tonic::Code::Aborted, "{e:?}"),
+        other => panic!("a stale version must be refused: {other:?}"),
+    }
+    match registry.query(get()).await.result {
+        Some(reply::Result::Cluster(c)) => assert_eq!(c.labels.get("step").map(String::as_str), Some("one")),
+        other => panic!("get: {other:?}"),
+    }
+}

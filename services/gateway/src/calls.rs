@@ -47,6 +47,7 @@ pub struct Clusters {
 }
 
 const RESOURCE: &str = "clusters";
+const AUTHORISE_ATTEMPTS: usize = 3;
 
 /// Argo CD's RBAC object for a cluster: `PROJECT/SERVER`, or the server alone outside a project.
 pub fn rbac_object(project: &str, server: &str) -> String {
@@ -87,22 +88,50 @@ impl Clusters {
         self.auth.enforce(who, RESOURCE, action, &rbac_object(&c.project, &c.server))
     }
 
-    /// The stored cluster `q` names, if the caller may see it and may `action` it; otherwise
-    /// NotFound exactly as for a missing cluster, or PermissionDenied when it may only see it.
-    async fn authorised_target(&self, ctx: &CallContext, q: &ClusterQuery, action: &str) -> Result<Cluster, ApiError> {
+    /// The stored cluster `q` names and its version, if the caller may see it and may `action`
+    /// it; otherwise NotFound exactly as for a missing cluster, or PermissionDenied when it may
+    /// only see it.
+    async fn authorised_target(&self, ctx: &CallContext, q: &ClusterQuery, action: &str) -> Result<(Cluster, u64), ApiError> {
         let who = Self::principal(ctx)?;
-        let stored = Self::cluster(self.query(ctx, query::Kind::Get(q.clone())).await?)?;
+        let reply = self.query(ctx, query::Kind::Get(q.clone())).await?;
+        let version = reply.cluster_version;
+        let stored = Self::cluster(reply)?;
         if !self.may(who, "get", &stored) {
             return Err(not_found(q));
         }
         if action != "get" && !self.may(who, action, &stored) {
             return Err(denied());
         }
-        Ok(stored)
+        Ok((stored, version))
     }
 
-    async fn command(&self, ctx: &CallContext, kind: command::Kind) -> Result<Reply, ApiError> {
-        let reply = self.api.command(Command { context: Some(ctx.request_context()), kind: Some(kind) }).await;
+    /// Authorises `action` on the stored cluster, then runs the command only if the cluster is
+    /// still the one that was authorised (a concurrent move to another project cannot slip
+    /// through); if it changed in between, authorises again.
+    async fn authorised_command(
+        &self,
+        ctx: &CallContext,
+        q: &ClusterQuery,
+        action: &str,
+        extra_check: impl Fn(&Cluster) -> Result<(), ApiError>,
+        kind: command::Kind,
+    ) -> Result<Reply, ApiError> {
+        let mut last = None;
+        for _ in 0..AUTHORISE_ATTEMPTS {
+            let (stored, version) = self.authorised_target(ctx, q, action).await?;
+            extra_check(&stored)?;
+            match self.command_expecting(ctx, kind.clone(), version).await {
+                Err(e) if e.code == Code::Aborted => last = Some(e),
+                other => return other,
+            }
+        }
+        Err(last.unwrap_or_else(|| ApiError::new(Code::Aborted, "the cluster keeps changing; retry")))
+    }
+
+    /// A command that only applies if the cluster is still at `expected_version` (0: any).
+    async fn command_expecting(&self, ctx: &CallContext, kind: command::Kind, expected_version: u64) -> Result<Reply, ApiError> {
+        let cmd = Command { context: Some(ctx.request_context()), kind: Some(kind), expected_version };
+        let reply = self.api.command(cmd).await;
         match reply_error(&reply) {
             Some(e) => Err(e),
             None => Ok(reply),
@@ -139,7 +168,7 @@ impl Clusters {
     }
 
     pub async fn get(&self, ctx: &CallContext, q: ClusterQuery) -> Result<Cluster, ApiError> {
-        self.authorised_target(ctx, &q, "get").await
+        Ok(self.authorised_target(ctx, &q, "get").await?.0)
     }
 
     pub async fn create(&self, ctx: &CallContext, req: ClusterCreateRequest) -> Result<Cluster, ApiError> {
@@ -148,17 +177,19 @@ impl Clusters {
         if !self.may(who, "create", &body) {
             return Err(denied());
         }
+        let mut expected_version = 0;
         if req.upsert && !body.server.is_empty() {
-            // An upsert that lands on an existing cluster changes it: that needs update on it.
+            // An upsert that lands on an existing cluster changes it: that needs update on it,
+            // and the change applies only to the version that was authorised.
             let q = ClusterQuery { server: body.server.clone(), ..Default::default() };
             match self.authorised_target(ctx, &q, "update").await {
-                Ok(_) => {}
+                Ok((_, version)) => expected_version = version,
                 Err(e) if e.code == Code::NotFound && self.exists(ctx, &q).await? => return Err(denied()),
                 Err(e) if e.code == Code::NotFound => {}
                 Err(e) => return Err(e),
             }
         }
-        Self::cluster(self.command(ctx, command::Kind::Create(req)).await?)
+        Self::cluster(self.command_expecting(ctx, command::Kind::Create(req), expected_version).await?)
     }
 
     async fn exists(&self, ctx: &CallContext, q: &ClusterQuery) -> Result<bool, ApiError> {
@@ -173,24 +204,24 @@ impl Clusters {
         let who = Self::principal(ctx)?;
         let body = req.cluster.clone().unwrap_or_default();
         let q = ClusterQuery { server: body.server.clone(), name: body.name.clone(), id: req.id.clone(), selector: String::new() };
-        let stored = self.authorised_target(ctx, &q, "update").await?;
         // Moving a cluster into another project needs update there too.
         let moves = req.updated_fields.is_empty() || req.updated_fields.iter().any(|f| f == "project");
-        if moves && body.project != stored.project && !self.auth.enforce(who, RESOURCE, "update", &rbac_object(&body.project, &stored.server)) {
-            return Err(denied());
-        }
-        Self::cluster(self.command(ctx, command::Kind::Update(req)).await?)
+        let into_project = |stored: &Cluster| {
+            if moves && body.project != stored.project && !self.auth.enforce(who, RESOURCE, "update", &rbac_object(&body.project, &stored.server)) {
+                return Err(denied());
+            }
+            Ok(())
+        };
+        Self::cluster(self.authorised_command(ctx, &q, "update", into_project, command::Kind::Update(req)).await?)
     }
 
     pub async fn delete(&self, ctx: &CallContext, q: ClusterQuery) -> Result<(), ApiError> {
-        self.authorised_target(ctx, &q, "delete").await?;
-        self.command(ctx, command::Kind::Delete(q)).await.map(|_| ())
+        self.authorised_command(ctx, &q, "delete", |_| Ok(()), command::Kind::Delete(q.clone())).await.map(|_| ())
     }
 
     /// Needs `update`, as in Argo CD.
     pub async fn invalidate_cache(&self, ctx: &CallContext, q: ClusterQuery) -> Result<Cluster, ApiError> {
-        self.authorised_target(ctx, &q, "update").await?;
-        Self::cluster(self.command(ctx, command::Kind::InvalidateCache(q)).await?)
+        Self::cluster(self.authorised_command(ctx, &q, "update", |_| Ok(()), command::Kind::InvalidateCache(q.clone())).await?)
     }
 
     pub async fn rotate_auth(&self, ctx: &CallContext, q: ClusterQuery) -> Result<(), ApiError> {

@@ -22,6 +22,9 @@ pub enum RegistryError {
     /// Another writer appended to the aggregate first; the caller retries on fresh state.
     #[error("concurrent update")]
     Conflict,
+    /// The cluster is no longer the version the command was authorised against.
+    #[error("the cluster changed while the request was being authorised; retry")]
+    Changed,
 }
 
 impl RegistryError {
@@ -32,6 +35,7 @@ impl RegistryError {
             Self::AlreadyExists(_) => Code::AlreadyExists,
             Self::FailedPrecondition(_) => Code::FailedPrecondition,
             Self::Unavailable(_) | Self::Conflict => Code::Unavailable,
+            Self::Changed => Code::Aborted,
             Self::Internal(_) => Code::Internal,
         }
     }

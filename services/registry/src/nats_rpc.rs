@@ -21,6 +21,7 @@ fn error_reply(code: Code, message: impl Into<String>) -> Reply {
     Reply {
         revision: 0,
         result: Some(reply::Result::Error(corral_proto::registry::Error { code: code as i32, message: message.into() })),
+        cluster_version: 0,
     }
 }
 

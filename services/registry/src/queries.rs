@@ -102,9 +102,14 @@ impl Queries {
     }
 
     pub fn get(&self, q: &ClusterQuery) -> Result<v1alpha1::Cluster, RegistryError> {
+        Ok(self.get_versioned(q)?.0)
+    }
+
+    /// The cluster and its aggregate version.
+    pub fn get_versioned(&self, q: &ClusterQuery) -> Result<(v1alpha1::Cluster, u64), RegistryError> {
         let id = self.live_id(q)?;
         let rec = cluster_record(&self.projection, &id)?.ok_or_else(|| Self::not_found(q))?;
-        Ok(read_model::render(&rec))
+        Ok((read_model::render(&rec), rec.version))
     }
 
     /// Every live cluster, rendered and sorted by server. Reused while the projection has
@@ -140,7 +145,7 @@ impl Queries {
         Ok(ClusterList { metadata: Some(Default::default()), items })
     }
 
-    pub async fn handle_query(&self, q: Query) -> Result<(u64, reply::Result), RegistryError> {
+    pub async fn handle_query(&self, q: Query) -> Result<(u64, reply::Result, u64), RegistryError> {
         let mut need = q.min_revision;
         if q.linearizable {
             need = need.max(self.barrier.last_seq().await.map_err(RegistryError::Unavailable)?);
@@ -150,8 +155,11 @@ impl Queries {
         }
         let revision = self.projection.last_applied();
         match q.kind.ok_or_else(|| RegistryError::InvalidArgument("empty query".into()))? {
-            query::Kind::Get(cq) => Ok((revision, reply::Result::Cluster(self.get(&cq)?))),
-            query::Kind::List(cq) => Ok((revision, reply::Result::List(self.list(&cq)?))),
+            query::Kind::Get(cq) => {
+                let (cluster, version) = self.get_versioned(&cq)?;
+                Ok((revision, reply::Result::Cluster(cluster), version))
+            }
+            query::Kind::List(cq) => Ok((revision, reply::Result::List(self.list(&cq)?), 0)),
         }
     }
 }
@@ -164,6 +172,13 @@ impl RegistryApi for Queries {
 
     async fn query(&self, query: Query) -> Reply {
         let span = info_span!("registry.query", min_revision = query.min_revision, linearizable = query.linearizable);
-        to_reply(self.handle_query(query).instrument(span).await)
+        match self.handle_query(query).instrument(span).await {
+            Ok((revision, result, cluster_version)) => {
+                let mut reply = to_reply(Ok((revision, result)));
+                reply.cluster_version = cluster_version;
+                reply
+            }
+            Err(e) => to_reply(Err(e)),
+        }
     }
 }

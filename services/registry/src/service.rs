@@ -53,6 +53,7 @@ pub struct Registry {
 
 /// Who caused a change, carried into the events' envelopes.
 struct Origin {
+    expected_version: u64,
     actor: String,
     correlation_id: String,
     traceparent: String,
@@ -62,6 +63,7 @@ impl Origin {
     fn from_context(ctx: Option<RequestContext>) -> Origin {
         let ctx = ctx.unwrap_or_default();
         Origin {
+            expected_version: 0,
             actor: ctx.actor,
             correlation_id: if ctx.correlation_id.is_empty() {
                 uuid::Uuid::new_v4().to_string()
@@ -145,6 +147,9 @@ impl Registry {
         for attempt in 0..self.config.max_attempts {
             let (state, subject_seq, rec) = self.load(id)?;
             let version = rec.as_ref().map(|r| r.version).unwrap_or(0);
+            if origin.expected_version != 0 && origin.expected_version != version {
+                return Err(RegistryError::Changed);
+            }
             let events = domain::decide(&state, command())?;
             if events.is_empty() {
                 let rec = cluster_record(&self.projection, id)?;
@@ -337,7 +342,8 @@ impl Registry {
     }
 
     pub async fn handle_command(&self, cmd: Command) -> Result<(u64, reply::Result), RegistryError> {
-        let origin = Origin::from_context(cmd.context);
+        let mut origin = Origin::from_context(cmd.context);
+        origin.expected_version = cmd.expected_version;
         let kind = cmd.kind.ok_or_else(|| RegistryError::InvalidArgument("empty command".into()))?;
         match kind {
             command::Kind::Create(req) => {
@@ -363,12 +369,12 @@ impl Registry {
 
 pub(crate) fn to_reply(result: Result<(u64, reply::Result), RegistryError>) -> Reply {
     match result {
-        Ok((revision, result)) => Reply { revision, result: Some(result) },
+        Ok((revision, result)) => Reply { revision, result: Some(result), cluster_version: 0 },
         Err(e) => {
             if matches!(e, RegistryError::Internal(_)) {
                 tracing::error!(error = %e, "registry call failed");
             }
-            Reply { revision: 0, result: Some(reply::Result::Error(e.to_reply_error())) }
+            Reply { revision: 0, result: Some(reply::Result::Error(e.to_reply_error())), cluster_version: 0 }
         }
     }
 }
