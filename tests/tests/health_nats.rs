@@ -149,3 +149,53 @@ async fn the_health_probe_records_what_each_cluster_answers() {
     tokio::time::sleep(interval * 4).await;
     assert_eq!(other.requests(), served, "a deleted cluster is still probed");
 }
+
+/// Each cluster's observation events, by the replica that appended them (the envelope's actor).
+async fn observers(d: &Deployment) -> std::collections::HashMap<String, Vec<String>> {
+    use prost::Message;
+    let client = async_nats::connect(d.nats.url()).await.expect("nats");
+    let log = corral_event_log::NatsLog::new(client, Default::default()).await.expect("log");
+    let mut by_cluster: std::collections::HashMap<String, Vec<String>> = Default::default();
+    for e in log.read(1, 1_000_000).await.expect("read") {
+        if let Some(id) = e.subject.strip_prefix("corral.clusterstate.") {
+            let env = corral_proto::events::EventEnvelope::decode(e.payload.as_ref()).expect("envelope");
+            by_cluster.entry(id.to_string()).or_default().push(env.actor);
+        }
+    }
+    by_cluster
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_probe_replicas_split_the_fleet_and_the_survivor_takes_over() {
+    let d = Deployment::start(1, 1).await;
+    let fake = FakeKube::start(&["fleet-token"]).await;
+    let mut first = d.spawn_health_probe(INTERVAL, TIMEOUT).await;
+    let second = d.spawn_health_probe(INTERVAL, TIMEOUT).await;
+    let survivor = format!("health-probe/{}", second.ready_line().rsplit("replica ").next().unwrap_or_default().trim_end_matches(')'));
+    // Let the replicas hear each other before the fleet arrives.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let api = d.api(0).await;
+    let servers: Vec<String> = (0..12).map(|i| format!("{}/k/c{i}", fake.url())).collect();
+    for (i, server) in servers.iter().enumerate() {
+        create(&api, json!({"server": server, "name": format!("c{i}"), "config": {"bearerToken": "fleet-token", "tlsClientConfig": {"caData": b64(fake.ca_pem())}}})).await;
+    }
+    for server in &servers {
+        wait_state(&api, server, Duration::from_secs(3), |c| status(c) == "Successful").await;
+    }
+    let split = observers(&d).await;
+    assert_eq!(split.len(), servers.len());
+    let replicas: std::collections::BTreeSet<&String> = split.values().flatten().collect();
+    assert_eq!(replicas.len(), 2, "both replicas probe a share of the fleet: {split:?}");
+
+    // One replica dies; the other takes its clusters: every cluster notices the outage.
+    first.kill_9().await;
+    fake.set_mode(Mode::Down);
+    let interval = Duration::from_secs_f64(INTERVAL);
+    for server in &servers {
+        wait_state(&api, server, interval * 4, |c| status(c) == "Failed").await;
+    }
+    let after = observers(&d).await;
+    for (cluster, actors) in &after {
+        assert_eq!(actors.last(), Some(&survivor), "cluster {cluster} was last observed by {actors:?}");
+    }
+}

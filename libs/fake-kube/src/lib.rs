@@ -112,7 +112,13 @@ async fn handle(State(inner): State<Arc<Mutex<Inner>>>, req: Request) -> Respons
     if !token_ok && !cert_ok {
         return status(401, "Unauthorized", "Unauthorized");
     }
-    let path = req.uri().path().trim_end_matches('/');
+    // Many clusters can share one server under distinct URLs: `/k/<name>/...` is served as `/...`.
+    let full = req.uri().path();
+    let path = match full.strip_prefix("/k/") {
+        Some(rest) => rest.find('/').map(|i| &rest[i..]).unwrap_or("/"),
+        None => full,
+    }
+    .trim_end_matches('/');
     let body = match path {
         "/version" => {
             let minor = git_version.trim_start_matches('v').split('.').nth(1).unwrap_or("0").to_string();

@@ -68,7 +68,7 @@ pub async fn run(
             ..Default::default()
         };
         let mut probe_stop = stop_tx.subscribe();
-        tokio::spawn(corral_health_probe::HealthProbe::run(log.clone(), key.clone(), probe_config, async move {
+        tokio::spawn(corral_health_probe::HealthProbe::run(log.clone(), key.clone(), probe_config, corral_health_probe::Membership::solo(), async move {
             let _ = probe_stop.wait_for(|s| *s).await;
         }));
     }

@@ -10,6 +10,7 @@
 //! memory and rebuilt at start; clients are kept per cluster and reused between probes.
 
 pub mod client;
+pub mod membership;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -20,10 +21,13 @@ use corral_proto::events::{ClusterConnectionObserved, EventEnvelope};
 use corral_proto::registry::ClusterRecord;
 use corral_proto::v1alpha1::ClusterConfig;
 use corral_registry::read_model::{self, CLUSTER_CONNECTION_OBSERVED, CLUSTER_SUBJECT_PREFIX, STATE_SUBJECT_PREFIX};
+use corral_domain::IN_CLUSTER_SERVER;
 use corral_secrets::SealingKey;
 use futures::StreamExt;
 use prost::Message;
 use tokio::sync::{Semaphore, mpsc};
+
+pub use membership::Membership;
 
 #[derive(Clone, Debug)]
 pub struct ProbeConfig {
@@ -66,6 +70,7 @@ pub struct HealthProbe {
     fleet: Arc<Mutex<Fleet>>,
     config: ProbeConfig,
     clients: Mutex<HashMap<String, (Arc<ClusterConfig>, kube::Client)>>,
+    membership: Membership,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -126,6 +131,12 @@ impl Fleet {
     }
 }
 
+/// The in-cluster entry is probed only from inside a Kubernetes pod; elsewhere its URL means
+/// nothing (and resolving it would send DNS queries off the machine), so it stays Unknown.
+fn probeable(id: &str) -> bool {
+    id != corral_domain::cluster_id(IN_CLUSTER_SERVER) || std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
+}
+
 /// A probe failure in words an operator can act on, with any credential removed.
 fn describe(err: &kube::Error, config: &ClusterConfig) -> String {
     let text = match err {
@@ -172,9 +183,10 @@ impl HealthProbe {
         log: Arc<dyn EventLog>,
         key: Arc<SealingKey>,
         config: ProbeConfig,
+        membership: Membership,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), LogError> {
-        let probe = Arc::new(HealthProbe { log: log.clone(), fleet: Arc::default(), config, clients: Mutex::default() });
+        let probe = Arc::new(HealthProbe { log: log.clone(), fleet: Arc::default(), config, clients: Mutex::default(), membership });
         let (changed_tx, mut changed_rx) = mpsc::unbounded_channel::<String>();
         let last = log.last_seq().await?;
         let follower = tokio::spawn(follow(log, key, probe.fleet.clone(), changed_tx, last));
@@ -182,7 +194,7 @@ impl HealthProbe {
         while lock(&probe.fleet).applied < last {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        println!("health-probe ready");
+        println!("health-probe ready (replica {})", probe.membership.me());
         tracing::info!(clusters = lock(&probe.fleet).targets.len(), "health probe ready");
         let mut ticker = tokio::time::interval(probe.config.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -193,8 +205,10 @@ impl HealthProbe {
                 _ = ticker.tick() => probe.clone().round().await,
                 Some(id) = changed_rx.recv() => {
                     // New or changed clusters are probed at once, not at the next tick.
-                    let p = probe.clone();
-                    tokio::spawn(async move { p.probe_one(id).await });
+                    if probeable(&id) && probe.mine(&probe.membership.live(), &id) {
+                        let p = probe.clone();
+                        tokio::spawn(async move { p.probe_one(id).await });
+                    }
                 }
             }
         }
@@ -202,8 +216,25 @@ impl HealthProbe {
         Ok(())
     }
 
+    fn mine(&self, live: &[String], id: &str) -> bool {
+        let shard = lock(&self.fleet).targets.get(id).and_then(|t| t.record.spec.as_ref().and_then(|s| s.shard));
+        self.membership.owns(live, id, shard)
+    }
+
     async fn round(self: Arc<Self>) {
-        let ids: Vec<String> = lock(&self.fleet).targets.keys().cloned().collect();
+        let live = self.membership.live();
+        let all: Vec<(String, Option<i64>)> = lock(&self.fleet)
+            .targets
+            .iter()
+            .map(|(id, t)| (id.clone(), t.record.spec.as_ref().and_then(|s| s.shard)))
+            .collect();
+        let ids: Vec<String> = all
+            .into_iter()
+            .filter(|(id, shard)| self.membership.owns(&live, id, *shard) && probeable(id))
+            .map(|(id, _)| id)
+            .collect();
+        // Clients of clusters that moved to another replica are dropped.
+        lock(&self.clients).retain(|id, _| ids.contains(id));
         let gate = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
         let mut tasks = Vec::with_capacity(ids.len());
         for id in ids {
@@ -221,6 +252,16 @@ impl HealthProbe {
 
     fn client_for(&self, id: &str, server: &str, config: &Arc<ClusterConfig>) -> Result<kube::Client, client::ClientError> {
         let mut clients = lock(&self.clients);
+        if server == IN_CLUSTER_SERVER {
+            // The built-in entry means "the cluster this runs in": its service account, as Argo CD.
+            if let Some((_, c)) = clients.get(id) {
+                return Ok(c.clone());
+            }
+            let cfg = kube::Config::incluster().map_err(|e| client::ClientError::Build(e.to_string()))?;
+            let c = kube::Client::try_from(cfg).map_err(|e| client::ClientError::Build(e.to_string()))?;
+            clients.insert(id.to_string(), (config.clone(), c.clone()));
+            return Ok(c);
+        }
         if let Some((cfg, c)) = clients.get(id)
             && (Arc::ptr_eq(cfg, config) || **cfg == **config)
         {
@@ -280,7 +321,7 @@ impl HealthProbe {
             aggregate_id: format!("clusterstate/{id}"),
             occurred_at_unix_nanos: chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default(),
             schema_version: 1,
-            actor: "health-probe".into(),
+            actor: format!("health-probe/{}", self.membership.me()),
             payload: payload.encode_to_vec(),
             ..Default::default()
         };
@@ -370,8 +411,10 @@ impl ServiceConfig {
 pub async fn run(config: ServiceConfig, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     let client = async_nats::connect(&config.nats_url).await?;
     let log_config = corral_event_log::NatsLogConfig { stream: config.stream.clone(), ..Default::default() };
-    let log: Arc<dyn EventLog> = Arc::new(corral_event_log::NatsLog::new(client, log_config).await?);
+    let log: Arc<dyn EventLog> = Arc::new(corral_event_log::NatsLog::new(client.clone(), log_config).await?);
     let key = Arc::new(SealingKey::load(corral_registry::SEAL_KEY_ENV, config.seal_key_file.as_deref(), false)?);
-    HealthProbe::run(log, key, config.probe_config(), shutdown).await?;
+    let probe_config = config.probe_config();
+    let membership = Membership::join(client, probe_config.interval / 3).await?;
+    HealthProbe::run(log, key, probe_config, membership, shutdown).await?;
     Ok(())
 }

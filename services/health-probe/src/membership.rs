@@ -1,0 +1,129 @@
+//! Which health-probe replica probes which cluster. Replicas announce themselves on a NATS
+//! subject every third of an interval; a replica not heard from for 2.5 announcements is gone, so
+//! its clusters move to the others within about one interval. A cluster with a `shard` goes to
+//! the replica at that index of the sorted live replicas; any other to the replica with the
+//! highest rendezvous hash of (replica, cluster), so a replica joining or leaving moves only its
+//! own share.
+
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+
+pub const HEARTBEAT_SUBJECT: &str = "corralsvc.health-probe.heartbeat";
+
+#[derive(Clone)]
+pub struct Membership {
+    me: String,
+    seen: Arc<Mutex<HashMap<String, Instant>>>,
+    expiry: Duration,
+}
+
+fn score(replica: &str, cluster: &str) -> u64 {
+    let mut h = DefaultHasher::new();
+    (replica, cluster).hash(&mut h);
+    h.finish()
+}
+
+impl Membership {
+    /// A replica alone (the all-in-one): it owns every cluster.
+    pub fn solo() -> Membership {
+        Membership { me: "solo".into(), seen: Arc::default(), expiry: Duration::MAX }
+    }
+
+    /// Joins the replicas on `client`, announcing every `period`.
+    pub async fn join(client: async_nats::Client, period: Duration) -> Result<Membership, async_nats::SubscribeError> {
+        let me = uuid::Uuid::new_v4().to_string();
+        let m = Membership { me: me.clone(), seen: Arc::default(), expiry: period.mul_f64(2.5) };
+        let mut sub = client.subscribe(HEARTBEAT_SUBJECT).await?;
+        let seen = m.seen.clone();
+        tokio::spawn(async move {
+            while let Some(msg) = sub.next().await {
+                if let Ok(id) = std::str::from_utf8(&msg.payload) {
+                    seen.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_string(), Instant::now());
+                }
+            }
+        });
+        let seen = m.seen.clone();
+        tokio::spawn(async move {
+            loop {
+                seen.lock().unwrap_or_else(|p| p.into_inner()).insert(me.clone(), Instant::now());
+                if client.publish(HEARTBEAT_SUBJECT, me.clone().into()).await.is_err() {
+                    tracing::warn!("cannot announce this health-probe replica");
+                }
+                tokio::time::sleep(period).await;
+            }
+        });
+        Ok(m)
+    }
+
+    pub fn me(&self) -> &str {
+        &self.me
+    }
+
+    /// The live replicas, sorted.
+    pub fn live(&self) -> Vec<String> {
+        let now = Instant::now();
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.retain(|_, at| now.duration_since(*at) <= self.expiry);
+        let mut ids: Vec<String> = seen.keys().cloned().collect();
+        if !ids.contains(&self.me) {
+            ids.push(self.me.clone());
+        }
+        ids.sort();
+        ids
+    }
+
+    pub fn owns(&self, live: &[String], cluster_id: &str, shard: Option<i64>) -> bool {
+        if live.len() <= 1 {
+            return true;
+        }
+        let owner = match shard {
+            Some(s) if s >= 0 => &live[(s as usize) % live.len()],
+            _ => live.iter().max_by_key(|r| score(r, cluster_id)).unwrap_or(&self.me),
+        };
+        *owner == self.me
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(me: &str) -> Membership {
+        Membership { me: me.into(), seen: Arc::default(), expiry: Duration::MAX }
+    }
+
+    #[test]
+    fn every_cluster_has_exactly_one_owner() {
+        let live: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+        let members: Vec<_> = live.iter().map(|m| member(m)).collect();
+        let mut per = HashMap::new();
+        for i in 0..300 {
+            let id = format!("cluster-{i}");
+            let owners: Vec<_> = members.iter().filter(|m| m.owns(&live, &id, None)).collect();
+            assert_eq!(owners.len(), 1, "{id}");
+            *per.entry(owners[0].me.clone()).or_insert(0) += 1;
+        }
+        assert!(per.values().all(|n| *n > 50), "shares are roughly even: {per:?}");
+    }
+
+    #[test]
+    fn shard_picks_the_replica_by_index_and_a_leaving_replica_moves_only_its_share() {
+        let live: Vec<String> = ["a", "b"].map(String::from).to_vec();
+        assert!(member("b").owns(&live, "x", Some(1)));
+        assert!(member("a").owns(&live, "x", Some(2)));
+        let three: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+        for i in 0..100 {
+            let id = format!("c{i}");
+            // A cluster a or b owned among three stays with it when c leaves.
+            for m in ["a", "b"] {
+                if member(m).owns(&three, &id, None) {
+                    assert!(member(m).owns(&live, &id, None));
+                }
+            }
+        }
+    }
+}
