@@ -9,25 +9,20 @@
 //! Its view of the fleet is folded from the log (cluster events and its own observations), kept in
 //! memory and rebuilt at start; clients are kept per cluster and reused between probes.
 
-pub mod client;
-pub mod membership;
-
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use corral_event_log::{EventLog, LogError, NewEvent, RecordedEvent};
-use corral_proto::events::{ClusterConnectionObserved, EventEnvelope};
-use corral_proto::registry::ClusterRecord;
-use corral_proto::v1alpha1::ClusterConfig;
-use corral_registry::read_model::{self, CLUSTER_CONNECTION_OBSERVED, CLUSTER_SUBJECT_PREFIX, STATE_SUBJECT_PREFIX};
-use corral_domain::IN_CLUSTER_SERVER;
+pub use corral_cluster_access::Membership;
+use corral_cluster_access::{Clients, Fleet, lock};
+use corral_event_log::{EventLog, LogError};
+use corral_proto::events::ClusterConnectionObserved;
+use corral_registry::read_model::{CLUSTER_CONNECTION_OBSERVED, STATE_SUBJECT_PREFIX};
 use corral_secrets::SealingKey;
-use futures::StreamExt;
 use prost::Message;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::Semaphore;
 
-pub use membership::Membership;
+/// NATS subject the health-probe replicas announce themselves on.
+pub const HEARTBEAT_SUBJECT: &str = "corralsvc.health-probe.heartbeat";
 
 #[derive(Clone, Debug)]
 pub struct ProbeConfig {
@@ -51,125 +46,12 @@ pub struct Observed {
     pub server_version: String,
 }
 
-/// One cluster as the probe knows it. The config holds credentials: never logged.
-struct Target {
-    record: ClusterRecord,
-    config: Option<Arc<ClusterConfig>>,
-    observed: Option<Observed>,
-    state_seq: u64,
-}
-
-#[derive(Default)]
-struct Fleet {
-    targets: HashMap<String, Target>,
-    applied: u64,
-}
-
 pub struct HealthProbe {
     log: Arc<dyn EventLog>,
     fleet: Arc<Mutex<Fleet>>,
     config: ProbeConfig,
-    clients: Mutex<HashMap<String, (Arc<ClusterConfig>, kube::Client)>>,
+    clients: Clients,
     membership: Membership,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-impl Fleet {
-    /// Applies one logged event; answers the cluster id when a cluster appeared or changed.
-    fn apply(&mut self, ev: &RecordedEvent, key: &SealingKey) -> Option<String> {
-        self.applied = self.applied.max(ev.seq);
-        if let Some(id) = ev.subject.strip_prefix(CLUSTER_SUBJECT_PREFIX) {
-            let env = EventEnvelope::decode(ev.payload.as_ref()).ok()?;
-            let previous = self.targets.remove(id);
-            let (rec, observed, state_seq) = match previous {
-                Some(t) => (Some(t.record), t.observed, t.state_seq),
-                None => (None, None, 0),
-            };
-            let rec = match read_model::fold_cluster(rec, id, ev.seq, &env) {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::error!(error = %e, seq = ev.seq, "health probe skipped a cluster event");
-                    return None;
-                }
-            };
-            if rec.deleted {
-                return None;
-            }
-            let config = rec.spec.as_ref().and_then(|spec| match corral_registry::codec::open_config(spec, id, key) {
-                Ok(c) => Some(Arc::new(c)),
-                Err(e) => {
-                    tracing::error!(error = %e, cluster_id = id, "cannot open a cluster's credentials");
-                    None
-                }
-            });
-            // A re-created cluster starts unobserved, as the registry shows it.
-            let observed = if rec.connection_status.is_empty() && env.event_type == corral_registry::codec::CLUSTER_REGISTERED {
-                None
-            } else {
-                observed
-            };
-            self.targets.insert(id.to_string(), Target { record: rec, config, observed, state_seq });
-            return Some(id.to_string());
-        }
-        if let Some(id) = ev.subject.strip_prefix(STATE_SUBJECT_PREFIX) {
-            let env = EventEnvelope::decode(ev.payload.as_ref()).ok()?;
-            if env.event_type != CLUSTER_CONNECTION_OBSERVED {
-                return None;
-            }
-            let e = ClusterConnectionObserved::decode(env.payload.as_slice()).ok()?;
-            if let Some(t) = self.targets.get_mut(id) {
-                t.state_seq = ev.seq;
-                if e.cluster_created_at_unix_nanos == t.record.created_at_unix_nanos {
-                    t.observed = Some(Observed { status: e.status, message: e.message, server_version: e.server_version });
-                }
-            }
-        }
-        None
-    }
-}
-
-/// The in-cluster entry is probed only from inside a Kubernetes pod; elsewhere its URL means
-/// nothing (and resolving it would send DNS queries off the machine), so it stays Unknown.
-fn probeable(id: &str) -> bool {
-    id != corral_domain::cluster_id(IN_CLUSTER_SERVER) || std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
-}
-
-/// A probe failure in words an operator can act on, with any credential removed.
-fn describe(err: &kube::Error, config: &ClusterConfig) -> String {
-    let text = match err {
-        kube::Error::Api(s) if s.code == 401 => "the API server refused the credentials (401 Unauthorized)".to_string(),
-        kube::Error::Api(s) if s.code == 403 => format!("the credentials lack permission (403 Forbidden): {}", s.message),
-        kube::Error::Api(s) => format!("the API server answered {} {}: {}", s.code, s.reason, s.message),
-        other => {
-            // The error chain carries the cause: TLS, DNS, refused connection, timeout.
-            let mut text = other.to_string();
-            let mut source = std::error::Error::source(other);
-            while let Some(s) = source {
-                let part = s.to_string();
-                // Wrapping errors often repeat their cause's words; keep each once.
-                if !text.contains(&part) {
-                    text = format!("{text}: {part}");
-                }
-                source = s.source();
-            }
-            format!("cannot reach the API server: {text}")
-        }
-    };
-    redact(text, config)
-}
-
-fn redact(mut text: String, config: &ClusterConfig) -> String {
-    let mut secrets = vec![config.bearer_token.clone(), config.password.clone()];
-    if let Some(e) = &config.exec_provider_config {
-        secrets.extend(e.env.values().cloned());
-    }
-    for s in secrets.iter().filter(|s| s.len() >= 4) {
-        text = text.replace(s.as_str(), "***");
-    }
-    text
 }
 
 fn major_minor(info: &k8s_openapi::apimachinery::pkg::version::Info) -> String {
@@ -177,8 +59,19 @@ fn major_minor(info: &k8s_openapi::apimachinery::pkg::version::Info) -> String {
     format!("{}.{}", info.major, info.minor.trim_end_matches('+'))
 }
 
+/// The state the log holds for a cluster: its last observation, if it was of this incarnation.
+fn recorded(t: &corral_cluster_access::Target) -> Option<Observed> {
+    let (_, env) = t.side.as_ref()?;
+    if env.event_type != CLUSTER_CONNECTION_OBSERVED {
+        return None;
+    }
+    let e = ClusterConnectionObserved::decode(env.payload.as_slice()).ok()?;
+    (e.cluster_created_at_unix_nanos == t.record.created_at_unix_nanos)
+        .then_some(Observed { status: e.status, message: e.message, server_version: e.server_version })
+}
+
 impl HealthProbe {
-    /// Follows the log and probes the fleet until `shutdown` resolves.
+    /// Follows the log and probes this replica's share of the fleet until `shutdown` resolves.
     pub async fn run(
         log: Arc<dyn EventLog>,
         key: Arc<SealingKey>,
@@ -186,14 +79,8 @@ impl HealthProbe {
         membership: Membership,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), LogError> {
-        let probe = Arc::new(HealthProbe { log: log.clone(), fleet: Arc::default(), config, clients: Mutex::default(), membership });
-        let (changed_tx, mut changed_rx) = mpsc::unbounded_channel::<String>();
-        let last = log.last_seq().await?;
-        let follower = tokio::spawn(follow(log, key, probe.fleet.clone(), changed_tx, last));
-        // Start probing once the fleet is known, so the first round sees every cluster.
-        while lock(&probe.fleet).applied < last {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let (fleet, mut changed_rx, follower) = corral_cluster_access::load_fleet(log.clone(), key, STATE_SUBJECT_PREFIX).await?;
+        let probe = Arc::new(HealthProbe { log, fleet, config, clients: Clients::default(), membership });
         println!("health-probe ready (replica {})", probe.membership.me());
         tracing::info!(clusters = lock(&probe.fleet).targets.len(), "health probe ready");
         let mut ticker = tokio::time::interval(probe.config.interval);
@@ -205,7 +92,7 @@ impl HealthProbe {
                 _ = ticker.tick() => probe.clone().round().await,
                 Some(id) = changed_rx.recv() => {
                     // New or changed clusters are probed at once, not at the next tick.
-                    if probeable(&id) && probe.mine(&probe.membership.live(), &id) {
+                    if probe.mine(&probe.membership.live(), &id) {
                         let p = probe.clone();
                         tokio::spawn(async move { p.probe_one(id).await });
                     }
@@ -217,24 +104,20 @@ impl HealthProbe {
     }
 
     fn mine(&self, live: &[String], id: &str) -> bool {
-        let shard = lock(&self.fleet).targets.get(id).and_then(|t| t.record.spec.as_ref().and_then(|s| s.shard));
-        self.membership.owns(live, id, shard)
+        let shard = lock(&self.fleet).targets.get(id).and_then(|t| t.shard());
+        corral_cluster_access::reachable(id) && self.membership.owns(live, id, shard)
     }
 
     async fn round(self: Arc<Self>) {
         let live = self.membership.live();
-        let all: Vec<(String, Option<i64>)> = lock(&self.fleet)
-            .targets
-            .iter()
-            .map(|(id, t)| (id.clone(), t.record.spec.as_ref().and_then(|s| s.shard)))
-            .collect();
+        let all: Vec<(String, Option<i64>)> = lock(&self.fleet).targets.iter().map(|(id, t)| (id.clone(), t.shard())).collect();
         let ids: Vec<String> = all
             .into_iter()
-            .filter(|(id, shard)| self.membership.owns(&live, id, *shard) && probeable(id))
+            .filter(|(id, shard)| corral_cluster_access::reachable(id) && self.membership.owns(&live, id, *shard))
             .map(|(id, _)| id)
             .collect();
-        // Clients of clusters that moved to another replica are dropped.
-        lock(&self.clients).retain(|id, _| ids.contains(id));
+        // Clients of clusters that left this replica (moved, deleted) are dropped.
+        self.clients.retain(|id| ids.iter().any(|i| i == id));
         let gate = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
         let mut tasks = Vec::with_capacity(ids.len());
         for id in ids {
@@ -250,55 +133,27 @@ impl HealthProbe {
         }
     }
 
-    fn client_for(&self, id: &str, server: &str, config: &Arc<ClusterConfig>) -> Result<kube::Client, client::ClientError> {
-        let mut clients = lock(&self.clients);
-        if server == IN_CLUSTER_SERVER {
-            // The built-in entry means "the cluster this runs in": its service account, as Argo CD.
-            if let Some((_, c)) = clients.get(id) {
-                return Ok(c.clone());
-            }
-            let cfg = kube::Config::incluster().map_err(|e| client::ClientError::Build(e.to_string()))?;
-            let c = kube::Client::try_from(cfg).map_err(|e| client::ClientError::Build(e.to_string()))?;
-            clients.insert(id.to_string(), (config.clone(), c.clone()));
-            return Ok(c);
-        }
-        if let Some((cfg, c)) = clients.get(id)
-            && (Arc::ptr_eq(cfg, config) || **cfg == **config)
-        {
-            return Ok(c.clone());
-        }
-        let c = client::build(server, config, self.config.timeout)?;
-        clients.insert(id.to_string(), (config.clone(), c.clone()));
-        Ok(c)
-    }
-
     async fn probe_one(&self, id: String) {
-        let Some((server, config, created)) = lock(&self.fleet)
-            .targets
-            .get(&id)
-            .map(|t| (t.record.spec.as_ref().map(|s| s.server.clone()).unwrap_or_default(), t.config.clone(), t.record.created_at_unix_nanos))
+        let Some((server, config, created)) =
+            lock(&self.fleet).targets.get(&id).map(|t| (t.server(), t.config.clone(), t.record.created_at_unix_nanos))
         else {
-            lock(&self.clients).remove(&id);
             return;
         };
-        let attempted_at = chrono::Utc::now().timestamp();
+        let attempted_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or_default();
+        let failed = |message: String| Observed { status: "Failed".into(), message, server_version: String::new() };
         let observed = match config {
-            None => Observed { status: "Failed".into(), message: "the cluster's credentials cannot be opened".into(), server_version: String::new() },
-            Some(config) => match self.client_for(&id, &server, &config) {
-                Err(e) => Observed { status: "Failed".into(), message: redact(e.to_string(), &config), server_version: String::new() },
+            None => failed("the cluster's credentials cannot be opened".into()),
+            Some(config) => match self.clients.get(&id, &server, &config, self.config.timeout) {
+                Err(e) => failed(corral_cluster_access::redact(e.to_string(), &config)),
                 Ok(c) => match tokio::time::timeout(self.config.timeout, c.apiserver_version()).await {
                     Ok(Ok(info)) => Observed { status: "Successful".into(), message: String::new(), server_version: major_minor(&info) },
-                    Ok(Err(e)) => Observed { status: "Failed".into(), message: describe(&e, &config), server_version: String::new() },
-                    Err(_) => Observed {
-                        status: "Failed".into(),
-                        message: format!("the API server did not answer within {:?}", self.config.timeout),
-                        server_version: String::new(),
-                    },
+                    Ok(Err(e)) => failed(corral_cluster_access::describe(&e, &config)),
+                    Err(_) => failed(format!("the API server did not answer within {:?}", self.config.timeout)),
                 },
             },
         };
-        let (unchanged, state_seq) = match lock(&self.fleet).targets.get(&id) {
-            Some(t) => (t.observed.as_ref() == Some(&observed), t.state_seq),
+        let (unchanged, side_seq) = match lock(&self.fleet).targets.get(&id) {
+            Some(t) => (recorded(t).as_ref() == Some(&observed), t.side_seq()),
             None => return,
         };
         if unchanged {
@@ -308,71 +163,24 @@ impl HealthProbe {
             tracing::info!(cluster_id = %id, message = %observed.message, "cluster connection failed");
         }
         let payload = ClusterConnectionObserved {
-            status: observed.status.clone(),
-            message: observed.message.clone(),
-            server_version: observed.server_version.clone(),
+            status: observed.status,
+            message: observed.message,
+            server_version: observed.server_version,
             attempted_at_unix: attempted_at,
             cluster_created_at_unix_nanos: created,
         };
-        let event_id = uuid::Uuid::new_v4().to_string();
-        let envelope = EventEnvelope {
-            event_id: event_id.clone(),
-            event_type: CLUSTER_CONNECTION_OBSERVED.into(),
-            aggregate_id: format!("clusterstate/{id}"),
-            occurred_at_unix_nanos: chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default(),
-            schema_version: 1,
-            actor: format!("health-probe/{}", self.membership.me()),
-            payload: payload.encode_to_vec(),
-            ..Default::default()
-        };
-        let event = NewEvent {
-            subject: format!("{STATE_SUBJECT_PREFIX}{id}"),
-            msg_id: event_id,
-            // Two probes racing on one cluster record one change, not two.
-            expected_subject_seq: Some(state_seq),
-            headers: vec![],
-            payload: envelope.encode_to_vec().into(),
-        };
-        match self.log.append(event).await {
-            Ok(_) | Err(LogError::Conflict { .. }) => {}
-            Err(e) => tracing::warn!(error = %e, cluster_id = %id, "cannot record a connection state; the next probe retries"),
+        let appended = corral_cluster_access::append_side(
+            self.log.as_ref(),
+            format!("{STATE_SUBJECT_PREFIX}{id}"),
+            CLUSTER_CONNECTION_OBSERVED,
+            format!("health-probe/{}", self.membership.me()),
+            payload.encode_to_vec(),
+            side_seq,
+        )
+        .await;
+        if let Err(e) = appended {
+            tracing::warn!(error = %e, cluster_id = %id, "cannot record a connection state; the next probe retries");
         }
-    }
-}
-
-/// Folds the log into the fleet; reports clusters that appear or change after `live_from`.
-async fn follow(
-    log: Arc<dyn EventLog>,
-    key: Arc<SealingKey>,
-    fleet: Arc<Mutex<Fleet>>,
-    changed: mpsc::UnboundedSender<String>,
-    live_from: u64,
-) {
-    loop {
-        let from = lock(&fleet).applied + 1;
-        let mut stream = match log.subscribe(from).await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "health probe cannot follow the log; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
-            }
-        };
-        while let Some(next) = stream.next().await {
-            match next {
-                Ok(ev) => {
-                    let touched = lock(&fleet).apply(&ev, &key);
-                    if let Some(id) = touched.filter(|_| ev.seq > live_from) {
-                        let _ = changed.send(id);
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "health probe lost the log; resubscribing");
-                    break;
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -414,7 +222,7 @@ pub async fn run(config: ServiceConfig, shutdown: impl std::future::Future<Outpu
     let log: Arc<dyn EventLog> = Arc::new(corral_event_log::NatsLog::new(client.clone(), log_config).await?);
     let key = Arc::new(SealingKey::load(corral_registry::SEAL_KEY_ENV, config.seal_key_file.as_deref(), false)?);
     let probe_config = config.probe_config();
-    let membership = Membership::join(client, probe_config.interval / 3).await?;
+    let membership = Membership::join(client, HEARTBEAT_SUBJECT, probe_config.interval / 3).await?;
     HealthProbe::run(log, key, probe_config, membership, shutdown).await?;
     Ok(())
 }

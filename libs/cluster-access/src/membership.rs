@@ -1,5 +1,6 @@
-//! Which health-probe replica probes which cluster. Replicas announce themselves on a NATS
-//! subject every third of an interval; a replica not heard from for 2.5 announcements is gone, so
+//! Which replica of an observing service (health-probe, cache-invalidation) handles which
+//! cluster. Replicas announce themselves on their service's NATS subject every third of an
+//! interval; a replica not heard from for 2.5 announcements is gone, so
 //! its clusters move to the others within about one interval. A cluster with a `shard` goes to
 //! the replica at that index of the sorted live replicas; any other to the replica with the
 //! highest rendezvous hash of (replica, cluster), so a replica joining or leaving moves only its
@@ -12,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 
-pub const HEARTBEAT_SUBJECT: &str = "corralsvc.health-probe.heartbeat";
 
 #[derive(Clone)]
 pub struct Membership {
@@ -33,11 +33,12 @@ impl Membership {
         Membership { me: "solo".into(), seen: Arc::default(), expiry: Duration::MAX }
     }
 
-    /// Joins the replicas on `client`, announcing every `period`.
-    pub async fn join(client: async_nats::Client, period: Duration) -> Result<Membership, async_nats::SubscribeError> {
+    /// Joins the replicas announcing on `subject` (one per service), announcing every `period`.
+    pub async fn join(client: async_nats::Client, subject: &str, period: Duration) -> Result<Membership, async_nats::SubscribeError> {
         let me = uuid::Uuid::new_v4().to_string();
         let m = Membership { me: me.clone(), seen: Arc::default(), expiry: period.mul_f64(2.5) };
-        let mut sub = client.subscribe(HEARTBEAT_SUBJECT).await?;
+        let subject = subject.to_string();
+        let mut sub = client.subscribe(subject.clone()).await?;
         let seen = m.seen.clone();
         tokio::spawn(async move {
             while let Some(msg) = sub.next().await {
@@ -50,8 +51,8 @@ impl Membership {
         tokio::spawn(async move {
             loop {
                 seen.lock().unwrap_or_else(|p| p.into_inner()).insert(me.clone(), Instant::now());
-                if client.publish(HEARTBEAT_SUBJECT, me.clone().into()).await.is_err() {
-                    tracing::warn!("cannot announce this health-probe replica");
+                if client.publish(subject.clone(), me.clone().into()).await.is_err() {
+                    tracing::warn!(subject, "cannot announce this replica");
                 }
                 tokio::time::sleep(period).await;
             }

@@ -1,0 +1,270 @@
+//! What the services that observe clusters share: the fleet folded from the log (each cluster's
+//! record with its credentials opened, plus the last event on the service's own side subject),
+//! Kubernetes clients built from Argo CD cluster configs and kept per cluster, and replica
+//! membership. Credentials stay in memory and are never logged.
+
+pub mod client;
+pub mod membership;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use corral_domain::IN_CLUSTER_SERVER;
+use corral_event_log::{EventLog, LogError, NewEvent, RecordedEvent};
+use corral_proto::events::EventEnvelope;
+use corral_proto::registry::ClusterRecord;
+use corral_proto::v1alpha1::ClusterConfig;
+use corral_registry::read_model::{self, CLUSTER_SUBJECT_PREFIX};
+use corral_secrets::SealingKey;
+use futures::StreamExt;
+use prost::Message;
+use tokio::sync::mpsc;
+
+pub use membership::Membership;
+
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// One live cluster as an observing service knows it.
+pub struct Target {
+    pub record: ClusterRecord,
+    /// The opened connection config; `None` if it could not be opened.
+    pub config: Option<Arc<ClusterConfig>>,
+    /// The last event on the service's side subject for this cluster, and its sequence.
+    pub side: Option<(u64, EventEnvelope)>,
+}
+
+impl Target {
+    pub fn server(&self) -> String {
+        self.record.spec.as_ref().map(|s| s.server.clone()).unwrap_or_default()
+    }
+
+    pub fn shard(&self) -> Option<i64> {
+        self.record.spec.as_ref().and_then(|s| s.shard)
+    }
+
+    /// Sequence of the last side event (0: none): what the next side append expects.
+    pub fn side_seq(&self) -> u64 {
+        self.side.as_ref().map(|(s, _)| *s).unwrap_or(0)
+    }
+}
+
+/// The fleet, folded from the log.
+pub struct Fleet {
+    pub targets: HashMap<String, Target>,
+    pub applied: u64,
+    side_prefix: &'static str,
+}
+
+impl Fleet {
+    /// A fleet whose targets also track events on `<side_prefix><cluster-id>`.
+    pub fn new(side_prefix: &'static str) -> Fleet {
+        Fleet { targets: HashMap::new(), applied: 0, side_prefix }
+    }
+
+    /// Applies one logged event; answers the cluster id when a cluster appeared or changed.
+    pub fn apply(&mut self, ev: &RecordedEvent, key: &SealingKey) -> Option<String> {
+        self.applied = self.applied.max(ev.seq);
+        if let Some(id) = ev.subject.strip_prefix(CLUSTER_SUBJECT_PREFIX) {
+            let env = EventEnvelope::decode(ev.payload.as_ref()).ok()?;
+            let previous = self.targets.remove(id);
+            let (rec, side) = match previous {
+                Some(t) => (Some(t.record), t.side),
+                None => (None, None),
+            };
+            let rec = match read_model::fold_cluster(rec, id, ev.seq, &env) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(error = %e, seq = ev.seq, "skipped a cluster event");
+                    return None;
+                }
+            };
+            if rec.deleted {
+                return None;
+            }
+            let config = rec.spec.as_ref().and_then(|spec| match corral_registry::codec::open_config(spec, id, key) {
+                Ok(c) => Some(Arc::new(c)),
+                Err(e) => {
+                    tracing::error!(error = %e, cluster_id = id, "cannot open a cluster's credentials");
+                    None
+                }
+            });
+            self.targets.insert(id.to_string(), Target { record: rec, config, side });
+            return Some(id.to_string());
+        }
+        if let Some(id) = ev.subject.strip_prefix(self.side_prefix)
+            && let Some(t) = self.targets.get_mut(id)
+            && let Ok(env) = EventEnvelope::decode(ev.payload.as_ref())
+        {
+            t.side = Some((ev.seq, env));
+        }
+        None
+    }
+}
+
+/// Folds the log into `fleet`; reports clusters that appear or change after `live_from`.
+pub async fn follow(
+    log: Arc<dyn EventLog>,
+    key: Arc<SealingKey>,
+    fleet: Arc<Mutex<Fleet>>,
+    changed: mpsc::UnboundedSender<String>,
+    live_from: u64,
+) {
+    loop {
+        let from = lock(&fleet).applied + 1;
+        let mut stream = match log.subscribe(from).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot follow the log; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        while let Some(next) = stream.next().await {
+            match next {
+                Ok(ev) => {
+                    let touched = lock(&fleet).apply(&ev, &key);
+                    if let Some(id) = touched.filter(|_| ev.seq > live_from) {
+                        let _ = changed.send(id);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "lost the log; resubscribing");
+                    break;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Starts following the log and waits until the fleet holds everything logged so far.
+pub async fn load_fleet(
+    log: Arc<dyn EventLog>,
+    key: Arc<SealingKey>,
+    side_prefix: &'static str,
+) -> Result<(Arc<Mutex<Fleet>>, mpsc::UnboundedReceiver<String>, tokio::task::JoinHandle<()>), LogError> {
+    let fleet = Arc::new(Mutex::new(Fleet::new(side_prefix)));
+    let (tx, rx) = mpsc::unbounded_channel();
+    let last = log.last_seq().await?;
+    let task = tokio::spawn(follow(log, key, fleet.clone(), tx, last));
+    while lock(&fleet).applied < last {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok((fleet, rx, task))
+}
+
+/// The in-cluster entry is reached only from inside a Kubernetes pod; elsewhere its URL means
+/// nothing (and resolving it would send DNS queries off the machine).
+pub fn reachable(id: &str) -> bool {
+    id != corral_domain::cluster_id(IN_CLUSTER_SERVER) || std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
+}
+
+/// Kubernetes clients per cluster, rebuilt when the cluster's config changes.
+#[derive(Default)]
+pub struct Clients {
+    clients: Mutex<HashMap<String, (Arc<ClusterConfig>, kube::Client)>>,
+}
+
+impl Clients {
+    pub fn get(&self, id: &str, server: &str, config: &Arc<ClusterConfig>, timeout: Duration) -> Result<kube::Client, client::ClientError> {
+        let mut clients = lock(&self.clients);
+        if let Some((cfg, c)) = clients.get(id)
+            && (Arc::ptr_eq(cfg, config) || **cfg == **config)
+        {
+            return Ok(c.clone());
+        }
+        let c = if server == IN_CLUSTER_SERVER {
+            // The built-in entry means "the cluster this runs in": its service account, as Argo CD.
+            let cfg = kube::Config::incluster().map_err(|e| client::ClientError::Build(e.to_string()))?;
+            kube::Client::try_from(cfg).map_err(|e| client::ClientError::Build(e.to_string()))?
+        } else {
+            client::build(server, config, timeout)?
+        };
+        clients.insert(id.to_string(), (config.clone(), c.clone()));
+        Ok(c)
+    }
+
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
+        lock(&self.clients).retain(|id, _| keep(id));
+    }
+}
+
+/// Removes the config's credentials from a message meant for people.
+pub fn redact(mut text: String, config: &ClusterConfig) -> String {
+    let mut secrets = vec![config.bearer_token.clone(), config.password.clone()];
+    if let Some(e) = &config.exec_provider_config {
+        secrets.extend(e.env.values().cloned());
+    }
+    for s in secrets.iter().filter(|s| s.len() >= 4) {
+        text = text.replace(s.as_str(), "***");
+    }
+    text
+}
+
+/// A Kubernetes client error in words an operator can act on, with any credential removed.
+pub fn describe(err: &kube::Error, config: &ClusterConfig) -> String {
+    let text = match err {
+        kube::Error::Api(s) if s.code == 401 => "the API server refused the credentials (401 Unauthorized)".to_string(),
+        kube::Error::Api(s) if s.code == 403 => format!("the credentials lack permission (403 Forbidden): {}", s.message),
+        kube::Error::Api(s) => format!("the API server answered {} {}: {}", s.code, s.reason, s.message),
+        other => {
+            // The error chain carries the cause: TLS, DNS, refused connection, timeout.
+            let mut text = other.to_string();
+            let mut source = std::error::Error::source(other);
+            while let Some(s) = source {
+                let part = s.to_string();
+                // Wrapping errors often repeat their cause's words; keep each once.
+                if !text.contains(&part) {
+                    text = format!("{text}: {part}");
+                }
+                source = s.source();
+            }
+            format!("cannot reach the API server: {text}")
+        }
+    };
+    redact(text, config)
+}
+
+/// Appends a service's side event for a cluster, expecting the side subject's last sequence so
+/// that two replicas racing on one cluster record one change. A lost race is not an error.
+pub async fn append_side(
+    log: &dyn EventLog,
+    subject: String,
+    event_type: &str,
+    actor: String,
+    payload: Vec<u8>,
+    expected_seq: u64,
+) -> Result<(), LogError> {
+    let event_id = uuid::Uuid::new_v4().to_string();
+    let envelope = EventEnvelope {
+        event_id: event_id.clone(),
+        event_type: event_type.into(),
+        aggregate_id: subject.clone(),
+        occurred_at_unix_nanos: chrono_now_nanos(),
+        schema_version: 1,
+        actor,
+        payload,
+        ..Default::default()
+    };
+    let event = NewEvent {
+        subject,
+        msg_id: event_id,
+        expected_subject_seq: Some(expected_seq),
+        headers: vec![],
+        payload: envelope.encode_to_vec().into(),
+    };
+    match log.append(event).await {
+        Ok(_) | Err(LogError::Conflict { .. }) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+fn chrono_now_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or_default()
+}
