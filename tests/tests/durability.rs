@@ -159,6 +159,7 @@ async fn kill_9_of_the_all_in_one_on_the_embedded_log_loses_no_acknowledged_writ
                 ("CORRAL_ADMIN_PASSWORD".into(), common::ADMIN_PASSWORD.into()),
                 // The writers' clusters are made-up hosts: probing them would leave loopback.
                 ("CORRAL_PROBE_INTERVAL_SECONDS".into(), "0".into()),
+                ("CORRAL_CACHE_CHECK_SECONDS".into(), "0".into()),
             ],
             "listening on",
             Duration::from_secs(60),

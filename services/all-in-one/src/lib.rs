@@ -33,6 +33,9 @@ pub struct Config {
     /// Seconds between health-probe rounds; 0 turns the probe off.
     #[arg(long, env = "CORRAL_PROBE_INTERVAL_SECONDS", default_value_t = 10.0)]
     pub probe_interval_seconds: f64,
+    /// Seconds between cache-invalidation checks; 0 turns cache syncing off.
+    #[arg(long, env = "CORRAL_CACHE_CHECK_SECONDS", default_value_t = 5.0)]
+    pub cache_check_seconds: f64,
 }
 
 /// Runs the control plane on an already-bound listener until `shutdown` resolves.
@@ -71,6 +74,22 @@ pub async fn run(
         tokio::spawn(corral_health_probe::HealthProbe::run(log.clone(), key.clone(), probe_config, corral_health_probe::Membership::solo(), async move {
             let _ = probe_stop.wait_for(|s| *s).await;
         }));
+    }
+    if config.cache_check_seconds > 0.0 {
+        let cache_config = corral_cache_invalidation::CacheConfig {
+            check_interval: std::time::Duration::from_secs_f64(config.cache_check_seconds.max(0.05)),
+            ..Default::default()
+        };
+        let mut cache_stop = stop_tx.subscribe();
+        tokio::spawn(corral_cache_invalidation::CacheInvalidation::run(
+            log.clone(),
+            key.clone(),
+            cache_config,
+            corral_cache_invalidation::Membership::solo(),
+            async move {
+                let _ = cache_stop.wait_for(|s| *s).await;
+            },
+        ));
     }
     let registry = corral_registry::start(log, &db, key, RegistryConfig::default(), projection_stop).await?;
     let api: Arc<dyn RegistryApi> = registry;

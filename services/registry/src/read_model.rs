@@ -17,6 +17,9 @@ pub const NAME_SUBJECT_PREFIX: &str = "corral.clustername.";
 /// Observed connection state, appended by the health probe.
 pub const STATE_SUBJECT_PREFIX: &str = "corral.clusterstate.";
 pub const CLUSTER_CONNECTION_OBSERVED: &str = "ClusterConnectionObserved";
+/// Cache info, appended by the cache-invalidation service.
+pub const CACHE_SUBJECT_PREFIX: &str = "corral.clustercache.";
+pub const CLUSTER_CACHE_SYNCED: &str = "ClusterCacheSynced";
 const CLUSTER_KEY_PREFIX: &[u8] = b"c/";
 const NAME_KEY_PREFIX: &[u8] = b"n/";
 
@@ -86,6 +89,9 @@ pub fn fold_cluster(
             rec.connection_message.clear();
             rec.connection_attempted_at_unix = 0;
             rec.server_version.clear();
+            rec.cache_apis_count = 0;
+            rec.cache_resources_count = 0;
+            rec.cache_synced_at_unix = 0;
         }
         codec::CLUSTER_SPEC_CHANGED => {
             let e = events::ClusterSpecChanged::decode(env.payload.as_slice())?;
@@ -127,6 +133,20 @@ pub fn fold(p: &Projection, ev: &RecordedEvent) -> Result<Changes, RegistryError
                 rec.connection_message = e.message;
                 rec.connection_attempted_at_unix = e.attempted_at_unix;
                 rec.server_version = e.server_version;
+                changes.put(cluster_key(id), rec.encode_to_vec());
+            }
+        }
+    } else if let Some(id) = ev.subject.strip_prefix(CACHE_SUBJECT_PREFIX) {
+        let env = decode_envelope(ev)?;
+        if env.event_type == CLUSTER_CACHE_SYNCED
+            && let Some(mut rec) = cluster_record(p, id)?
+        {
+            let e = events::ClusterCacheSynced::decode(env.payload.as_slice())?;
+            // A failed sync keeps the last good counts; only its incarnation's syncs count.
+            if !rec.deleted && e.error.is_empty() && e.cluster_created_at_unix_nanos == rec.created_at_unix_nanos {
+                rec.cache_apis_count = e.apis_count;
+                rec.cache_resources_count = e.resources_count;
+                rec.cache_synced_at_unix = e.synced_at_unix;
                 changes.put(cluster_key(id), rec.encode_to_vec());
             }
         }
@@ -180,7 +200,15 @@ pub fn render(rec: &ClusterRecord) -> v1alpha1::Cluster {
         info: Some(v1alpha1::ClusterInfo {
             connection_state: Some(connection_state),
             server_version: rec.server_version.clone(),
-            cache_info: Some(v1alpha1::ClusterCacheInfo::default()),
+            cache_info: Some(if rec.cache_synced_at_unix == 0 {
+                v1alpha1::ClusterCacheInfo::default()
+            } else {
+                v1alpha1::ClusterCacheInfo {
+                    resources_count: Some(rec.cache_resources_count),
+                    apis_count: Some(rec.cache_apis_count),
+                    last_cache_sync_time: time_from_nanos(rec.cache_synced_at_unix.saturating_mul(1_000_000_000)),
+                }
+            }),
             applications_count: 0,
             api_versions: Vec::new(),
         }),

@@ -124,6 +124,7 @@ impl Embedded {
             auth: corral_gateway::AuthOptions { accounts_file: None, disable_auth: false, admin_password_out: None },
             // The suite's clusters are made-up hosts: probing them would leave loopback.
             probe_interval_seconds: 0.0,
+            cache_check_seconds: 0.0,
         };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -310,6 +311,19 @@ impl Deployment {
         )
         .await
         .expect("health-probe process")
+    }
+
+    /// A cache-invalidation process checking every `check_seconds`.
+    pub async fn spawn_cache_invalidation(&self, check_seconds: f64) -> ServiceProcess {
+        ServiceProcess::spawn(
+            &workspace_bin("corral-cache-invalidation"),
+            &["--nats-url".into(), self.nats.url(), "--check-seconds".into(), check_seconds.to_string(), "--timeout-seconds".into(), "2".into()],
+            &[("CORRAL_SEAL_KEY".into(), self.seal_key.clone())],
+            "cache-invalidation ready",
+            Duration::from_secs(60),
+        )
+        .await
+        .expect("cache-invalidation process")
     }
 
     pub fn gateway_env(&self) -> Vec<(String, String)> {

@@ -1,0 +1,250 @@
+//! The cache-invalidation service: keeps, for each cluster, the cache info Argo CD shows
+//! (`apisCount`: API group versions served, `resourcesCount`: resource kinds across them,
+//! `lastCacheSyncTime`) by reading the cluster's discovery documents with its own credentials.
+//!
+//! A cluster is synced when it first appears, when `InvalidateCache` records a
+//! `refreshRequestedAt` newer than the last sync answered (the cluster's client and cached
+//! discovery are dropped first), after a failed sync (retried every check), and every
+//! `resync` period. Each sync appends a `ClusterCacheSynced` event; replicas split the fleet as
+//! the health probe's do.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub use corral_cluster_access::Membership;
+use corral_cluster_access::{Clients, Fleet, Target, lock};
+use corral_event_log::{EventLog, LogError};
+use corral_proto::events::ClusterCacheSynced;
+use corral_registry::read_model::{CACHE_SUBJECT_PREFIX, CLUSTER_CACHE_SYNCED};
+use corral_secrets::SealingKey;
+use prost::Message;
+
+/// NATS subject the cache-invalidation replicas announce themselves on.
+pub const HEARTBEAT_SUBJECT: &str = "corralsvc.cache-invalidation.heartbeat";
+
+#[derive(Clone, Debug)]
+pub struct CacheConfig {
+    /// How often the fleet is checked for clusters that need a sync (and failed ones retried).
+    pub check_interval: Duration,
+    /// Age after which a good sync is redone anyway.
+    pub resync: Duration,
+    /// Bound on each request to a cluster.
+    pub timeout: Duration,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig { check_interval: Duration::from_secs(5), resync: Duration::from_secs(3600), timeout: Duration::from_secs(5) }
+    }
+}
+
+pub struct CacheInvalidation {
+    log: Arc<dyn EventLog>,
+    fleet: Arc<Mutex<Fleet>>,
+    config: CacheConfig,
+    clients: Clients,
+    membership: Membership,
+    syncing: Mutex<HashSet<String>>,
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or_default()
+}
+
+/// The last sync the log holds for this incarnation of the cluster.
+fn last_sync(t: &Target) -> Option<ClusterCacheSynced> {
+    let (_, env) = t.side.as_ref()?;
+    if env.event_type != CLUSTER_CACHE_SYNCED {
+        return None;
+    }
+    let e = ClusterCacheSynced::decode(env.payload.as_slice()).ok()?;
+    (e.cluster_created_at_unix_nanos == t.record.created_at_unix_nanos).then_some(e)
+}
+
+fn needs_sync(t: &Target, config: &CacheConfig) -> bool {
+    match last_sync(t) {
+        None => true,
+        Some(e) => {
+            let age = now_unix() - e.synced_at_unix;
+            t.record.refresh_requested_at_unix_nanos > e.refresh_requested_at_unix_nanos
+                || (!e.error.is_empty() && age >= config.check_interval.as_secs() as i64)
+                || age >= config.resync.as_secs() as i64
+        }
+    }
+}
+
+/// Counts what the cluster's discovery documents serve.
+async fn discover(client: &kube::Client) -> Result<(i64, i64), kube::Error> {
+    let kinds = |list: k8s_openapi::apimachinery::pkg::apis::meta::v1::APIResourceList| {
+        // "pods/log" and the like are subresources, not kinds.
+        list.resources.iter().filter(|r| !r.name.contains('/')).count() as i64
+    };
+    let (mut apis, mut resources) = (0i64, 0i64);
+    for version in client.list_core_api_versions().await?.versions {
+        apis += 1;
+        resources += kinds(client.list_core_api_resources(&version).await?);
+    }
+    for group in client.list_api_groups().await?.groups {
+        for v in group.versions {
+            apis += 1;
+            resources += kinds(client.list_api_group_resources(&v.group_version).await?);
+        }
+    }
+    Ok((apis, resources))
+}
+
+impl CacheInvalidation {
+    /// Follows the log and keeps this replica's share of the fleet synced until `shutdown`.
+    pub async fn run(
+        log: Arc<dyn EventLog>,
+        key: Arc<SealingKey>,
+        config: CacheConfig,
+        membership: Membership,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(), LogError> {
+        let (fleet, mut changed_rx, follower) = corral_cluster_access::load_fleet(log.clone(), key, CACHE_SUBJECT_PREFIX).await?;
+        let svc = Arc::new(CacheInvalidation {
+            log,
+            fleet,
+            config,
+            clients: Clients::default(),
+            membership,
+            syncing: Mutex::default(),
+        });
+        println!("cache-invalidation ready (replica {})", svc.membership.me());
+        let mut ticker = tokio::time::interval(svc.config.check_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = ticker.tick() => svc.check_all(),
+                // A new cluster, a spec change or a refresh request: look at it now.
+                Some(id) = changed_rx.recv() => svc.check(&svc.membership.live(), &id),
+            }
+        }
+        follower.abort();
+        Ok(())
+    }
+
+    fn check_all(self: &Arc<Self>) {
+        let live = self.membership.live();
+        let ids: Vec<String> = lock(&self.fleet).targets.keys().cloned().collect();
+        self.clients.retain(|id| ids.iter().any(|i| i == id));
+        for id in ids {
+            self.check(&live, &id);
+        }
+    }
+
+    fn check(self: &Arc<Self>, live: &[String], id: &str) {
+        let due = match lock(&self.fleet).targets.get(id) {
+            Some(t) => corral_cluster_access::reachable(id) && self.membership.owns(live, id, t.shard()) && needs_sync(t, &self.config),
+            None => false,
+        };
+        if !due || !lock(&self.syncing).insert(id.to_string()) {
+            return;
+        }
+        let svc = self.clone();
+        let id = id.to_string();
+        tokio::spawn(async move {
+            svc.sync(&id).await;
+            lock(&svc.syncing).remove(&id);
+        });
+    }
+
+    async fn sync(&self, id: &str) {
+        let Some((server, config, created, refresh, side_seq, refreshing)) = lock(&self.fleet).targets.get(id).map(|t| {
+            let refreshing = last_sync(t).is_some_and(|e| t.record.refresh_requested_at_unix_nanos > e.refresh_requested_at_unix_nanos);
+            (t.server(), t.config.clone(), t.record.created_at_unix_nanos, t.record.refresh_requested_at_unix_nanos, t.side_seq(), refreshing)
+        }) else {
+            return;
+        };
+        if refreshing {
+            // Invalidation: forget the connection and what it discovered, start from scratch.
+            self.clients.retain(|c| c != id);
+        }
+        let budget = self.config.timeout * 4;
+        let outcome = match &config {
+            None => Err("the cluster's credentials cannot be opened".to_string()),
+            Some(config) => match self.clients.get(id, &server, config, self.config.timeout) {
+                Err(e) => Err(corral_cluster_access::redact(e.to_string(), config)),
+                Ok(client) => match tokio::time::timeout(budget, discover(&client)).await {
+                    Ok(Ok(counts)) => Ok(counts),
+                    Ok(Err(e)) => Err(corral_cluster_access::describe(&e, config)),
+                    Err(_) => Err(format!("discovery did not finish within {budget:?}")),
+                },
+            },
+        };
+        let (apis_count, resources_count, error) = match outcome {
+            Ok((a, r)) => (a, r, String::new()),
+            Err(e) => {
+                tracing::info!(cluster_id = id, error = %e, "cache sync failed");
+                (0, 0, e)
+            }
+        };
+        let event = ClusterCacheSynced {
+            apis_count,
+            resources_count,
+            synced_at_unix: now_unix(),
+            refresh_requested_at_unix_nanos: refresh,
+            cluster_created_at_unix_nanos: created,
+            error,
+        };
+        let appended = corral_cluster_access::append_side(
+            self.log.as_ref(),
+            format!("{CACHE_SUBJECT_PREFIX}{id}"),
+            CLUSTER_CACHE_SYNCED,
+            format!("cache-invalidation/{}", self.membership.me()),
+            event.encode_to_vec(),
+            side_seq,
+        )
+        .await;
+        if let Err(e) = appended {
+            tracing::warn!(error = %e, cluster_id = id, "cannot record cache info; the next check retries");
+        }
+    }
+}
+
+/// Configuration of the stand-alone cache-invalidation process.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "corral-cache-invalidation", about = "Keeps each cluster's cache info (NATS mode)")]
+pub struct ServiceConfig {
+    #[arg(long, env = "CORRAL_NATS_URL")]
+    pub nats_url: String,
+    #[arg(long, env = "CORRAL_STREAM", default_value = "CORRAL")]
+    pub stream: String,
+    /// File holding the sealing key (base64); CORRAL_SEAL_KEY takes precedence.
+    #[arg(long, env = "CORRAL_SEAL_KEY_FILE")]
+    pub seal_key_file: Option<std::path::PathBuf>,
+    /// Seconds between checks for clusters that need a sync.
+    #[arg(long, env = "CORRAL_CACHE_CHECK_SECONDS", default_value_t = 5.0)]
+    pub check_seconds: f64,
+    /// Seconds after which a good sync is redone anyway.
+    #[arg(long, env = "CORRAL_CACHE_RESYNC_SECONDS", default_value_t = 3600.0)]
+    pub resync_seconds: f64,
+    /// Seconds each request to a cluster may take.
+    #[arg(long, env = "CORRAL_CACHE_TIMEOUT_SECONDS", default_value_t = 5.0)]
+    pub timeout_seconds: f64,
+}
+
+impl ServiceConfig {
+    pub fn cache_config(&self) -> CacheConfig {
+        CacheConfig {
+            check_interval: Duration::from_secs_f64(self.check_seconds.max(0.05)),
+            resync: Duration::from_secs_f64(self.resync_seconds.max(1.0)),
+            timeout: Duration::from_secs_f64(self.timeout_seconds.max(0.05)),
+        }
+    }
+}
+
+pub async fn run(config: ServiceConfig, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let client = async_nats::connect(&config.nats_url).await?;
+    let log_config = corral_event_log::NatsLogConfig { stream: config.stream.clone(), ..Default::default() };
+    let log: Arc<dyn EventLog> = Arc::new(corral_event_log::NatsLog::new(client.clone(), log_config).await?);
+    let key = Arc::new(SealingKey::load(corral_registry::SEAL_KEY_ENV, config.seal_key_file.as_deref(), false)?);
+    let cache_config = config.cache_config();
+    let membership = Membership::join(client, HEARTBEAT_SUBJECT, cache_config.check_interval / 3).await?;
+    CacheInvalidation::run(log, key, cache_config, membership, shutdown).await?;
+    Ok(())
+}
