@@ -42,6 +42,104 @@ struct Inner {
     tokens: BTreeSet<String>,
     groups: Vec<GroupVersion>,
     requests: u64,
+    /// Service accounts, as "namespace/name".
+    service_accounts: BTreeSet<String>,
+    /// Secrets by "namespace/name": (type, service-account annotation, token).
+    secrets: std::collections::BTreeMap<String, Secret>,
+    created: u64,
+}
+
+#[derive(Clone, Debug)]
+struct Secret {
+    kind: String,
+    service_account: String,
+    token: Option<String>,
+}
+
+const SA_ANNOTATION: &str = "kubernetes.io/service-account.name";
+const SA_TOKEN_TYPE: &str = "kubernetes.io/service-account-token";
+
+fn b64(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+fn secret_json(ns: &str, name: &str, s: &Secret) -> Value {
+    let mut v = json!({"apiVersion": "v1", "kind": "Secret", "type": s.kind,
+        "metadata": {"name": name, "namespace": ns, "annotations": {SA_ANNOTATION: s.service_account}}});
+    if let Some(t) = &s.token {
+        v["data"] = json!({"token": b64(t)});
+    }
+    v
+}
+
+/// ServiceAccounts and Secrets under /api/v1/namespaces/NS/..., as the token controller keeps
+/// them: a new service-account-token Secret gets a token at once, and deleting it revokes it.
+fn core_objects(s: &mut Inner, method: &axum::http::Method, path: &str, body: &[u8]) -> Option<Response> {
+    let rest = path.strip_prefix("/api/v1/namespaces/")?;
+    let parts: Vec<&str> = rest.split('/').collect();
+    let ns = parts[0];
+    match (method.as_str(), &parts[1..]) {
+        ("GET", ["serviceaccounts", name]) => Some(if s.service_accounts.contains(&format!("{ns}/{name}")) {
+            axum::Json(json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name, "namespace": ns}})).into_response()
+        } else {
+            status(404, "NotFound", &format!("serviceaccounts \"{name}\" not found"))
+        }),
+        ("GET", ["secrets"]) => {
+            let items: Vec<Value> = s
+                .secrets
+                .iter()
+                .filter_map(|(k, v)| k.strip_prefix(&format!("{ns}/")).map(|name| secret_json(ns, name, v)))
+                .collect();
+            Some(axum::Json(json!({"apiVersion": "v1", "kind": "SecretList", "metadata": {}, "items": items})).into_response())
+        }
+        ("GET", ["secrets", name]) => Some(match s.secrets.get(&format!("{ns}/{name}")) {
+            Some(v) => axum::Json(secret_json(ns, name, v)).into_response(),
+            None => status(404, "NotFound", &format!("secrets \"{name}\" not found")),
+        }),
+        ("POST", ["secrets"]) => {
+            let Ok(v) = serde_json::from_slice::<Value>(body) else {
+                return Some(status(400, "BadRequest", "invalid JSON"));
+            };
+            let mut name = v["metadata"]["name"].as_str().unwrap_or_default().to_string();
+            if name.is_empty() {
+                s.created += 1;
+                name = format!("{}{:05}", v["metadata"]["generateName"].as_str().unwrap_or("secret-"), s.created);
+            }
+            let key = format!("{ns}/{name}");
+            if s.secrets.contains_key(&key) {
+                return Some(status(409, "AlreadyExists", &format!("secrets \"{name}\" already exists")));
+            }
+            let kind = v["type"].as_str().unwrap_or("Opaque").to_string();
+            let sa = v["metadata"]["annotations"][SA_ANNOTATION].as_str().unwrap_or_default().to_string();
+            let token = (kind == SA_TOKEN_TYPE && s.service_accounts.contains(&format!("{ns}/{sa}")))
+                .then(|| format!("sa-token-{}-{}", s.created, rand_suffix()));
+            if let Some(t) = &token {
+                s.tokens.insert(t.clone());
+            }
+            let secret = Secret { kind, service_account: sa, token };
+            let out = secret_json(ns, &name, &secret);
+            s.secrets.insert(key, secret);
+            Some((axum::http::StatusCode::CREATED, axum::Json(out)).into_response())
+        }
+        ("DELETE", ["secrets", name]) => Some(match s.secrets.remove(&format!("{ns}/{name}")) {
+            Some(v) => {
+                if let Some(t) = &v.token {
+                    s.tokens.remove(t);
+                }
+                axum::Json(secret_json(ns, name, &v)).into_response()
+            }
+            None => status(404, "NotFound", &format!("secrets \"{name}\" not found")),
+        }),
+        _ => None,
+    }
+}
+
+fn rand_suffix() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0));
+    format!("{:016x}", h.finish())
 }
 
 /// Client identity established by the TLS handshake of one connection.
@@ -118,7 +216,16 @@ async fn handle(State(inner): State<Arc<Mutex<Inner>>>, req: Request) -> Respons
         Some(rest) => rest.find('/').map(|i| &rest[i..]).unwrap_or("/"),
         None => full,
     }
-    .trim_end_matches('/');
+    .trim_end_matches('/')
+    .to_string();
+    let method = req.method().clone();
+    if path.starts_with("/api/v1/namespaces/") {
+        let body = axum::body::to_bytes(req.into_body(), 1 << 20).await.unwrap_or_default();
+        let mut s = inner.lock().unwrap_or_else(|p| p.into_inner());
+        return core_objects(&mut s, &method, &path, &body)
+            .unwrap_or_else(|| status(404, "NotFound", "the server could not find the requested resource"));
+    }
+    let path = path.as_str();
     let body = match path {
         "/version" => {
             let minor = git_version.trim_start_matches('v').split('.').nth(1).unwrap_or("0").to_string();
@@ -197,6 +304,9 @@ impl FakeKube {
             tokens: tokens.iter().map(|t| t.to_string()).collect(),
             groups: default_groups(),
             requests: 0,
+            service_accounts: BTreeSet::from(["kube-system/argocd-manager".to_string()]),
+            secrets: Default::default(),
+            created: 0,
         }));
         let router = Router::new().fallback(handle).with_state(inner.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -269,6 +379,33 @@ impl FakeKube {
 
     pub fn remove_token(&self, token: &str) {
         self.inner.lock().unwrap_or_else(|p| p.into_inner()).tokens.remove(token);
+    }
+
+    /// Whether `token` is accepted now.
+    pub fn accepts(&self, token: &str) -> bool {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).tokens.contains(token)
+    }
+
+    /// A service-account-token Secret holding `token` (accepted from now on), as the token
+    /// controller would have made it for `namespace/service_account`.
+    pub fn add_service_account_token(&self, namespace: &str, service_account: &str, secret: &str, token: &str) {
+        let mut s = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        s.service_accounts.insert(format!("{namespace}/{service_account}"));
+        s.tokens.insert(token.into());
+        s.secrets.insert(
+            format!("{namespace}/{secret}"),
+            Secret { kind: SA_TOKEN_TYPE.into(), service_account: service_account.into(), token: Some(token.into()) },
+        );
+    }
+
+    /// Tokens held by service-account-token Secrets of `namespace/service_account`.
+    pub fn service_account_tokens(&self, namespace: &str, service_account: &str) -> Vec<String> {
+        let s = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        s.secrets
+            .iter()
+            .filter(|(k, v)| k.starts_with(&format!("{namespace}/")) && v.service_account == service_account)
+            .filter_map(|(_, v)| v.token.clone())
+            .collect()
     }
 
     /// Requests served so far (any answer).

@@ -33,6 +33,9 @@ pub struct Config {
     /// Seconds between health-probe rounds; 0 turns the probe off.
     #[arg(long, env = "CORRAL_PROBE_INTERVAL_SECONDS", default_value_t = 10.0)]
     pub probe_interval_seconds: f64,
+    /// Seconds the old token keeps working after rotate-auth.
+    #[arg(long, env = "CORRAL_ROTATION_GRACE_SECONDS", default_value_t = 300.0)]
+    pub rotation_grace_seconds: f64,
     /// Seconds between cache-invalidation checks; 0 turns cache syncing off.
     #[arg(long, env = "CORRAL_CACHE_CHECK_SECONDS", default_value_t = 5.0)]
     pub cache_check_seconds: f64,
@@ -91,9 +94,25 @@ pub async fn run(
             },
         ));
     }
-    let registry = corral_registry::start(log, &db, key, RegistryConfig::default(), projection_stop).await?;
+    let registry = corral_registry::start(log.clone(), &db, key.clone(), RegistryConfig::default(), projection_stop).await?;
     let api: Arc<dyn RegistryApi> = registry;
-    let app = corral_gateway::app(api, auth, &corral_gateway::GatewayConfig { max_body_bytes: config.max_body_bytes });
+    let rotation_config = corral_auth_rotation::RotationConfig {
+        grace: std::time::Duration::from_secs_f64(config.rotation_grace_seconds.max(0.0)),
+        ..Default::default()
+    };
+    let mut rotation_stop = stop_tx.subscribe();
+    let rotation = corral_auth_rotation::AuthRotation::start(
+        log,
+        key,
+        api.clone(),
+        rotation_config,
+        corral_cluster_access::Membership::solo(),
+        async move {
+            let _ = rotation_stop.wait_for(|s| *s).await;
+        },
+    )
+    .await?;
+    let app = corral_gateway::app(api, rotation, auth, &corral_gateway::GatewayConfig { max_body_bytes: config.max_body_bytes });
     let addr = listener.local_addr()?;
     println!("listening on {addr}");
     tracing::info!(%addr, embedded, "control plane listening");

@@ -11,9 +11,9 @@ use std::sync::Arc;
 use corral_auth::{Auth, Principal};
 
 use corral_proto::cluster::{ClusterCreateRequest, ClusterQuery, ClusterUpdateRequest};
-use corral_proto::registry::{Command, Query, Reply, RequestContext, command, query, reply};
+use corral_proto::registry::{Command, Query, Reply, RequestContext, RotateAuth, command, query, reply};
 use corral_proto::v1alpha1::{Cluster, ClusterList};
-use corral_registry::RegistryApi;
+use corral_registry::{RegistryApi, RotationApi};
 use tonic::Code;
 
 use crate::error::ApiError;
@@ -43,6 +43,7 @@ impl CallContext {
 #[derive(Clone)]
 pub struct Clusters {
     api: Arc<dyn RegistryApi>,
+    rotation: Arc<dyn RotationApi>,
     auth: Arc<Auth>,
 }
 
@@ -76,8 +77,8 @@ fn unexpected() -> ApiError {
 }
 
 impl Clusters {
-    pub fn new(api: Arc<dyn RegistryApi>, auth: Arc<Auth>) -> Clusters {
-        Clusters { api, auth }
+    pub fn new(api: Arc<dyn RegistryApi>, rotation: Arc<dyn RotationApi>, auth: Arc<Auth>) -> Clusters {
+        Clusters { api, rotation, auth }
     }
 
     fn principal(ctx: &CallContext) -> Result<&Principal, ApiError> {
@@ -224,11 +225,18 @@ impl Clusters {
         Self::cluster(self.authorised_command(ctx, &q, "update", |_| Ok(()), command::Kind::InvalidateCache(q.clone())).await?)
     }
 
+    /// Needs `update`, as in Argo CD; the auth-rotation service does the work.
     pub async fn rotate_auth(&self, ctx: &CallContext, q: ClusterQuery) -> Result<(), ApiError> {
-        self.authorised_target(ctx, &q, "update").await?;
-        Err(ApiError::new(
-            Code::Unimplemented,
-            "rotate-auth is not available yet: it comes with the auth-rotation service",
-        ))
+        let mut last = None;
+        for _ in 0..AUTHORISE_ATTEMPTS {
+            let (stored, version) = self.authorised_target(ctx, &q, "update").await?;
+            let request = RotateAuth { context: Some(ctx.request_context()), server: stored.server, expected_version: version };
+            match reply_error(&self.rotation.rotate(request).await) {
+                None => return Ok(()),
+                Some(e) if e.code == Code::Aborted => last = Some(e),
+                Some(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| ApiError::new(Code::Aborted, "the cluster keeps changing; retry")))
     }
 }

@@ -182,8 +182,8 @@ async fn not_found() -> Response {
 }
 
 /// The whole public API as one router: REST routes, gRPC services, and the shared layers.
-pub fn app(api: Arc<dyn RegistryApi>, auth: Arc<Auth>, config: &GatewayConfig) -> Router {
-    let clusters = Clusters::new(api, auth.clone());
+pub fn app(api: Arc<dyn RegistryApi>, rotation: Arc<dyn corral_registry::RotationApi>, auth: Arc<Auth>, config: &GatewayConfig) -> Router {
+    let clusters = Clusters::new(api, rotation, auth.clone());
     let accounts = accounts::Accounts { auth: auth.clone() };
     let limit = config.max_body_bytes;
     let grpc_clusters =
@@ -304,6 +304,7 @@ pub async fn run(config: ServiceConfig, shutdown: impl std::future::Future<Outpu
     let client = async_nats::connect(&config.nats_url).await?;
     let timeout = Duration::from_millis(config.registry_timeout_ms);
     let commands = Arc::new(corral_registry::nats_rpc::NatsRegistryClient::new(client.clone(), timeout));
+    let rotation: Arc<dyn corral_registry::RotationApi> = commands.clone();
     // Reads are answered from this replica's own view of the log: no hop to a registry.
     let log_config = corral_registry::NatsLogConfig { stream: config.stream.clone(), ..Default::default() };
     let log: Arc<dyn corral_registry::EventLog> = Arc::new(corral_registry::NatsLog::new(client, log_config).await?);
@@ -320,7 +321,7 @@ pub async fn run(config: ServiceConfig, shutdown: impl std::future::Future<Outpu
     let addr = listener.local_addr()?;
     println!("listening on {addr}");
     tracing::info!(%addr, "gateway listening");
-    serve(listener, app(api, auth, &GatewayConfig { max_body_bytes: config.max_body_bytes }), shutdown).await?;
+    serve(listener, app(api, rotation, auth, &GatewayConfig { max_body_bytes: config.max_body_bytes }), shutdown).await?;
     let _ = stop_tx.send(true);
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! The registry's interface as the gateway sees it, the same in-process and over NATS.
 
-use corral_proto::registry::{Command, Query, Reply};
+use corral_proto::registry::{Command, Query, Reply, RotateAuth};
 
 #[async_trait::async_trait]
 pub trait RegistryApi: Send + Sync + 'static {
@@ -8,4 +8,12 @@ pub trait RegistryApi: Send + Sync + 'static {
     async fn command(&self, command: Command) -> Reply;
     /// Answers a query from the projection, once it has applied what the query asks for.
     async fn query(&self, query: Query) -> Reply;
+}
+
+/// The auth-rotation service's interface as the gateway sees it, the same in-process and over
+/// NATS.
+#[async_trait::async_trait]
+pub trait RotationApi: Send + Sync + 'static {
+    /// Rotates the cluster's bearer token; the reply is empty or an error.
+    async fn rotate(&self, request: RotateAuth) -> Reply;
 }

@@ -14,7 +14,7 @@ pub mod service;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-pub use api::RegistryApi;
+pub use api::{RegistryApi, RotationApi};
 pub use corral_event_log::{EventLog, NatsLog, NatsLogConfig};
 use corral_projection::Projection;
 use corral_secrets::SealingKey;

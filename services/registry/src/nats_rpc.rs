@@ -16,6 +16,8 @@ use crate::api::RegistryApi;
 pub const COMMAND_SUBJECT: &str = "corralrpc.registry.command";
 pub const QUERY_SUBJECT: &str = "corralrpc.registry.query";
 pub const QUEUE_GROUP: &str = "corral-registry";
+pub const ROTATE_SUBJECT: &str = "corralrpc.auth-rotation.rotate";
+pub const ROTATION_QUEUE_GROUP: &str = "corral-auth-rotation";
 
 fn error_reply(code: Code, message: impl Into<String>) -> Reply {
     Reply {
@@ -77,7 +79,7 @@ impl NatsRegistryClient {
         NatsRegistryClient { client, timeout }
     }
 
-    async fn call(&self, subject: &'static str, traceparent: &str, payload: Vec<u8>) -> Reply {
+    pub(crate) async fn call(&self, subject: &'static str, traceparent: &str, payload: Vec<u8>) -> Reply {
         let mut headers = HeaderMap::new();
         if !traceparent.is_empty() {
             headers.insert("traceparent", traceparent);
@@ -109,5 +111,43 @@ impl RegistryApi for NatsRegistryClient {
     async fn query(&self, query: Query) -> Reply {
         let tp = query.context.as_ref().map(|c| c.traceparent.clone()).unwrap_or_default();
         self.call(QUERY_SUBJECT, &tp, query.encode_to_vec()).await
+    }
+}
+
+/// Serves rotation requests from the gateways until `shutdown` resolves.
+pub async fn serve_rotation(
+    client: async_nats::Client,
+    api: Arc<dyn crate::api::RotationApi>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), async_nats::SubscribeError> {
+    let mut requests = client.queue_subscribe(ROTATE_SUBJECT, ROTATION_QUEUE_GROUP.to_string()).await?;
+    tokio::pin!(shutdown);
+    loop {
+        let msg = tokio::select! {
+            _ = &mut shutdown => break,
+            Some(m) = requests.next() => m,
+            else => break,
+        };
+        let (api, client) = (api.clone(), client.clone());
+        tokio::spawn(async move {
+            let Some(reply_to) = msg.reply.clone() else { return };
+            let reply = match corral_proto::registry::RotateAuth::decode(msg.payload.as_ref()) {
+                Ok(r) => api.rotate(r).await,
+                Err(e) => error_reply(Code::InvalidArgument, format!("malformed rotation request: {e}")),
+            };
+            if let Err(e) = client.publish(reply_to, reply.encode_to_vec().into()).await {
+                tracing::warn!(error = %e, "could not send rotation reply");
+            }
+        });
+    }
+    let _ = requests.unsubscribe().await;
+    Ok(())
+}
+
+#[async_trait::async_trait]
+impl crate::api::RotationApi for NatsRegistryClient {
+    async fn rotate(&self, request: corral_proto::registry::RotateAuth) -> Reply {
+        let tp = request.context.as_ref().map(|c| c.traceparent.clone()).unwrap_or_default();
+        self.call(ROTATE_SUBJECT, &tp, request.encode_to_vec()).await
     }
 }

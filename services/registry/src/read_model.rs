@@ -20,6 +20,10 @@ pub const CLUSTER_CONNECTION_OBSERVED: &str = "ClusterConnectionObserved";
 /// Cache info, appended by the cache-invalidation service.
 pub const CACHE_SUBJECT_PREFIX: &str = "corral.clustercache.";
 pub const CLUSTER_CACHE_SYNCED: &str = "ClusterCacheSynced";
+/// Credential rotations, appended by the auth-rotation service.
+pub const AUTH_SUBJECT_PREFIX: &str = "corral.clusterauth.";
+pub const CLUSTER_CREDENTIALS_ROTATED: &str = "ClusterCredentialsRotated";
+pub const OLD_CREDENTIALS_RETIRED: &str = "OldCredentialsRetired";
 const CLUSTER_KEY_PREFIX: &[u8] = b"c/";
 const NAME_KEY_PREFIX: &[u8] = b"n/";
 

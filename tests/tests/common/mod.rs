@@ -125,6 +125,7 @@ impl Embedded {
             // The suite's clusters are made-up hosts: probing them would leave loopback.
             probe_interval_seconds: 0.0,
             cache_check_seconds: 0.0,
+            rotation_grace_seconds: 300.0,
         };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -324,6 +325,19 @@ impl Deployment {
         )
         .await
         .expect("cache-invalidation process")
+    }
+
+    /// An auth-rotation process whose old tokens live `grace_seconds` after a rotation.
+    pub async fn spawn_auth_rotation(&self, grace_seconds: f64) -> ServiceProcess {
+        ServiceProcess::spawn(
+            &workspace_bin("corral-auth-rotation"),
+            &["--nats-url".into(), self.nats.url(), "--grace-seconds".into(), grace_seconds.to_string()],
+            &[("CORRAL_SEAL_KEY".into(), self.seal_key.clone())],
+            "auth-rotation ready",
+            Duration::from_secs(60),
+        )
+        .await
+        .expect("auth-rotation process")
     }
 
     pub fn gateway_env(&self) -> Vec<(String, String)> {

@@ -361,7 +361,15 @@ pub async fn invalidate_cache_and_rotate_auth(api: &Api) {
     let c = g.invalidate_cache(q.clone()).await.expect("invalidate").into_inner();
     assert!(c.refresh_requested_at.is_some());
 
-    let (s, body) = rest_post(api, &format!("/api/v1/clusters/{}/rotate-auth", escape(server)), json!({})).await;
-    assert_error(s, &body, 501, Code::Unimplemented, "rotate-auth");
-    assert_eq!(g.rotate_auth(q).await.expect_err("unimplemented").code(), Code::Unimplemented);
+    // Rotation needs a bearer token to rotate; the refusal comes before any call to the cluster
+    // (so these made-up hosts are never contacted). Rotations themselves: tests/rotation_nats.rs.
+    let bare = "https://rotate.example.com";
+    let (s, _) = rest_post(api, "/api/v1/clusters", json!({"server": bare, "name": "rotate"})).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, body) = rest_post(api, &format!("/api/v1/clusters/{}/rotate-auth", escape(bare)), json!({})).await;
+    assert_error(s, &body, 400, Code::FailedPrecondition, "no bearer token");
+    let q = ClusterQuery { server: bare.into(), ..Default::default() };
+    assert_eq!(g.rotate_auth(q).await.expect_err("nothing to rotate").code(), Code::FailedPrecondition);
+    let (s, body) = rest_post(api, &format!("/api/v1/clusters/{}/rotate-auth", escape("https://nowhere.example.com")), json!({})).await;
+    assert_error(s, &body, 404, Code::NotFound, "not found");
 }

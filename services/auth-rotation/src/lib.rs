@@ -1,0 +1,371 @@
+//! The auth-rotation service: gives a cluster a new bearer token for its service account
+//! (`argocd-manager` in `kube-system` by default, as Argo CD; the annotation
+//! `corral.io/rotation-service-account: NAMESPACE/NAME` chooses another), and removes the old one
+//! from the cluster only after a grace period, during which both work.
+//!
+//! A rotation, with the cluster's current credentials: check the service account; find the
+//! service-account-token Secret holding the current token (if any); create a new one and wait
+//! for its token; check the new token works; record it in the cluster's sealed config through the
+//! registry (only if the cluster is still the version the caller authorised); record the
+//! rotation (`ClusterCredentialsRotated`). Any failure before the record removes the new Secret
+//! and leaves the old credentials in place. When the grace period ends, a replica removes the old
+//! Secret with the new credentials and records `OldCredentialsRetired`.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use corral_cluster_access::{Clients, Fleet, Membership, Target, lock};
+use corral_event_log::{EventLog, LogError};
+use corral_proto::cluster::{ClusterId, ClusterUpdateRequest};
+use corral_proto::events::{ClusterCredentialsRotated, OldCredentialsRetired};
+use corral_proto::registry::{Command, Reply, RequestContext, RotateAuth, command, reply};
+use corral_proto::v1alpha1::{self, ClusterConfig};
+use corral_registry::read_model::{AUTH_SUBJECT_PREFIX, CLUSTER_CREDENTIALS_ROTATED, OLD_CREDENTIALS_RETIRED};
+use corral_registry::{RegistryApi, RotationApi};
+use corral_secrets::SealingKey;
+use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use prost::Message;
+use tonic::Code;
+
+/// NATS subject the auth-rotation replicas announce themselves on.
+pub const HEARTBEAT_SUBJECT: &str = "corralsvc.auth-rotation.heartbeat";
+/// Chooses the service account a cluster's token belongs to: `NAMESPACE/NAME` or `NAME`.
+pub const SERVICE_ACCOUNT_ANNOTATION: &str = "corral.io/rotation-service-account";
+const SA_ANNOTATION: &str = "kubernetes.io/service-account.name";
+const SA_TOKEN_TYPE: &str = "kubernetes.io/service-account-token";
+
+#[derive(Clone, Debug)]
+pub struct RotationConfig {
+    /// How long the old token keeps working after a rotation.
+    pub grace: Duration,
+    /// Bound on each request to a cluster.
+    pub timeout: Duration,
+    /// How often retirements that are due are looked for.
+    pub check_interval: Duration,
+}
+
+impl Default for RotationConfig {
+    fn default() -> Self {
+        RotationConfig { grace: Duration::from_secs(300), timeout: Duration::from_secs(5), check_interval: Duration::from_secs(1) }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum RotationError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Precondition(String),
+    #[error("the cluster changed while the request was being authorised; retry")]
+    Changed,
+    #[error("rotation failed, the old credentials stay in place: {0}")]
+    Cluster(String),
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl RotationError {
+    fn reply(&self) -> Reply {
+        let code = match self {
+            RotationError::NotFound(_) => Code::NotFound,
+            RotationError::Precondition(_) | RotationError::Cluster(_) => Code::FailedPrecondition,
+            RotationError::Changed => Code::Aborted,
+            RotationError::Unavailable(_) => Code::Unavailable,
+        };
+        Reply {
+            result: Some(reply::Result::Error(corral_proto::registry::Error { code: code as i32, message: self.to_string() })),
+            ..Default::default()
+        }
+    }
+}
+
+pub struct AuthRotation {
+    log: Arc<dyn EventLog>,
+    registry: Arc<dyn RegistryApi>,
+    fleet: Arc<Mutex<Fleet>>,
+    clients: Clients,
+    config: RotationConfig,
+    membership: Membership,
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or_default()
+}
+
+fn service_account_of(t: &Target) -> (String, String) {
+    let annotation = t.record.spec.as_ref().and_then(|s| s.annotations.get(SERVICE_ACCOUNT_ANNOTATION).cloned()).unwrap_or_default();
+    match annotation.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() => (ns.to_string(), name.to_string()),
+        _ if !annotation.is_empty() => ("kube-system".into(), annotation),
+        _ => ("kube-system".into(), "argocd-manager".into()),
+    }
+}
+
+/// The rotation on record for this incarnation that still has an old Secret to remove.
+fn pending_retirement(t: &Target) -> Option<ClusterCredentialsRotated> {
+    let (_, env) = t.side.as_ref()?;
+    if env.event_type != CLUSTER_CREDENTIALS_ROTATED {
+        return None;
+    }
+    let e = ClusterCredentialsRotated::decode(env.payload.as_slice()).ok()?;
+    (e.cluster_created_at_unix_nanos == t.record.created_at_unix_nanos && !e.old_secret.is_empty()).then_some(e)
+}
+
+fn token_of(secret: &Secret) -> Option<String> {
+    secret.data.as_ref()?.get("token").map(|b| String::from_utf8_lossy(&b.0).into_owned())
+}
+
+impl AuthRotation {
+    /// Follows the log; retires old tokens when their grace ends, until `shutdown`.
+    pub async fn start(
+        log: Arc<dyn EventLog>,
+        key: Arc<SealingKey>,
+        registry: Arc<dyn RegistryApi>,
+        config: RotationConfig,
+        membership: Membership,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<Arc<AuthRotation>, LogError> {
+        let (fleet, _changed, follower) = corral_cluster_access::load_fleet(log.clone(), key, AUTH_SUBJECT_PREFIX).await?;
+        let svc = Arc::new(AuthRotation { log, registry, fleet, clients: Clients::default(), config, membership });
+        let worker = svc.clone();
+        tokio::spawn(async move {
+            tokio::pin!(shutdown);
+            let mut ticker = tokio::time::interval(worker.config.check_interval);
+            loop {
+                tokio::select! {
+                    _ = &mut shutdown => break,
+                    _ = ticker.tick() => worker.retire_due().await,
+                }
+            }
+            follower.abort();
+        });
+        Ok(svc)
+    }
+
+    /// Waits until the fleet has applied everything logged before the call.
+    async fn catch_up(&self) -> Result<(), RotationError> {
+        let last = self.log.last_seq().await.map_err(|e| RotationError::Unavailable(e.to_string()))?;
+        for _ in 0..500 {
+            if lock(&self.fleet).applied >= last {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Err(RotationError::Unavailable("the rotation service is behind the log; retry".into()))
+    }
+
+    fn client(&self, id: &str, server: &str, config: &Arc<ClusterConfig>) -> Result<kube::Client, RotationError> {
+        self.clients.get(id, server, config, self.config.timeout).map_err(|e| RotationError::Cluster(corral_cluster_access::redact(e.to_string(), config)))
+    }
+
+    async fn rotate_inner(&self, req: RotateAuth) -> Result<(), RotationError> {
+        self.catch_up().await?;
+        let id = corral_domain::cluster_id(&req.server);
+        let (server, config, version, created, sa) = {
+            let fleet = lock(&self.fleet);
+            let t = fleet.targets.get(&id).ok_or_else(|| RotationError::NotFound(format!("cluster \"{}\" not found", req.server)))?;
+            let config = t.config.clone().ok_or_else(|| RotationError::Precondition("the cluster's credentials cannot be opened".into()))?;
+            (t.server(), config, t.record.version, t.record.created_at_unix_nanos, service_account_of(t))
+        };
+        if req.expected_version != 0 && req.expected_version != version {
+            return Err(RotationError::Changed);
+        }
+        if config.bearer_token.is_empty() {
+            return Err(RotationError::Precondition("the cluster has no bearer token to rotate".into()));
+        }
+        let (ns, sa_name) = sa;
+        let client = self.client(&id, &server, &config)?;
+        let describe = |e: kube::Error| RotationError::Cluster(corral_cluster_access::describe(&e, &config));
+        let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns);
+        accounts.get(&sa_name).await.map_err(describe)?;
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+        let old_secret = secrets
+            .list(&ListParams::default())
+            .await
+            .map_err(describe)?
+            .items
+            .into_iter()
+            .find(|s| s.type_.as_deref() == Some(SA_TOKEN_TYPE) && token_of(s).as_deref() == Some(config.bearer_token.as_str()))
+            .and_then(|s| s.metadata.name);
+        let new_name = format!("{sa_name}-token-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let mut fresh = Secret::default();
+        fresh.metadata.name = Some(new_name.clone());
+        fresh.metadata.annotations = Some(BTreeMap::from([(SA_ANNOTATION.to_string(), sa_name.clone())]));
+        fresh.type_ = Some(SA_TOKEN_TYPE.to_string());
+        secrets.create(&PostParams::default(), &fresh).await.map_err(describe)?;
+        if let Err(e) = self.finish_rotation(&server, &config, &secrets, &new_name, version).await {
+            // Nothing was recorded: take the new Secret away again, keep the old credentials.
+            let _ = secrets.delete(&new_name, &DeleteParams::default()).await;
+            return Err(e);
+        }
+        let record = ClusterCredentialsRotated {
+            namespace: ns,
+            service_account: sa_name,
+            new_secret: new_name,
+            old_secret: old_secret.unwrap_or_default(),
+            // Rounded up: the old token never goes before its full grace period.
+            retire_old_at_unix: (std::time::SystemTime::now() + self.config.grace)
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64().ceil() as i64)
+                .unwrap_or_default(),
+            cluster_created_at_unix_nanos: created,
+        };
+        let side_seq = lock(&self.fleet).targets.get(&id).map(|t| t.side_seq()).unwrap_or(0);
+        corral_cluster_access::append_side(
+            self.log.as_ref(),
+            format!("{AUTH_SUBJECT_PREFIX}{id}"),
+            CLUSTER_CREDENTIALS_ROTATED,
+            format!("auth-rotation/{}", self.membership.me()),
+            record.encode_to_vec(),
+            side_seq,
+        )
+        .await
+        .map_err(|e| RotationError::Unavailable(format!("rotated, but the retirement of the old token was not recorded: {e}")))?;
+        Ok(())
+    }
+
+    /// Waits for the new token, checks it works, and records it in the cluster's config.
+    async fn finish_rotation(
+        &self,
+        server: &str,
+        config: &Arc<ClusterConfig>,
+        secrets: &Api<Secret>,
+        new_name: &str,
+        version: u64,
+    ) -> Result<(), RotationError> {
+        let describe = |e: kube::Error| RotationError::Cluster(corral_cluster_access::describe(&e, config));
+        let deadline = tokio::time::Instant::now() + self.config.timeout;
+        let token = loop {
+            if let Some(t) = token_of(&secrets.get(new_name).await.map_err(describe)?) {
+                break t;
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(RotationError::Cluster("the cluster did not issue a token for the new Secret in time".into()));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let mut new_config = (**config).clone();
+        new_config.bearer_token = token;
+        let check = corral_cluster_access::client::build(server, &new_config, self.config.timeout)
+            .map_err(|e| RotationError::Cluster(e.to_string()))?;
+        check.apiserver_version().await.map_err(|e| RotationError::Cluster(format!("the new token does not work: {}", corral_cluster_access::describe(&e, &new_config))))?;
+        let update = Command {
+            context: Some(RequestContext { actor: "auth-rotation".into(), ..Default::default() }),
+            expected_version: version,
+            kind: Some(command::Kind::Update(ClusterUpdateRequest {
+                cluster: Some(v1alpha1::Cluster { server: server.to_string(), config: Some(new_config), ..Default::default() }),
+                updated_fields: vec!["config".into()],
+                id: Some(ClusterId { r#type: "server".into(), value: server.to_string() }),
+            })),
+        };
+        match self.registry.command(update).await.result {
+            Some(reply::Result::Error(e)) if Code::from(e.code) == Code::Aborted => Err(RotationError::Changed),
+            Some(reply::Result::Error(e)) => Err(RotationError::Unavailable(format!("the registry did not record the new token: {}", e.message))),
+            _ => Ok(()),
+        }
+    }
+
+    async fn retire_due(&self) {
+        let live = self.membership.live();
+        let due: Vec<(String, String, Arc<ClusterConfig>, ClusterCredentialsRotated, u64)> = lock(&self.fleet)
+            .targets
+            .iter()
+            .filter(|(id, t)| self.membership.owns(&live, id, t.shard()))
+            .filter_map(|(id, t)| {
+                let r = pending_retirement(t).filter(|r| r.retire_old_at_unix <= now_unix())?;
+                Some((id.clone(), t.server(), t.config.clone()?, r, t.side_seq()))
+            })
+            .collect();
+        for (id, server, config, r, side_seq) in due {
+            let Ok(client) = self.client(&id, &server, &config) else { continue };
+            let secrets: Api<Secret> = Api::namespaced(client, &r.namespace);
+            match secrets.delete(&r.old_secret, &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => {
+                    tracing::warn!(cluster_id = %id, error = %corral_cluster_access::describe(&e, &config), "cannot remove the old token yet");
+                    continue;
+                }
+            }
+            let done = OldCredentialsRetired { namespace: r.namespace.clone(), old_secret: r.old_secret.clone() };
+            if let Err(e) = corral_cluster_access::append_side(
+                self.log.as_ref(),
+                format!("{AUTH_SUBJECT_PREFIX}{id}"),
+                OLD_CREDENTIALS_RETIRED,
+                format!("auth-rotation/{}", self.membership.me()),
+                done.encode_to_vec(),
+                side_seq,
+            )
+            .await
+            {
+                tracing::warn!(cluster_id = %id, error = %e, "old token removed but not recorded; will retry");
+            } else {
+                tracing::info!(cluster_id = %id, secret = %r.old_secret, "old token removed after its grace period");
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl RotationApi for AuthRotation {
+    async fn rotate(&self, request: RotateAuth) -> Reply {
+        match self.rotate_inner(request).await {
+            Ok(()) => Reply { result: Some(reply::Result::Empty(Default::default())), ..Default::default() },
+            Err(e) => {
+                tracing::info!(error = %e, "rotation refused or failed");
+                e.reply()
+            }
+        }
+    }
+}
+
+/// Configuration of the stand-alone auth-rotation process.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "corral-auth-rotation", about = "Rotates clusters' bearer tokens (NATS mode)")]
+pub struct ServiceConfig {
+    #[arg(long, env = "CORRAL_NATS_URL")]
+    pub nats_url: String,
+    #[arg(long, env = "CORRAL_STREAM", default_value = "CORRAL")]
+    pub stream: String,
+    /// File holding the sealing key (base64); CORRAL_SEAL_KEY takes precedence.
+    #[arg(long, env = "CORRAL_SEAL_KEY_FILE")]
+    pub seal_key_file: Option<std::path::PathBuf>,
+    /// Seconds the old token keeps working after a rotation.
+    #[arg(long, env = "CORRAL_ROTATION_GRACE_SECONDS", default_value_t = 300.0)]
+    pub grace_seconds: f64,
+    /// Seconds each request to a cluster may take.
+    #[arg(long, env = "CORRAL_ROTATION_TIMEOUT_SECONDS", default_value_t = 5.0)]
+    pub timeout_seconds: f64,
+    /// How long to wait for a registry replica, in milliseconds.
+    #[arg(long, env = "CORRAL_REGISTRY_TIMEOUT_MS", default_value_t = 15_000)]
+    pub registry_timeout_ms: u64,
+}
+
+pub async fn run(config: ServiceConfig, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let client = async_nats::connect(&config.nats_url).await?;
+    let log_config = corral_event_log::NatsLogConfig { stream: config.stream.clone(), ..Default::default() };
+    let log: Arc<dyn EventLog> = Arc::new(corral_event_log::NatsLog::new(client.clone(), log_config).await?);
+    let key = Arc::new(SealingKey::load(corral_registry::SEAL_KEY_ENV, config.seal_key_file.as_deref(), false)?);
+    let registry = Arc::new(corral_registry::nats_rpc::NatsRegistryClient::new(client.clone(), Duration::from_millis(config.registry_timeout_ms)));
+    let rotation_config = RotationConfig {
+        grace: Duration::from_secs_f64(config.grace_seconds.max(0.0)),
+        timeout: Duration::from_secs_f64(config.timeout_seconds.max(0.05)),
+        ..Default::default()
+    };
+    let membership = Membership::join(client.clone(), HEARTBEAT_SUBJECT, Duration::from_millis(500)).await?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let svc = AuthRotation::start(log, key, registry, rotation_config, membership, stopped(stop_rx.clone())).await?;
+    println!("auth-rotation ready");
+    let serving = corral_registry::nats_rpc::serve_rotation(client, svc, stopped(stop_rx));
+    tokio::select! {
+        r = serving => r?,
+        _ = shutdown => {}
+    }
+    let _ = stop_tx.send(true);
+    Ok(())
+}

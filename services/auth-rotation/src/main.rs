@@ -1,0 +1,13 @@
+use clap::Parser;
+
+// The services allocate many small buffers per request on several threads; mimalloc handles
+// that with less contention than the system allocator.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = corral_auth_rotation::ServiceConfig::parse();
+    let _telemetry = corral_telemetry::init("corral-auth-rotation");
+    corral_auth_rotation::run(config, corral_telemetry::shutdown_signal()).await
+}
