@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Health-probe benchmark: a release build of corral-probe-bench on a private nats-server (pinned
+# version, loopback, temporary store) with fake Kubernetes API servers in the same process.
+# Extra arguments go to corral-probe-bench (e.g. --clusters 1000,10000 --replicas 2).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CORRAL_NATS_SERVER="$(scripts/ensure-nats-server.sh)"
+export CORRAL_NATS_SERVER
+export RUST_LOG="${RUST_LOG:-warn}"
+cargo build --release --locked -p corral-probe-bench
+echo "$(nproc) cores"
+target/release/corral-probe-bench "$@"

@@ -1,0 +1,166 @@
+//! Probe benchmark: registers N clusters (spread over a few fake Kubernetes API servers, each
+//! cluster under its own URL) on a private nats-server, starts R health-probe replicas, and
+//! prints how long the first full round takes (every cluster observed once), how many events a
+//! steady healthy fleet appends per minute (target: zero), and the process's peak memory.
+//!
+//! Everything runs in this process over real NATS JetStream: the registry, the probe replicas
+//! (each with its own NATS connection and membership) and the fake API servers.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use corral_event_log::{EventLog, NatsLog};
+use corral_fake_kube::FakeKube;
+use corral_proto::cluster::ClusterCreateRequest;
+use corral_proto::registry::{Command, command, reply};
+use corral_proto::v1alpha1::{Cluster, ClusterConfig, TlsClientConfig};
+use corral_registry::RegistryApi;
+use futures::StreamExt;
+
+#[derive(Parser, Debug)]
+#[command(about = "Health-probe benchmark over a large fleet")]
+struct Args {
+    /// Fleet sizes to measure, one fresh deployment each.
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+    clusters: Vec<usize>,
+    /// Fake API servers the fleet is spread over.
+    #[arg(long, default_value_t = 4)]
+    servers: usize,
+    /// Health-probe replicas.
+    #[arg(long, default_value_t = 2)]
+    replicas: usize,
+    /// Seconds between probe rounds.
+    #[arg(long, default_value_t = 10.0)]
+    interval: f64,
+    /// Probes running at once per replica.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Seconds of steady state over which appended events are counted.
+    #[arg(long, default_value_t = 60.0)]
+    steady_seconds: f64,
+}
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .map(|kib| kib / 1024.0)
+        .unwrap_or(0.0)
+}
+
+async fn observed(log: &NatsLog) -> anyhow::Result<usize> {
+    let mut n = 0;
+    let mut from = 1;
+    loop {
+        let batch = log.read(from, 10_000).await?;
+        let Some(last) = batch.last() else { break };
+        from = last.seq + 1;
+        n += batch.iter().filter(|e| e.subject.starts_with("corral.clusterstate.")).count();
+    }
+    Ok(n)
+}
+
+async fn run_size(args: &Args, n: usize) -> anyhow::Result<()> {
+    let nats = corral_test_harness::NatsServer::start().await?;
+    let client = async_nats::connect(nats.url()).await?;
+    let log: Arc<dyn EventLog> = Arc::new(NatsLog::new(client.clone(), Default::default()).await?);
+    let key = Arc::new(corral_secrets::SealingKey::generate());
+    let mut fakes = Vec::new();
+    for _ in 0..args.servers.max(1) {
+        fakes.push(FakeKube::start(&["bench-token"]).await);
+    }
+    let db = corral_registry::open_projection_db(None)?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let registry = corral_registry::start(log.clone(), &db, key.clone(), Default::default(), stopped(stop_rx.clone())).await?;
+
+    let started = Instant::now();
+    let configs: Vec<ClusterConfig> = fakes
+        .iter()
+        .map(|f| ClusterConfig {
+            bearer_token: "bench-token".into(),
+            tls_client_config: Some(TlsClientConfig { ca_data: f.ca_pem().as_bytes().to_vec(), ..Default::default() }),
+            ..Default::default()
+        })
+        .collect();
+    let urls: Vec<String> = fakes.iter().map(|f| f.url()).collect();
+    let created = futures::stream::iter(0..n)
+        .map(|i| {
+            let (registry, config, url) = (registry.clone(), configs[i % configs.len()].clone(), urls[i % urls.len()].clone());
+            async move {
+                let cluster = Cluster { server: format!("{url}/k/c{i}"), name: format!("c{i}"), config: Some(config), ..Default::default() };
+                let cmd = Command { kind: Some(command::Kind::Create(ClusterCreateRequest { cluster: Some(cluster), upsert: false })), ..Default::default() };
+                !matches!(registry.command(cmd).await.result, Some(reply::Result::Error(_)))
+            }
+        })
+        .buffer_unordered(64)
+        .filter(|ok| futures::future::ready(*ok))
+        .count()
+        .await;
+    anyhow::ensure!(created == n, "only {created} of {n} clusters registered");
+    println!("{n} clusters registered in {:.1} s", started.elapsed().as_secs_f64());
+
+    // Replicas first hear each other, then probe: the round measured is a split one.
+    let interval = Duration::from_secs_f64(args.interval);
+    let mut memberships = Vec::new();
+    for _ in 0..args.replicas.max(1) {
+        let c = async_nats::connect(nats.url()).await?;
+        memberships.push((c.clone(), corral_cluster_access::Membership::join(c, corral_health_probe::HEARTBEAT_SUBJECT, interval / 3).await?));
+    }
+    tokio::time::sleep(interval / 2).await;
+    let probe_config = corral_health_probe::ProbeConfig { interval, concurrency: args.concurrency, timeout: Duration::from_secs(5) };
+    let round_started = Instant::now();
+    for (c, m) in memberships {
+        let log: Arc<dyn EventLog> = Arc::new(NatsLog::new(c, Default::default()).await?);
+        tokio::spawn(corral_health_probe::HealthProbe::run(log, key.clone(), probe_config.clone(), m, stopped(stop_rx.clone())));
+    }
+    let reader = NatsLog::new(client.clone(), Default::default()).await?;
+    loop {
+        // The in-cluster entry is not probed outside a pod.
+        if observed(&reader).await? >= n {
+            break;
+        }
+        anyhow::ensure!(round_started.elapsed() < Duration::from_secs(600), "the first round did not finish in 10 minutes");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let round = round_started.elapsed();
+    let requests_before = fakes.iter().map(|f| f.requests()).sum::<u64>();
+    let events_before = reader.last_seq().await?;
+    let steady = Duration::from_secs_f64(args.steady_seconds);
+    tokio::time::sleep(steady).await;
+    let appended = reader.last_seq().await? - events_before;
+    let probes = fakes.iter().map(|f| f.requests()).sum::<u64>() - requests_before;
+    println!(
+        "{n} clusters, {} replicas, interval {:.0} s, concurrency {}: first full round {:.2} s ({:.0} probes/s); \
+         steady state: {} events appended in {:.0} s = {:.1} per minute, {} probes served ({:.0}/s); peak RSS {:.0} MiB",
+        args.replicas,
+        args.interval,
+        args.concurrency,
+        round.as_secs_f64(),
+        n as f64 / round.as_secs_f64(),
+        appended,
+        steady.as_secs_f64(),
+        appended as f64 * 60.0 / steady.as_secs_f64(),
+        probes,
+        probes as f64 / steady.as_secs_f64(),
+        peak_rss_mib()
+    );
+    let _ = stop_tx.send(true);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    for n in args.clusters.clone() {
+        run_size(&args, n).await?;
+    }
+    Ok(())
+}
