@@ -102,3 +102,30 @@ async fn rotate_auth_swaps_the_token_and_retires_the_old_one_after_the_grace_per
     assert!(other.accepts("kept-token"));
     assert!(other.service_account_tokens("kube-system", "missing").is_empty(), "no Secret is left behind");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_can_ask_for_scheduled_rotation() {
+    let d = Deployment::start(1, 1).await;
+    let _rotation = d.spawn_auth_rotation(0.5).await;
+    let fake = FakeKube::start(&[]).await;
+    fake.add_service_account_token("kube-system", "argocd-manager", "argocd-manager-token-first", "first-token");
+    let api = d.api(0).await;
+    let ca = base64::engine::general_purpose::STANDARD.encode(fake.ca_pem());
+    // Every 0.0006 h = 2.16 s.
+    let resp = api
+        .http
+        .post(api.url("/api/v1/clusters"))
+        .json(&json!({"server": fake.url(), "name": "scheduled", "annotations": {"corral.io/rotate-every-hours": "0.0006"},
+            "config": {"bearerToken": "first-token", "tlsClientConfig": {"caData": ca}}}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status().as_u16(), 200);
+    let started = Instant::now();
+    // Two rotations without anyone asking: the first token retired, a second new one issued.
+    while fake.accepts("first-token") || fake.service_account_tokens("kube-system", "argocd-manager").len() < 2 {
+        assert!(started.elapsed() < Duration::from_secs(15), "no scheduled rotations: {:?}", fake.service_account_tokens("kube-system", "argocd-manager"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!("scheduled rotations seen after {:?}", started.elapsed());
+}

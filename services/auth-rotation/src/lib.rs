@@ -33,6 +33,10 @@ use tonic::Code;
 pub const HEARTBEAT_SUBJECT: &str = "corralsvc.auth-rotation.heartbeat";
 /// Chooses the service account a cluster's token belongs to: `NAMESPACE/NAME` or `NAME`.
 pub const SERVICE_ACCOUNT_ANNOTATION: &str = "corral.io/rotation-service-account";
+/// Asks for a rotation every N hours (a decimal number); Argo CD has no such thing.
+pub const SCHEDULE_ANNOTATION: &str = "corral.io/rotate-every-hours";
+/// After a scheduled rotation fails, it is tried again this much later.
+const SCHEDULE_RETRY: Duration = Duration::from_secs(60);
 const SA_ANNOTATION: &str = "kubernetes.io/service-account.name";
 const SA_TOKEN_TYPE: &str = "kubernetes.io/service-account-token";
 
@@ -88,6 +92,7 @@ pub struct AuthRotation {
     clients: Clients,
     config: RotationConfig,
     membership: Membership,
+    schedule_failures: Mutex<std::collections::HashMap<String, std::time::Instant>>,
 }
 
 fn now_unix() -> i64 {
@@ -128,7 +133,15 @@ impl AuthRotation {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<Arc<AuthRotation>, LogError> {
         let (fleet, _changed, follower) = corral_cluster_access::load_fleet(log.clone(), key, AUTH_SUBJECT_PREFIX).await?;
-        let svc = Arc::new(AuthRotation { log, registry, fleet, clients: Clients::default(), config, membership });
+        let svc = Arc::new(AuthRotation {
+            log,
+            registry,
+            fleet,
+            clients: Clients::default(),
+            config,
+            membership,
+            schedule_failures: Mutex::default(),
+        });
         let worker = svc.clone();
         tokio::spawn(async move {
             tokio::pin!(shutdown);
@@ -136,7 +149,10 @@ impl AuthRotation {
             loop {
                 tokio::select! {
                     _ = &mut shutdown => break,
-                    _ = ticker.tick() => worker.retire_due().await,
+                    _ = ticker.tick() => {
+                        worker.retire_due().await;
+                        worker.rotate_scheduled().await;
+                    }
                 }
             }
             follower.abort();
@@ -289,7 +305,12 @@ impl AuthRotation {
                     continue;
                 }
             }
-            let done = OldCredentialsRetired { namespace: r.namespace.clone(), old_secret: r.old_secret.clone() };
+            let rotated_at = lock(&self.fleet)
+                .targets
+                .get(&id)
+                .and_then(|t| t.side.as_ref().map(|(_, env)| env.occurred_at_unix_nanos / 1_000_000_000))
+                .unwrap_or_else(now_unix);
+            let done = OldCredentialsRetired { namespace: r.namespace.clone(), old_secret: r.old_secret.clone(), rotated_at_unix: rotated_at };
             if let Err(e) = corral_cluster_access::append_side(
                 self.log.as_ref(),
                 format!("{AUTH_SUBJECT_PREFIX}{id}"),
@@ -303,6 +324,54 @@ impl AuthRotation {
                 tracing::warn!(cluster_id = %id, error = %e, "old token removed but not recorded; will retry");
             } else {
                 tracing::info!(cluster_id = %id, secret = %r.old_secret, "old token removed after its grace period");
+            }
+        }
+    }
+}
+
+/// When this incarnation of the cluster last had its token rotated, or was created.
+fn last_rotation_unix(t: &Target) -> i64 {
+    let created = t.record.created_at_unix_nanos / 1_000_000_000;
+    let Some((_, env)) = &t.side else { return created };
+    let at = match env.event_type.as_str() {
+        CLUSTER_CREDENTIALS_ROTATED => env.occurred_at_unix_nanos / 1_000_000_000,
+        OLD_CREDENTIALS_RETIRED => OldCredentialsRetired::decode(env.payload.as_slice()).map(|e| e.rotated_at_unix).unwrap_or(0),
+        _ => 0,
+    };
+    at.max(created)
+}
+
+fn schedule_hours(t: &Target) -> Option<f64> {
+    let v = t.record.spec.as_ref()?.annotations.get(SCHEDULE_ANNOTATION)?;
+    v.trim().parse::<f64>().ok().filter(|h| h.is_finite() && *h > 0.0)
+}
+
+impl AuthRotation {
+    /// Rotates the clusters whose schedule annotation says they are due.
+    async fn rotate_scheduled(&self) {
+        let live = self.membership.live();
+        let now = now_unix();
+        let due: Vec<String> = lock(&self.fleet)
+            .targets
+            .iter()
+            .filter(|(id, t)| corral_cluster_access::reachable(id) && self.membership.owns(&live, id, t.shard()))
+            .filter(|(_, t)| schedule_hours(t).is_some_and(|h| (now - last_rotation_unix(t)) as f64 >= h * 3600.0))
+            .map(|(_, t)| t.server())
+            .collect();
+        for server in due {
+            let recently_failed = lock(&self.schedule_failures).get(&server).is_some_and(|at| at.elapsed() < SCHEDULE_RETRY);
+            if recently_failed {
+                continue;
+            }
+            match self.rotate_inner(RotateAuth { server: server.clone(), ..Default::default() }).await {
+                Ok(()) => {
+                    lock(&self.schedule_failures).remove(&server);
+                    tracing::info!(server, "scheduled rotation done");
+                }
+                Err(e) => {
+                    lock(&self.schedule_failures).insert(server.clone(), std::time::Instant::now());
+                    tracing::warn!(server, error = %e, "scheduled rotation failed; the old credentials stay");
+                }
             }
         }
     }

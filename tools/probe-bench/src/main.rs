@@ -151,6 +151,21 @@ async fn run_size(args: &Args, n: usize) -> anyhow::Result<()> {
         probes as f64 / steady.as_secs_f64(),
         peak_rss_mib()
     );
+    if appended > 0 {
+        // What changed in a fleet that should be steady: the observations, grouped.
+        use prost::Message;
+        let mut kinds: std::collections::BTreeMap<String, usize> = Default::default();
+        for e in reader.read(events_before + 1, 100_000).await? {
+            if let Ok(env) = corral_proto::events::EventEnvelope::decode(e.payload.as_ref())
+                && let Ok(o) = corral_proto::events::ClusterConnectionObserved::decode(env.payload.as_slice())
+            {
+                *kinds.entry(format!("{} {}", o.status, o.message.chars().take(120).collect::<String>())).or_default() += 1;
+            }
+        }
+        for (k, v) in kinds {
+            println!("  {v:>6} × {k}");
+        }
+    }
     let _ = stop_tx.send(true);
     tokio::time::sleep(Duration::from_millis(200)).await;
     Ok(())
