@@ -3,15 +3,16 @@
 //! prints how long the first full round takes (every cluster observed once), how many events a
 //! steady healthy fleet appends per minute (target: zero), and the process's peak memory.
 //!
-//! Everything runs in this process over real NATS JetStream: the registry, the probe replicas
-//! (each with its own NATS connection and membership) and the fake API servers.
+//! The registry and the probe replicas (each with its own NATS connection and membership) run in
+//! this process over real NATS JetStream; the fake API servers run in a child process
+//! (`fake-kube-servers`), so client and server connections do not share one file-descriptor
+//! limit.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use corral_event_log::{EventLog, NatsLog};
-use corral_fake_kube::FakeKube;
 use corral_proto::cluster::ClusterCreateRequest;
 use corral_proto::registry::{Command, command, reply};
 use corral_proto::v1alpha1::{Cluster, ClusterConfig, TlsClientConfig};
@@ -69,10 +70,7 @@ async fn run_size(args: &Args, n: usize) -> anyhow::Result<()> {
     let client = async_nats::connect(nats.url()).await?;
     let log: Arc<dyn EventLog> = Arc::new(NatsLog::new(client.clone(), Default::default()).await?);
     let key = Arc::new(corral_secrets::SealingKey::generate());
-    let mut fakes = Vec::new();
-    for _ in 0..args.servers.max(1) {
-        fakes.push(FakeKube::start(&["bench-token"]).await);
-    }
+    let fakes = FakeServers::start(args.servers.max(1)).await?;
     let db = corral_registry::open_projection_db(None)?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -82,14 +80,15 @@ async fn run_size(args: &Args, n: usize) -> anyhow::Result<()> {
 
     let started = Instant::now();
     let configs: Vec<ClusterConfig> = fakes
+        .servers
         .iter()
-        .map(|f| ClusterConfig {
+        .map(|(_, ca)| ClusterConfig {
             bearer_token: "bench-token".into(),
-            tls_client_config: Some(TlsClientConfig { ca_data: f.ca_pem().as_bytes().to_vec(), ..Default::default() }),
+            tls_client_config: Some(TlsClientConfig { ca_data: ca.as_bytes().to_vec(), ..Default::default() }),
             ..Default::default()
         })
         .collect();
-    let urls: Vec<String> = fakes.iter().map(|f| f.url()).collect();
+    let urls: Vec<String> = fakes.servers.iter().map(|(u, _)| u.clone()).collect();
     let created = futures::stream::iter(0..n)
         .map(|i| {
             let (registry, config, url) = (registry.clone(), configs[i % configs.len()].clone(), urls[i % urls.len()].clone());
@@ -130,15 +129,13 @@ async fn run_size(args: &Args, n: usize) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let round = round_started.elapsed();
-    let requests_before = fakes.iter().map(|f| f.requests()).sum::<u64>();
     let events_before = reader.last_seq().await?;
     let steady = Duration::from_secs_f64(args.steady_seconds);
     tokio::time::sleep(steady).await;
     let appended = reader.last_seq().await? - events_before;
-    let probes = fakes.iter().map(|f| f.requests()).sum::<u64>() - requests_before;
     println!(
         "{n} clusters, {} replicas, interval {:.0} s, concurrency {}: first full round {:.2} s ({:.0} probes/s); \
-         steady state: {} events appended in {:.0} s = {:.1} per minute, {} probes served ({:.0}/s); peak RSS {:.0} MiB",
+         steady state: {} events appended in {:.0} s = {:.1} per minute; peak RSS of the registry and probes {:.0} MiB",
         args.replicas,
         args.interval,
         args.concurrency,
@@ -147,8 +144,6 @@ async fn run_size(args: &Args, n: usize) -> anyhow::Result<()> {
         appended,
         steady.as_secs_f64(),
         appended as f64 * 60.0 / steady.as_secs_f64(),
-        probes,
-        probes as f64 / steady.as_secs_f64(),
         peak_rss_mib()
     );
     if appended > 0 {
@@ -169,6 +164,36 @@ async fn run_size(args: &Args, n: usize) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     tokio::time::sleep(Duration::from_millis(200)).await;
     Ok(())
+}
+
+/// Fake API servers in a child process: (URL, CA PEM) each.
+struct FakeServers {
+    servers: Vec<(String, String)>,
+    _child: tokio::process::Child,
+}
+
+impl FakeServers {
+    async fn start(count: usize) -> anyhow::Result<FakeServers> {
+        use tokio::io::AsyncBufReadExt;
+        let exe = std::env::current_exe()?.with_file_name("fake-kube-servers");
+        let mut child = tokio::process::Command::new(exe)
+            .arg(count.to_string())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let mut servers = Vec::new();
+        while let Some(line) = lines.next_line().await? {
+            if line == "ready" {
+                return Ok(FakeServers { servers, _child: child });
+            }
+            let (url, ca) = line.split_once('\t').ok_or_else(|| anyhow::anyhow!("bad line {line:?}"))?;
+            servers.push((url.to_string(), std::fs::read_to_string(ca)?));
+        }
+        anyhow::bail!("fake-kube-servers ended before it was ready")
+    }
 }
 
 #[tokio::main]
