@@ -139,6 +139,15 @@ async fn the_health_probe_records_what_each_cluster_answers() {
     let (c, _) = wait_state(&api, &by_exec, Duration::from_secs(3), |c| status(c) != "Unknown").await;
     assert_eq!(status(&c), "Successful", "{c}");
 
+    // AWS IAM authentication: an EKS token (presigned STS GetCallerIdentity URL).
+    other.accept_aws("eks-prod");
+    let by_aws = format!("{}/k/eks", other.url());
+    create(&api, json!({"server": by_aws, "name": "by-aws", "config": {"tlsClientConfig": {"caData": b64(other.ca_pem())}, "awsAuthConfig": {"clusterName": "eks-prod"}}})).await;
+    let (c, _) = wait_state(&api, &by_aws, Duration::from_secs(2), |c| status(c) != "Unknown").await;
+    assert_eq!(status(&c), "Successful", "{c}");
+    let resp = api.http.delete(api.url(&format!("/api/v1/clusters/{}", enc(&by_aws)))).send().await.expect("send");
+    assert_eq!(resp.status().as_u16(), 200);
+
     // Deleted clusters stop being probed.
     for server in [&by_cert, &by_exec] {
         let resp = api.http.delete(api.url(&format!("/api/v1/clusters/{}", enc(server)))).send().await.expect("send");

@@ -1,6 +1,7 @@
 //! A Kubernetes client for one registered cluster, built from its Argo CD `ClusterConfig`: bearer
 //! token, basic auth, TLS client certificate and key, CA data, `insecure`, `serverName`, and exec
-//! credential plugins (kube-rs runs the command and uses the token it prints, as kubectl does).
+//! credential plugins (kube-rs runs the command and uses the token it prints, as kubectl does),
+//! and AWS IAM authentication for EKS (`crate::aws`).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -19,8 +20,8 @@ pub enum ClientError {
     ServerUrl(String),
     #[error("invalid CA data: {0}")]
     CaData(String),
-    #[error("AWS IAM authentication is not supported by this probe yet")]
-    AwsUnsupported,
+    #[error("AWS IAM authentication: {0}")]
+    Aws(#[from] crate::aws::AwsError),
     #[error("cannot build a client: {0}")]
     Build(String),
 }
@@ -51,12 +52,19 @@ pub fn build(server: &str, config: &ClusterConfig, timeout: Duration) -> Result<
         }
         cfg.root_cert = Some(roots);
     }
-    if config.aws_auth_config.as_ref().is_some_and(|a| !a.cluster_name.is_empty()) {
-        return Err(ClientError::AwsUnsupported);
-    }
     let mut auth = AuthInfo::default();
     if !config.bearer_token.is_empty() {
         auth.token = Some(SecretString::from(config.bearer_token.clone()));
+    }
+    if let Some(aws) = config.aws_auth_config.as_ref().filter(|a| !a.cluster_name.is_empty()) {
+        // An EKS token lasts 15 minutes; `Clients` rebuilds such clients well before that.
+        if !aws.role_arn.is_empty() {
+            return Err(crate::aws::AwsError::RoleUnsupported.into());
+        }
+        let creds = crate::aws::Credentials::load(&aws.profile)?;
+        let region = std::env::var("AWS_REGION").or_else(|_| std::env::var("AWS_DEFAULT_REGION")).unwrap_or_default();
+        let token = crate::aws::eks_token(&aws.cluster_name, &region, &creds, chrono::Utc::now());
+        auth.token = Some(SecretString::from(token));
     }
     if !config.username.is_empty() {
         auth.username = Some(config.username.clone());

@@ -3,6 +3,7 @@
 //! Kubernetes clients built from Argo CD cluster configs and kept per cluster, and replica
 //! membership. Credentials stay in memory and are never logged.
 
+pub mod aws;
 pub mod client;
 pub mod membership;
 
@@ -162,17 +163,25 @@ pub fn reachable(id: &str) -> bool {
     id != corral_domain::cluster_id(IN_CLUSTER_SERVER) || std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
 }
 
-/// Kubernetes clients per cluster, rebuilt when the cluster's config changes.
+/// Kubernetes clients per cluster, rebuilt when the cluster's config changes (and, for AWS IAM
+/// authentication, every 10 minutes, before the 15-minute EKS token runs out).
 #[derive(Default)]
 pub struct Clients {
-    clients: Mutex<HashMap<String, (Arc<ClusterConfig>, kube::Client)>>,
+    clients: Mutex<HashMap<String, CachedClient>>,
 }
+
+/// A client, the config it was built from, and when.
+type CachedClient = (Arc<ClusterConfig>, kube::Client, std::time::Instant);
+
+const AWS_TOKEN_REFRESH: Duration = Duration::from_secs(600);
 
 impl Clients {
     pub fn get(&self, id: &str, server: &str, config: &Arc<ClusterConfig>, timeout: Duration) -> Result<kube::Client, client::ClientError> {
         let mut clients = lock(&self.clients);
-        if let Some((cfg, c)) = clients.get(id)
+        let aws = config.aws_auth_config.as_ref().is_some_and(|a| !a.cluster_name.is_empty());
+        if let Some((cfg, c, built)) = clients.get(id)
             && (Arc::ptr_eq(cfg, config) || **cfg == **config)
+            && !(aws && built.elapsed() > AWS_TOKEN_REFRESH)
         {
             return Ok(c.clone());
         }
@@ -183,7 +192,7 @@ impl Clients {
         } else {
             client::build(server, config, timeout)?
         };
-        clients.insert(id.to_string(), (config.clone(), c.clone()));
+        clients.insert(id.to_string(), (config.clone(), c.clone(), std::time::Instant::now()));
         Ok(c)
     }
 

@@ -44,6 +44,9 @@ struct Inner {
     requests: u64,
     /// Service accounts, as "namespace/name".
     service_accounts: BTreeSet<String>,
+    /// EKS cluster names whose AWS IAM tokens are accepted (their STS URL is checked for shape:
+    /// no AWS is reachable here to verify the signature).
+    aws_clusters: BTreeSet<String>,
     /// Secrets by "namespace/name": (type, service-account annotation, token).
     secrets: std::collections::BTreeMap<String, Secret>,
     created: u64,
@@ -135,6 +138,22 @@ fn core_objects(s: &mut Inner, method: &axum::http::Method, path: &str, body: &[
     }
 }
 
+/// An EKS token: `k8s-aws-v1.` + base64url of a presigned STS GetCallerIdentity URL whose signed
+/// headers include the cluster id header.
+fn aws_token_ok(token: &str, clusters: &BTreeSet<String>) -> bool {
+    use base64::Engine;
+    if clusters.is_empty() {
+        return false;
+    }
+    let Some(encoded) = token.strip_prefix("k8s-aws-v1.") else { return false };
+    let Ok(url) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(encoded) else { return false };
+    let url = String::from_utf8_lossy(&url);
+    url.starts_with("https://sts.")
+        && url.contains("Action=GetCallerIdentity")
+        && url.contains("X-Amz-SignedHeaders=host%3Bx-k8s-aws-id")
+        && url.contains("X-Amz-Signature=")
+}
+
 fn rand_suffix() -> String {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
@@ -198,7 +217,7 @@ async fn handle(State(inner): State<Arc<Mutex<Inner>>>, req: Request) -> Respons
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::to_string);
-        let token_ok = bearer.is_some_and(|t| s.tokens.contains(&t));
+        let token_ok = bearer.as_ref().is_some_and(|t| s.tokens.contains(t) || aws_token_ok(t, &s.aws_clusters));
         (s.mode, s.git_version.clone(), s.groups.clone(), token_ok)
     };
     match mode {
@@ -305,6 +324,7 @@ impl FakeKube {
             groups: default_groups(),
             requests: 0,
             service_accounts: BTreeSet::from(["kube-system/argocd-manager".to_string()]),
+            aws_clusters: BTreeSet::new(),
             secrets: Default::default(),
             created: 0,
         }));
@@ -379,6 +399,11 @@ impl FakeKube {
 
     pub fn remove_token(&self, token: &str) {
         self.inner.lock().unwrap_or_else(|p| p.into_inner()).tokens.remove(token);
+    }
+
+    /// Accepts EKS tokens (AWS IAM authentication) for `cluster_name`.
+    pub fn accept_aws(&self, cluster_name: &str) {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).aws_clusters.insert(cluster_name.into());
     }
 
     /// Whether `token` is accepted now.

@@ -306,7 +306,14 @@ impl Deployment {
                 "--timeout-seconds".into(),
                 timeout_seconds.to_string(),
             ],
-            &[("CORRAL_SEAL_KEY".into(), self.seal_key.clone())],
+            &[
+                ("CORRAL_SEAL_KEY".into(), self.seal_key.clone()),
+                // Example credentials for clusters with AWS IAM authentication (never sent to AWS:
+                // the fake API servers only check the token's shape).
+                ("AWS_ACCESS_KEY_ID".into(), "AKIDEXAMPLE".into()),
+                ("AWS_SECRET_ACCESS_KEY".into(), "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY".into()),
+                ("AWS_REGION".into(), "eu-west-1".into()),
+            ],
             "health-probe ready",
             Duration::from_secs(60),
         )
