@@ -129,3 +129,47 @@ async fn a_cluster_can_ask_for_scheduled_rotation() {
     }
     println!("scheduled rotations seen after {:?}", started.elapsed());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_through_the_token_request_api() {
+    let d = Deployment::start(1, 1).await;
+    let _rotation = d.spawn_auth_rotation(0.5).await;
+    let fake = FakeKube::start(&[]).await;
+    fake.add_service_account_token("kube-system", "argocd-manager", "argocd-manager-token-first", "first-token");
+    let api = d.api(0).await;
+    let ca = base64::engine::general_purpose::STANDARD.encode(fake.ca_pem());
+    let server = fake.url();
+    let resp = api
+        .http
+        .post(api.url("/api/v1/clusters"))
+        .json(&json!({"server": server, "name": "bound", "annotations": {"corral.io/rotation-method": "token-request", "corral.io/token-expiration-seconds": "86400"},
+            "config": {"bearerToken": "first-token", "tlsClientConfig": {"caData": ca}}}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status().as_u16(), 200);
+    let resp = api.http.post(api.url(&format!("/api/v1/clusters/{}/rotate-auth", enc(&server)))).send().await.expect("send");
+    assert_eq!(resp.status().as_u16(), 200, "{}", resp.text().await.unwrap_or_default());
+    let bound = fake.token_request_tokens("kube-system", "argocd-manager");
+    assert_eq!(bound.len(), 1, "one token from the TokenRequest API");
+    assert!(fake.accepts(&bound[0]));
+    // The old token's Secret still goes when the grace period ends.
+    let started = Instant::now();
+    while fake.accepts("first-token") {
+        assert!(started.elapsed() < Duration::from_secs(5), "the old token outlived its grace period");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(fake.accepts(&bound[0]));
+    // A bad method is refused before anything happens on the cluster.
+    let resp = api
+        .http
+        .put(api.url(&format!("/api/v1/clusters/{}?updatedFields=annotations", enc(&server))))
+        .json(&json!({"server": server, "annotations": {"corral.io/rotation-method": "magic"}}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status().as_u16(), 200);
+    let resp = api.http.post(api.url(&format!("/api/v1/clusters/{}/rotate-auth", enc(&server)))).send().await.expect("send");
+    assert_eq!(resp.status().as_u16(), 400);
+    assert_eq!(fake.token_request_tokens("kube-system", "argocd-manager").len(), 1);
+}

@@ -47,6 +47,8 @@ struct Inner {
     /// EKS cluster names whose AWS IAM tokens are accepted (their STS URL is checked for shape:
     /// no AWS is reachable here to verify the signature).
     aws_clusters: BTreeSet<String>,
+    /// Tokens issued through TokenRequest, by "namespace/serviceaccount".
+    token_requests: Vec<(String, String)>,
     /// Secrets by "namespace/name": (type, service-account annotation, token).
     secrets: std::collections::BTreeMap<String, Secret>,
     created: u64,
@@ -88,6 +90,25 @@ fn core_objects(s: &mut Inner, method: &axum::http::Method, path: &str, body: &[
         } else {
             status(404, "NotFound", &format!("serviceaccounts \"{name}\" not found"))
         }),
+        // The TokenRequest subresource: a bound token for the service account, valid until it expires.
+        ("POST", ["serviceaccounts", name, "token"]) => {
+            if !s.service_accounts.contains(&format!("{ns}/{name}")) {
+                return Some(status(404, "NotFound", &format!("serviceaccounts \"{name}\" not found")));
+            }
+            let request: Value = serde_json::from_slice(body).unwrap_or_default();
+            s.created += 1;
+            let token = format!("tr-token-{}-{}", s.created, rand_suffix());
+            s.tokens.insert(token.clone());
+            s.token_requests.push((format!("{ns}/{name}"), token.clone()));
+            let mut out = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                "metadata": {"name": name, "namespace": ns},
+                "spec": {"audiences": [], "expirationSeconds": request["spec"]["expirationSeconds"].as_i64().unwrap_or(3600)},
+                "status": {"token": token, "expirationTimestamp": "2099-01-01T00:00:00Z"}});
+            if out["spec"]["expirationSeconds"].is_null() {
+                out["spec"]["expirationSeconds"] = json!(3600);
+            }
+            Some((axum::http::StatusCode::CREATED, axum::Json(out)).into_response())
+        }
         ("GET", ["secrets"]) => {
             let items: Vec<Value> = s
                 .secrets
@@ -325,6 +346,7 @@ impl FakeKube {
             requests: 0,
             service_accounts: BTreeSet::from(["kube-system/argocd-manager".to_string()]),
             aws_clusters: BTreeSet::new(),
+            token_requests: Vec::new(),
             secrets: Default::default(),
             created: 0,
         }));
@@ -431,6 +453,13 @@ impl FakeKube {
             .filter(|(k, v)| k.starts_with(&format!("{namespace}/")) && v.service_account == service_account)
             .filter_map(|(_, v)| v.token.clone())
             .collect()
+    }
+
+    /// Tokens issued through the TokenRequest API for `namespace/service_account`.
+    pub fn token_request_tokens(&self, namespace: &str, service_account: &str) -> Vec<String> {
+        let key = format!("{namespace}/{service_account}");
+        let s = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        s.token_requests.iter().filter(|(k, _)| *k == key).map(|(_, t)| t.clone()).collect()
     }
 
     /// Requests served so far (any answer).

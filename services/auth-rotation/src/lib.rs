@@ -24,6 +24,7 @@ use corral_proto::v1alpha1::{self, ClusterConfig};
 use corral_registry::read_model::{AUTH_SUBJECT_PREFIX, CLUSTER_CREDENTIALS_ROTATED, OLD_CREDENTIALS_RETIRED};
 use corral_registry::{RegistryApi, RotationApi};
 use corral_secrets::SealingKey;
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use prost::Message;
@@ -33,6 +34,12 @@ use tonic::Code;
 pub const HEARTBEAT_SUBJECT: &str = "corralsvc.auth-rotation.heartbeat";
 /// Chooses the service account a cluster's token belongs to: `NAMESPACE/NAME` or `NAME`.
 pub const SERVICE_ACCOUNT_ANNOTATION: &str = "corral.io/rotation-service-account";
+/// `secret` (default): a new service-account-token Secret, removable after the grace period.
+/// `token-request`: a bound token from the TokenRequest API, which cannot be removed and ends
+/// when it expires (`corral.io/token-expiration-seconds`, default one year).
+pub const METHOD_ANNOTATION: &str = "corral.io/rotation-method";
+pub const EXPIRATION_ANNOTATION: &str = "corral.io/token-expiration-seconds";
+const DEFAULT_TOKEN_REQUEST_SECONDS: i64 = 365 * 24 * 3600;
 /// Asks for a rotation every N hours (a decimal number); Argo CD has no such thing.
 pub const SCHEDULE_ANNOTATION: &str = "corral.io/rotate-every-hours";
 /// After a scheduled rotation fails, it is tried again this much later.
@@ -118,6 +125,25 @@ fn pending_retirement(t: &Target) -> Option<ClusterCredentialsRotated> {
     (e.cluster_created_at_unix_nanos == t.record.created_at_unix_nanos && !e.old_secret.is_empty()).then_some(e)
 }
 
+/// `Some(expiration seconds)` when the cluster asks for TokenRequest tokens.
+fn token_request_of(t: &Target) -> Result<Option<i64>, RotationError> {
+    let annotations = t.record.spec.as_ref().map(|s| &s.annotations);
+    let get = |k: &str| annotations.and_then(|a| a.get(k)).map(|v| v.trim().to_string());
+    match get(METHOD_ANNOTATION).as_deref() {
+        None | Some("") | Some("secret") => Ok(None),
+        Some("token-request") => match get(EXPIRATION_ANNOTATION) {
+            None => Ok(Some(DEFAULT_TOKEN_REQUEST_SECONDS)),
+            Some(v) => v
+                .parse::<i64>()
+                .ok()
+                .filter(|s| *s >= 600)
+                .map(Some)
+                .ok_or_else(|| RotationError::Precondition(format!("{EXPIRATION_ANNOTATION}: expected a number of seconds, at least 600, got {v:?}"))),
+        },
+        Some(other) => Err(RotationError::Precondition(format!("{METHOD_ANNOTATION}: expected secret or token-request, got {other:?}"))),
+    }
+}
+
 fn token_of(secret: &Secret) -> Option<String> {
     secret.data.as_ref()?.get("token").map(|b| String::from_utf8_lossy(&b.0).into_owned())
 }
@@ -179,11 +205,11 @@ impl AuthRotation {
     async fn rotate_inner(&self, req: RotateAuth) -> Result<(), RotationError> {
         self.catch_up().await?;
         let id = corral_domain::cluster_id(&req.server);
-        let (server, config, version, created, sa) = {
+        let (server, config, version, created, sa, token_request) = {
             let fleet = lock(&self.fleet);
             let t = fleet.targets.get(&id).ok_or_else(|| RotationError::NotFound(format!("cluster \"{}\" not found", req.server)))?;
             let config = t.config.clone().ok_or_else(|| RotationError::Precondition("the cluster's credentials cannot be opened".into()))?;
-            (t.server(), config, t.record.version, t.record.created_at_unix_nanos, service_account_of(t))
+            (t.server(), config, t.record.version, t.record.created_at_unix_nanos, service_account_of(t), token_request_of(t)?)
         };
         if req.expected_version != 0 && req.expected_version != version {
             return Err(RotationError::Changed);
@@ -205,6 +231,21 @@ impl AuthRotation {
             .into_iter()
             .find(|s| s.type_.as_deref() == Some(SA_TOKEN_TYPE) && token_of(s).as_deref() == Some(config.bearer_token.as_str()))
             .and_then(|s| s.metadata.name);
+        if let Some(expiration_seconds) = token_request {
+            let request = TokenRequest {
+                spec: Some(TokenRequestSpec { expiration_seconds: Some(expiration_seconds), ..Default::default() }),
+                ..Default::default()
+            };
+            let issued = accounts.create_token_request(&sa_name, &PostParams::default(), &request).await.map_err(describe)?;
+            let token = issued
+                .status
+                .and_then(|s| s.token)
+                .filter(|t| !t.is_empty())
+                .ok_or_else(|| RotationError::Cluster("the TokenRequest answer holds no token".into()))?;
+            // A bound token cannot be taken back: if recording it fails, it simply expires.
+            self.record_token(&server, &config, token, version).await?;
+            return self.record_rotation(&id, ns, sa_name, String::new(), old_secret, created).await;
+        }
         let new_name = format!("{sa_name}-token-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
         let mut fresh = Secret::default();
         fresh.metadata.name = Some(new_name.clone());
@@ -216,6 +257,19 @@ impl AuthRotation {
             let _ = secrets.delete(&new_name, &DeleteParams::default()).await;
             return Err(e);
         }
+        self.record_rotation(&id, ns, sa_name, new_name, old_secret, created).await
+    }
+
+    /// Records a done rotation, so the old Secret goes when the grace period ends.
+    async fn record_rotation(
+        &self,
+        id: &str,
+        ns: String,
+        sa_name: String,
+        new_name: String,
+        old_secret: Option<String>,
+        created: i64,
+    ) -> Result<(), RotationError> {
         let record = ClusterCredentialsRotated {
             namespace: ns,
             service_account: sa_name,
@@ -228,7 +282,7 @@ impl AuthRotation {
                 .unwrap_or_default(),
             cluster_created_at_unix_nanos: created,
         };
-        let side_seq = lock(&self.fleet).targets.get(&id).map(|t| t.side_seq()).unwrap_or(0);
+        let side_seq = lock(&self.fleet).targets.get(id).map(|t| t.side_seq()).unwrap_or(0);
         corral_cluster_access::append_side(
             self.log.as_ref(),
             format!("{AUTH_SUBJECT_PREFIX}{id}"),
@@ -262,6 +316,11 @@ impl AuthRotation {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
+        self.record_token(server, config, token, version).await
+    }
+
+    /// Checks the new token works and records it in the cluster's config through the registry.
+    async fn record_token(&self, server: &str, config: &Arc<ClusterConfig>, token: String, version: u64) -> Result<(), RotationError> {
         let mut new_config = (**config).clone();
         new_config.bearer_token = token;
         let check = corral_cluster_access::client::build(server, &new_config, self.config.timeout)
