@@ -94,6 +94,8 @@ fn forged(claims: Value, header: Value, key: &[u8]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accounts_tokens_and_rbac_across_two_gateways() {
     let d = Deployment::start_with_accounts(1, 2, Some(ACCOUNTS)).await;
+    // API tokens are issued and revoked by the auth-rotation service.
+    let mut rotation = d.spawn_auth_rotation(300.0).await;
     let admin0 = d.api(0).await;
     let admin1 = d.api(1).await;
     let anon = admin0.anonymous();
@@ -312,6 +314,11 @@ async fn accounts_tokens_and_rbac_across_two_gateways() {
     assert_eq!(statuses.last(), Some(&429), "the source is locked out after its failures: {statuses:?}");
     let blocked = admin1.login("admin", ADMIN_PASSWORD).await.expect_err("source locked out on the other replica too");
     assert_eq!(blocked.0, 429);
+
+    // --- Tokens are the auth-rotation service's to issue: without it, the gateway cannot.
+    rotation.kill_9().await;
+    let (s, b) = call(&admin0, reqwest::Method::POST, "/api/v1/account/ci-reader/token", Some(json!({}))).await;
+    assert_eq!(s, 503, "{b}");
 
     // --- No token, password or hash in clear in the stream, the registry's sled files or logs.
     let client = async_nats::connect(d.nats.url()).await.expect("nats");

@@ -6,6 +6,7 @@
 //! a key that is itself an event (sealed), created once by whichever replica starts first.
 
 pub mod config;
+pub mod nats;
 pub mod state;
 
 use std::path::{Path, PathBuf};
@@ -149,6 +150,17 @@ pub struct Auth {
     applied: watch::Receiver<u64>,
     config: RwLock<Arc<AuthConfig>>,
     disabled: bool,
+    issuer: RwLock<Option<Arc<dyn TokenIssuer>>>,
+}
+
+/// The service that issues and revokes API tokens when this process does not (in a deployment,
+/// the auth-rotation service). Callers have been authorised before they get here.
+#[async_trait::async_trait]
+pub trait TokenIssuer: Send + Sync + 'static {
+    /// The token and the log revision that recorded it.
+    async fn issue(&self, account: &str, expires_in: i64, id: &str, actor: &str) -> Result<(String, u64), AuthError>;
+    /// The log revision that recorded the revocation.
+    async fn revoke(&self, account: &str, id: &str, actor: &str) -> Result<u64, AuthError>;
 }
 
 fn now_unix() -> i64 {
@@ -192,7 +204,7 @@ impl Auth {
         let state: Arc<RwLock<AuthState>> = Arc::default();
         let (tx, rx) = watch::channel(0u64);
         tokio::spawn(run_projection(log.clone(), key.clone(), state.clone(), tx));
-        let auth = Arc::new(Auth { log, key, state, applied: rx, config: RwLock::new(Arc::new(config)), disabled });
+        let auth = Arc::new(Auth { log, key, state, applied: rx, config: RwLock::new(Arc::new(config)), disabled, issuer: RwLock::new(None) });
         auth.barrier().await?;
         auth.ensure_signing_key().await?;
         Ok(auth)
@@ -555,8 +567,44 @@ impl Auth {
         Ok(())
     }
 
+    /// Issues an API token for `name`, by this process or by the service tokens are delegated to.
     pub async fn create_token(&self, who: &Principal, name: &str, expires_in: i64, id: &str) -> Result<String, AuthError> {
         self.check_account_permission(who, "update", name)?;
+        let token = match self.issuer() {
+            Some(issuer) => {
+                let (token, revision) = issuer.issue(name, expires_in, id, &who.account).await?;
+                // Usable through this replica as soon as the answer arrives.
+                self.wait_for(revision).await?;
+                token
+            }
+            None => self.issue_api_token(name, expires_in, id, &who.account).await?.0,
+        };
+        Ok(token)
+    }
+
+    pub async fn delete_token(&self, who: &Principal, name: &str, id: &str) -> Result<(), AuthError> {
+        self.check_account_permission(who, "update", name)?;
+        match self.issuer() {
+            Some(issuer) => {
+                let revision = issuer.revoke(name, id, &who.account).await?;
+                self.wait_for(revision).await
+            }
+            None => self.revoke_api_token(name, id, &who.account).await.map(|_| ()),
+        }
+    }
+
+    fn issuer(&self) -> Option<Arc<dyn TokenIssuer>> {
+        self.issuer.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Hands API-token issuing and revocation to another service (the auth-rotation service).
+    pub fn delegate_tokens(&self, issuer: Arc<dyn TokenIssuer>) {
+        *self.issuer.write().unwrap_or_else(|p| p.into_inner()) = Some(issuer);
+    }
+
+    /// Issues an API token (the caller has been authorised): the event, then the signed JWT and
+    /// the revision that recorded it.
+    pub async fn issue_api_token(&self, name: &str, expires_in: i64, id: &str, actor: &str) -> Result<(String, u64), AuthError> {
         let config = self.config();
         let Some(account) = config.account(name) else {
             return Err(AuthError::NotFound(format!("account '{name}' does not exist")));
@@ -573,26 +621,26 @@ impl Auth {
         }
         let iat = now_unix();
         let exp = (expires_in > 0).then(|| iat.saturating_add(expires_in));
-        self.append_account(name, state::API_TOKEN_ISSUED, &who.account, |s| {
-            if s.accounts.get(name).is_some_and(|a| a.tokens.contains_key(&id)) {
-                return Err(AuthError::AlreadyExists(format!("account '{name}' already has a token with id '{id}'")));
-            }
-            Ok(ev::ApiTokenIssued { account: name.into(), token_id: id.clone(), issued_at_unix: iat, expires_at_unix: exp.unwrap_or(0) })
-        })
-        .await?;
-        self.sign(name, TokenKind::ApiKey, &id, iat, exp, None)
+        let revision = self
+            .append_account(name, state::API_TOKEN_ISSUED, actor, |s| {
+                if s.accounts.get(name).is_some_and(|a| a.tokens.contains_key(&id)) {
+                    return Err(AuthError::AlreadyExists(format!("account '{name}' already has a token with id '{id}'")));
+                }
+                Ok(ev::ApiTokenIssued { account: name.into(), token_id: id.clone(), issued_at_unix: iat, expires_at_unix: exp.unwrap_or(0) })
+            })
+            .await?;
+        Ok((self.sign(name, TokenKind::ApiKey, &id, iat, exp, None)?, revision))
     }
 
-    pub async fn delete_token(&self, who: &Principal, name: &str, id: &str) -> Result<(), AuthError> {
-        self.check_account_permission(who, "update", name)?;
-        self.append_account(name, state::API_TOKEN_REVOKED, &who.account, |s| {
+    /// Revokes an API token (the caller has been authorised); the revision that recorded it.
+    pub async fn revoke_api_token(&self, name: &str, id: &str, actor: &str) -> Result<u64, AuthError> {
+        self.append_account(name, state::API_TOKEN_REVOKED, actor, |s| {
             if !s.accounts.get(name).is_some_and(|a| a.tokens.contains_key(id)) {
                 return Err(AuthError::NotFound(format!("account '{name}' has no token with id '{id}'")));
             }
             Ok(ev::ApiTokenRevoked { account: name.into(), token_id: id.into() })
         })
-        .await?;
-        Ok(())
+        .await
     }
 
     fn account_view(&self, a: &AccountConfig) -> api::Account {

@@ -466,6 +466,9 @@ pub struct ServiceConfig {
     /// Seconds each request to a cluster may take.
     #[arg(long, env = "CORRAL_ROTATION_TIMEOUT_SECONDS", default_value_t = 5.0)]
     pub timeout_seconds: f64,
+    /// Accounts configuration (the gateways' file): which accounts may hold API tokens.
+    #[arg(long, env = "CORRAL_ACCOUNTS_FILE")]
+    pub accounts_file: Option<std::path::PathBuf>,
     /// How long to wait for a registry replica, in milliseconds.
     #[arg(long, env = "CORRAL_REGISTRY_TIMEOUT_MS", default_value_t = 15_000)]
     pub registry_timeout_ms: u64,
@@ -487,11 +490,22 @@ pub async fn run(config: ServiceConfig, shutdown: impl std::future::Future<Outpu
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
+    // This service issues and revokes the accounts' API tokens (the gateways authorise).
+    let accounts = match &config.accounts_file {
+        Some(path) => corral_auth::AuthConfig::load(path)?,
+        None => corral_auth::AuthConfig::default(),
+    };
+    let auth = corral_auth::Auth::start(log.clone(), key.clone(), accounts, false).await?;
+    if let Some(path) = &config.accounts_file {
+        auth.watch_config_file(path.clone());
+    }
     let svc = AuthRotation::start(log, key, registry, rotation_config, membership, stopped(stop_rx.clone())).await?;
     println!("auth-rotation ready");
-    let serving = corral_registry::nats_rpc::serve_rotation(client, svc, stopped(stop_rx));
+    let serving = corral_registry::nats_rpc::serve_rotation(client.clone(), svc, stopped(stop_rx.clone()));
+    let tokens = corral_auth::nats::serve(client, auth, stopped(stop_rx));
     tokio::select! {
         r = serving => r?,
+        r = tokens => r?,
         _ = shutdown => {}
     }
     let _ = stop_tx.send(true);

@@ -307,9 +307,11 @@ pub async fn run(config: ServiceConfig, shutdown: impl std::future::Future<Outpu
     let rotation: Arc<dyn corral_registry::RotationApi> = commands.clone();
     // Reads are answered from this replica's own view of the log: no hop to a registry.
     let log_config = corral_registry::NatsLogConfig { stream: config.stream.clone(), ..Default::default() };
-    let log: Arc<dyn corral_registry::EventLog> = Arc::new(corral_registry::NatsLog::new(client, log_config).await?);
+    let log: Arc<dyn corral_registry::EventLog> = Arc::new(corral_registry::NatsLog::new(client.clone(), log_config).await?);
     let key = Arc::new(corral_secrets::SealingKey::load(corral_registry::SEAL_KEY_ENV, config.seal_key_file.as_deref(), false)?);
     let auth = start_auth(log.clone(), key, &config.auth).await?;
+    // API tokens are issued and revoked by the auth-rotation service; the gateway authorises.
+    auth.delegate_tokens(Arc::new(corral_auth::nats::NatsTokenIssuer::new(client.clone(), timeout)));
     let view_db = corral_registry::open_projection_db(None)?;
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let view_stop = async move {

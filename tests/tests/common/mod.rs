@@ -339,12 +339,21 @@ impl Deployment {
         ServiceProcess::spawn(
             &workspace_bin("corral-auth-rotation"),
             &["--nats-url".into(), self.nats.url(), "--grace-seconds".into(), grace_seconds.to_string()],
-            &[("CORRAL_SEAL_KEY".into(), self.seal_key.clone())],
+            &self.service_env(),
             "auth-rotation ready",
             Duration::from_secs(60),
         )
         .await
         .expect("auth-rotation process")
+    }
+
+    /// The sealing key, and the accounts file when the deployment has one.
+    pub fn service_env(&self) -> Vec<(String, String)> {
+        let mut env = vec![("CORRAL_SEAL_KEY".to_string(), self.seal_key.clone())];
+        if let Some(f) = &self.accounts_file {
+            env.push(("CORRAL_ACCOUNTS_FILE".to_string(), f.path().display().to_string()));
+        }
+        env
     }
 
     pub fn gateway_env(&self) -> Vec<(String, String)> {

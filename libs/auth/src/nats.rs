@@ -1,0 +1,137 @@
+//! API-token issuing and revocation over NATS: the gateways' client and the auth-rotation
+//! service's server (a queue group, so any replica answers).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use corral_proto::registry::{Error as WireError, IssueApiToken, RequestContext, RevokeApiToken, TokenReply};
+use futures::StreamExt;
+use prost::Message;
+
+use crate::{Auth, AuthError, TokenIssuer};
+
+pub const ISSUE_SUBJECT: &str = "corralrpc.auth-rotation.token.issue";
+pub const REVOKE_SUBJECT: &str = "corralrpc.auth-rotation.token.revoke";
+pub const QUEUE_GROUP: &str = "corral-auth-rotation-tokens";
+
+// Wire codes: the gRPC code numbers the gateway maps them to.
+fn to_wire(e: &AuthError) -> WireError {
+    let code = match e {
+        AuthError::Unauthenticated(_) => 16,
+        AuthError::PermissionDenied => 7,
+        AuthError::InvalidArgument(_) => 3,
+        AuthError::NotFound(_) => 5,
+        AuthError::AlreadyExists(_) => 6,
+        AuthError::TooManyAttempts => 8,
+        AuthError::Unavailable(_) => 14,
+        AuthError::Config(_) | AuthError::Internal(_) => 13,
+    };
+    WireError { code, message: e.to_string() }
+}
+
+fn from_wire(e: WireError) -> AuthError {
+    match e.code {
+        16 => AuthError::Unauthenticated(e.message),
+        7 => AuthError::PermissionDenied,
+        3 => AuthError::InvalidArgument(e.message),
+        5 => AuthError::NotFound(e.message),
+        6 => AuthError::AlreadyExists(e.message),
+        8 => AuthError::TooManyAttempts,
+        14 => AuthError::Unavailable(e.message),
+        _ => AuthError::Internal(e.message),
+    }
+}
+
+/// The gateways' handle on the auth-rotation replicas.
+pub struct NatsTokenIssuer {
+    client: async_nats::Client,
+    timeout: Duration,
+}
+
+impl NatsTokenIssuer {
+    pub fn new(client: async_nats::Client, timeout: Duration) -> NatsTokenIssuer {
+        NatsTokenIssuer { client, timeout }
+    }
+
+    async fn call(&self, subject: &'static str, payload: Vec<u8>) -> Result<TokenReply, AuthError> {
+        let request = async_nats::Request::new().payload(payload.into()).timeout(Some(self.timeout));
+        let msg = self
+            .client
+            .send_request(subject, request)
+            .await
+            .map_err(|e| AuthError::Unavailable(format!("the auth-rotation service did not answer: {}", e.kind())))?;
+        let reply = TokenReply::decode(msg.payload.as_ref()).map_err(|e| AuthError::Internal(format!("malformed token reply: {e}")))?;
+        match reply.error {
+            Some(e) => Err(from_wire(e)),
+            None => Ok(reply),
+        }
+    }
+}
+
+fn context(actor: &str) -> Option<RequestContext> {
+    Some(RequestContext { actor: actor.to_string(), ..Default::default() })
+}
+
+#[async_trait::async_trait]
+impl TokenIssuer for NatsTokenIssuer {
+    async fn issue(&self, account: &str, expires_in: i64, id: &str, actor: &str) -> Result<(String, u64), AuthError> {
+        let req = IssueApiToken { context: context(actor), account: account.into(), expires_in, id: id.into() };
+        let reply = self.call(ISSUE_SUBJECT, req.encode_to_vec()).await?;
+        Ok((reply.token, reply.revision))
+    }
+
+    async fn revoke(&self, account: &str, id: &str, actor: &str) -> Result<u64, AuthError> {
+        let req = RevokeApiToken { context: context(actor), account: account.into(), id: id.into() };
+        Ok(self.call(REVOKE_SUBJECT, req.encode_to_vec()).await?.revision)
+    }
+}
+
+/// Serves token requests with `auth` until `shutdown` resolves.
+pub async fn serve(
+    client: async_nats::Client,
+    auth: Arc<Auth>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), async_nats::SubscribeError> {
+    let mut issues = client.queue_subscribe(ISSUE_SUBJECT, QUEUE_GROUP.to_string()).await?;
+    let mut revokes = client.queue_subscribe(REVOKE_SUBJECT, QUEUE_GROUP.to_string()).await?;
+    tokio::pin!(shutdown);
+    loop {
+        let (msg, issue) = tokio::select! {
+            _ = &mut shutdown => break,
+            Some(m) = issues.next() => (m, true),
+            Some(m) = revokes.next() => (m, false),
+            else => break,
+        };
+        let (auth, client) = (auth.clone(), client.clone());
+        tokio::spawn(async move {
+            let Some(reply_to) = msg.reply.clone() else { return };
+            let result = if issue {
+                match IssueApiToken::decode(msg.payload.as_ref()) {
+                    Ok(r) => {
+                        let actor = r.context.map(|c| c.actor).unwrap_or_default();
+                        auth.issue_api_token(&r.account, r.expires_in, &r.id, &actor).await
+                    }
+                    Err(e) => Err(AuthError::InvalidArgument(format!("malformed request: {e}"))),
+                }
+            } else {
+                match RevokeApiToken::decode(msg.payload.as_ref()) {
+                    Ok(r) => {
+                        let actor = r.context.map(|c| c.actor).unwrap_or_default();
+                        auth.revoke_api_token(&r.account, &r.id, &actor).await.map(|rev| (String::new(), rev))
+                    }
+                    Err(e) => Err(AuthError::InvalidArgument(format!("malformed request: {e}"))),
+                }
+            };
+            let reply = match result {
+                Ok((token, revision)) => TokenReply { token, revision, error: None },
+                Err(e) => TokenReply { error: Some(to_wire(&e)), ..Default::default() },
+            };
+            if let Err(e) = client.publish(reply_to, reply.encode_to_vec().into()).await {
+                tracing::warn!(error = %e, "could not send a token reply");
+            }
+        });
+    }
+    let _ = issues.unsubscribe().await;
+    let _ = revokes.unsubscribe().await;
+    Ok(())
+}
