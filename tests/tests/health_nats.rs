@@ -109,6 +109,14 @@ async fn the_health_probe_records_what_each_cluster_answers() {
     assert!(message.contains("401"), "{message}");
     assert!(!message.contains("wrong-token-value"));
 
+    // A CA that did not sign the server's certificate: Failed with a TLS message.
+    let wrong_ca = format!("{}/k/wrong-ca", fake.url());
+    create(&api, json!({"server": wrong_ca, "name": "wrong-ca", "config": {"bearerToken": "good-token", "tlsClientConfig": {"caData": b64(other.ca_pem())}}})).await;
+    let (c, _) = wait_state(&api, &wrong_ca, Duration::from_secs(2), |c| status(c) == "Failed").await;
+    let message = c["connectionState"]["message"].as_str().unwrap_or_default().to_lowercase();
+    assert!(message.contains("certificate") || message.contains("tls") || message.contains("issuer"), "{message}");
+    println!("wrong CA → {message}");
+
     // Client certificate and key instead of a token.
     let (cert, key) = other.issue_client_cert("probe");
     let by_cert = other.url();
