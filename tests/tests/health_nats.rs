@@ -207,10 +207,12 @@ async fn two_probe_replicas_split_the_fleet_and_the_survivor_takes_over() {
     // One replica dies; the other takes its clusters: every cluster notices the outage.
     first.kill_9().await;
     fake.set_mode(Mode::Down);
+    let killed = Instant::now();
     let interval = Duration::from_secs_f64(INTERVAL);
     for server in &servers {
         wait_state(&api, server, interval * 4, |c| status(c) == "Failed").await;
     }
+    println!("every cluster observed by the survivor {:?} after the other replica died (interval {interval:?})", killed.elapsed());
     let after = observers(&d).await;
     for (cluster, actors) in &after {
         assert_eq!(actors.last(), Some(&survivor), "cluster {cluster} was last observed by {actors:?}");

@@ -85,11 +85,25 @@ impl HealthProbe {
         tracing::info!(clusters = lock(&probe.fleet).targets.len(), "health probe ready");
         let mut ticker = tokio::time::interval(probe.config.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Replicas leaving are noticed between rounds: their clusters are probed at once, not at
+        // the next tick, so a dead replica's share moves within one interval.
+        let mut watch = tokio::time::interval(probe.config.interval / 6);
+        watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut live = probe.membership.live();
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
                 _ = ticker.tick() => probe.clone().round().await,
+                _ = watch.tick() => {
+                    let now = probe.membership.live();
+                    let someone_left = live.iter().any(|r| !now.contains(r));
+                    live = now;
+                    if someone_left {
+                        tracing::info!(replicas = live.len(), "a replica left; taking over its clusters");
+                        probe.clone().round().await;
+                    }
+                }
                 Some(id) = changed_rx.recv() => {
                     // New or changed clusters are probed at once, not at the next tick.
                     if probe.mine(&probe.membership.live(), &id) {
