@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::suite::escape as enc;
+
 use std::time::Duration;
 
 use base64::Engine;
@@ -37,10 +39,6 @@ const ALICE_PASSWORD: &str = "alice-password-1";
 const A: &str = "https://a.example.com";
 const B: &str = "https://b.example.com";
 const C: &str = "https://c.example.com";
-
-fn enc(server: &str) -> String {
-    url::form_urlencoded::byte_serialize(server.as_bytes()).collect()
-}
 
 async fn call(api: &Api, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, String) {
     let mut req = api.http.request(method, api.url(path));

@@ -4,16 +4,14 @@
 
 mod common;
 
+use common::suite::escape as enc;
+
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use common::{Api, Deployment};
 use corral_fake_kube::{FakeKube, GroupVersion};
 use serde_json::{Value, json};
-
-fn enc(server: &str) -> String {
-    url::form_urlencoded::byte_serialize(server.as_bytes()).collect()
-}
 
 async fn get(api: &Api, server: &str) -> Value {
     let resp = api.http.get(api.url(&format!("/api/v1/clusters/{}", enc(server)))).send().await.expect("send");

@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::suite::escape as enc;
+
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -18,10 +20,6 @@ const TIMEOUT: f64 = 1.0;
 
 fn b64(s: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(s)
-}
-
-fn enc(server: &str) -> String {
-    url::form_urlencoded::byte_serialize(server.as_bytes()).collect()
 }
 
 async fn get(api: &Api, server: &str) -> Value {

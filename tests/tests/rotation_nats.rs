@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::suite::escape as enc;
+
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -15,10 +17,6 @@ use corral_proto::cluster::ClusterQuery;
 use serde_json::json;
 
 const GRACE: f64 = 2.0;
-
-fn enc(server: &str) -> String {
-    url::form_urlencoded::byte_serialize(server.as_bytes()).collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotate_auth_swaps_the_token_and_retires_the_old_one_after_the_grace_period() {

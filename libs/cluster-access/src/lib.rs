@@ -277,3 +277,36 @@ fn chrono_now_nanos() -> i64 {
         .map(|d| d.as_nanos() as i64)
         .unwrap_or_default()
 }
+
+/// The settings every observing service needs in NATS mode.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NatsServiceArgs {
+    #[arg(long, env = "CORRAL_NATS_URL")]
+    pub nats_url: String,
+    #[arg(long, env = "CORRAL_STREAM", default_value = "CORRAL")]
+    pub stream: String,
+    /// File holding the sealing key (base64); CORRAL_SEAL_KEY takes precedence.
+    #[arg(long, env = "CORRAL_SEAL_KEY_FILE")]
+    pub seal_key_file: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("cannot connect to NATS: {0}")]
+    Nats(#[from] async_nats::ConnectError),
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error(transparent)]
+    Key(#[from] corral_secrets::SecretsError),
+}
+
+impl NatsServiceArgs {
+    /// The NATS connection, the event log on it and the sealing key.
+    pub async fn connect(&self) -> Result<(async_nats::Client, Arc<dyn EventLog>, Arc<SealingKey>), ConnectError> {
+        let client = async_nats::connect(&self.nats_url).await?;
+        let log_config = corral_event_log::NatsLogConfig { stream: self.stream.clone(), ..Default::default() };
+        let log: Arc<dyn EventLog> = Arc::new(corral_event_log::NatsLog::new(client.clone(), log_config).await?);
+        let key = Arc::new(SealingKey::load(corral_registry::SEAL_KEY_ENV, self.seal_key_file.as_deref(), false)?);
+        Ok((client, log, key))
+    }
+}

@@ -453,13 +453,8 @@ impl RotationApi for AuthRotation {
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "corral-auth-rotation", about = "Rotates clusters' bearer tokens (NATS mode)")]
 pub struct ServiceConfig {
-    #[arg(long, env = "CORRAL_NATS_URL")]
-    pub nats_url: String,
-    #[arg(long, env = "CORRAL_STREAM", default_value = "CORRAL")]
-    pub stream: String,
-    /// File holding the sealing key (base64); CORRAL_SEAL_KEY takes precedence.
-    #[arg(long, env = "CORRAL_SEAL_KEY_FILE")]
-    pub seal_key_file: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub nats: corral_cluster_access::NatsServiceArgs,
     /// Seconds the old token keeps working after a rotation.
     #[arg(long, env = "CORRAL_ROTATION_GRACE_SECONDS", default_value_t = 300.0)]
     pub grace_seconds: f64,
@@ -475,10 +470,7 @@ pub struct ServiceConfig {
 }
 
 pub async fn run(config: ServiceConfig, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-    let client = async_nats::connect(&config.nats_url).await?;
-    let log_config = corral_event_log::NatsLogConfig { stream: config.stream.clone(), ..Default::default() };
-    let log: Arc<dyn EventLog> = Arc::new(corral_event_log::NatsLog::new(client.clone(), log_config).await?);
-    let key = Arc::new(SealingKey::load(corral_registry::SEAL_KEY_ENV, config.seal_key_file.as_deref(), false)?);
+    let (client, log, key) = config.nats.connect().await?;
     let registry = Arc::new(corral_registry::nats_rpc::NatsRegistryClient::new(client.clone(), Duration::from_millis(config.registry_timeout_ms)));
     let rotation_config = RotationConfig {
         grace: Duration::from_secs_f64(config.grace_seconds.max(0.0)),

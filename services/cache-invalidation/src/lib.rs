@@ -210,13 +210,8 @@ impl CacheInvalidation {
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "corral-cache-invalidation", about = "Keeps each cluster's cache info (NATS mode)")]
 pub struct ServiceConfig {
-    #[arg(long, env = "CORRAL_NATS_URL")]
-    pub nats_url: String,
-    #[arg(long, env = "CORRAL_STREAM", default_value = "CORRAL")]
-    pub stream: String,
-    /// File holding the sealing key (base64); CORRAL_SEAL_KEY takes precedence.
-    #[arg(long, env = "CORRAL_SEAL_KEY_FILE")]
-    pub seal_key_file: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub nats: corral_cluster_access::NatsServiceArgs,
     /// Seconds between checks for clusters that need a sync.
     #[arg(long, env = "CORRAL_CACHE_CHECK_SECONDS", default_value_t = 5.0)]
     pub check_seconds: f64,
@@ -239,10 +234,7 @@ impl ServiceConfig {
 }
 
 pub async fn run(config: ServiceConfig, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-    let client = async_nats::connect(&config.nats_url).await?;
-    let log_config = corral_event_log::NatsLogConfig { stream: config.stream.clone(), ..Default::default() };
-    let log: Arc<dyn EventLog> = Arc::new(corral_event_log::NatsLog::new(client.clone(), log_config).await?);
-    let key = Arc::new(SealingKey::load(corral_registry::SEAL_KEY_ENV, config.seal_key_file.as_deref(), false)?);
+    let (client, log, key) = config.nats.connect().await?;
     let cache_config = config.cache_config();
     let membership = Membership::join(client, HEARTBEAT_SUBJECT, cache_config.check_interval / 3).await?;
     CacheInvalidation::run(log, key, cache_config, membership, shutdown).await?;
