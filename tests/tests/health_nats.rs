@@ -78,10 +78,13 @@ async fn the_health_probe_records_what_each_cluster_answers() {
     assert_eq!(c["info"]["connectionState"]["status"], "Successful");
     assert!(c["connectionState"]["attemptedAt"].as_str().is_some_and(|t| t.ends_with('Z')), "{c}");
 
-    // A steady fleet appends nothing.
+    // A steady fleet appends nothing, and attemptedAt stays the time of the probe that
+    // established the state (later probes that find the same state do not move it).
     let before = state_events(&d).await;
+    let attempted = c["connectionState"]["attemptedAt"].clone();
     tokio::time::sleep(interval * 4).await;
     assert_eq!(state_events(&d).await, before, "healthy probes must not append events");
+    assert_eq!(get(&api, &ok).await["connectionState"]["attemptedAt"], attempted);
 
     // Down: Failed within two intervals, with a message that says why.
     fake.set_mode(Mode::Down);
