@@ -62,7 +62,14 @@ async fn the_health_probe_records_what_each_cluster_answers() {
     let d = Deployment::start(1, 1).await;
     let fake = FakeKube::start(&["good-token"]).await;
     let other = FakeKube::start(&["exec-token"]).await;
-    let _probe = d.spawn_health_probe(INTERVAL, TIMEOUT).await;
+    // `other` also plays AWS STS for role assumption (AWS_ENDPOINT_URL_STS, trusted via AWS_CA_BUNDLE).
+    let ca_bundle = tempfile::NamedTempFile::new().expect("ca bundle");
+    std::fs::write(ca_bundle.path(), other.ca_pem()).expect("write ca bundle");
+    let sts = other.url();
+    let bundle = ca_bundle.path().display().to_string();
+    let _probe = d
+        .spawn_health_probe_with(INTERVAL, TIMEOUT, &[("AWS_ENDPOINT_URL_STS", sts.as_str()), ("AWS_CA_BUNDLE", bundle.as_str())])
+        .await;
     let api = d.api(0).await;
     let interval = Duration::from_secs_f64(INTERVAL);
 
@@ -155,6 +162,17 @@ async fn the_health_probe_records_what_each_cluster_answers() {
     let (c, _) = wait_state(&api, &by_aws, Duration::from_secs(2), |c| status(c) != "Unknown").await;
     assert_eq!(status(&c), "Successful", "{c}");
     let resp = api.http.delete(api.url(&format!("/api/v1/clusters/{}", enc(&by_aws)))).send().await.expect("send");
+    assert_eq!(resp.status().as_u16(), 200);
+
+    // With roleARN: the probe assumes the role through STS first and signs with what it got.
+    let by_role = format!("{}/k/eks-role", other.url());
+    create(&api, json!({"server": by_role, "name": "by-role", "config": {"tlsClientConfig": {"caData": b64(other.ca_pem())},
+        "awsAuthConfig": {"clusterName": "eks-prod", "roleARN": "arn:aws:iam::123456789012:role/corral-probe"}}})).await;
+    let (c, _) = wait_state(&api, &by_role, Duration::from_secs(3), |c| status(c) != "Unknown").await;
+    assert_eq!(status(&c), "Successful", "{c}");
+    assert_eq!(other.assumed_roles(), vec!["arn:aws:iam::123456789012:role/corral-probe".to_string()]);
+    assert!(other.aws_keys_seen().iter().any(|k| k == "ASIAFAKEASSUMED"), "the EKS token is signed with the assumed role's credentials");
+    let resp = api.http.delete(api.url(&format!("/api/v1/clusters/{}", enc(&by_role)))).send().await.expect("send");
     assert_eq!(resp.status().as_u16(), 200);
 
     // Deleted clusters stop being probed.

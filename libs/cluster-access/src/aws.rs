@@ -20,8 +20,8 @@ pub enum AwsError {
     NoCredentials,
     #[error("AWS profile {0:?} not found in the shared credentials file")]
     NoProfile(String),
-    #[error("assuming an IAM role (roleARN) is not supported yet")]
-    RoleUnsupported,
+    #[error("assuming role {role}: {reason}")]
+    AssumeRole { role: String, reason: String },
 }
 
 /// Credentials for signing. The secret never appears in `Debug`.
@@ -125,6 +125,67 @@ pub fn signature(secret_access_key: &str, amz_date: &str, region: &str, service:
     hex(&hmac(&k_signing, &string_to_sign))
 }
 
+/// The STS endpoint: `AWS_ENDPOINT_URL_STS` when set (the SDKs' override), else the regional one.
+fn sts_endpoint(region: &str) -> String {
+    std::env::var("AWS_ENDPOINT_URL_STS").ok().filter(|e| !e.is_empty()).unwrap_or_else(|| {
+        if region.is_empty() || region == "us-east-1" { "https://sts.amazonaws.com".into() } else { format!("https://sts.{region}.amazonaws.com") }
+    })
+}
+
+fn xml_value<'a>(xml: &'a str, tag: &str) -> Option<&'a str> {
+    let open = format!("<{tag}>");
+    let start = xml.find(&open)? + open.len();
+    let end = xml[start..].find(&format!("</{tag}>"))? + start;
+    Some(xml[start..end].trim())
+}
+
+/// Temporary credentials for `role_arn` from STS AssumeRole (a presigned GET, 15 minutes), as
+/// `argocd-k8s-auth aws --role-arn` does before it builds the EKS token.
+pub async fn assume_role(creds: &Credentials, role_arn: &str, region: &str, now: DateTime<Utc>) -> Result<Credentials, AwsError> {
+    let fail = |reason: String| AwsError::AssumeRole { role: role_arn.to_string(), reason };
+    let endpoint = sts_endpoint(region);
+    let uri: http::Uri = endpoint.parse().map_err(|e| fail(format!("bad STS endpoint {endpoint:?}: {e}")))?;
+    let host = uri.authority().map(|a| a.as_str().to_string()).ok_or_else(|| fail(format!("bad STS endpoint {endpoint:?}")))?;
+    let signing_region = if region.is_empty() { "us-east-1" } else { region };
+    let amz_date = now.format("%Y%m%dT%H%M%SZ").to_string();
+    let credential = format!("{}/{}/{signing_region}/sts/aws4_request", creds.access_key_id, &amz_date[..8]);
+    let session = format!("corral-{}", now.timestamp());
+    let mut params = vec![
+        ("Action", "AssumeRole"),
+        ("DurationSeconds", "900"),
+        ("RoleArn", role_arn),
+        ("RoleSessionName", session.as_str()),
+        ("Version", "2011-06-15"),
+        ("X-Amz-Algorithm", "AWS4-HMAC-SHA256"),
+        ("X-Amz-Credential", credential.as_str()),
+        ("X-Amz-Date", amz_date.as_str()),
+        ("X-Amz-Expires", "60"),
+        ("X-Amz-SignedHeaders", "host"),
+    ];
+    if let Some(t) = &creds.session_token {
+        params.push(("X-Amz-Security-Token", t.as_str()));
+    }
+    let query = canonical_query(&params);
+    let canonical_request = format!("GET\n/\n{query}\nhost:{host}\n\nhost\n{}", sha256_hex(b""));
+    let sig = signature(&creds.secret_access_key, &amz_date, signing_region, "sts", &canonical_request);
+    // kube-rs's client is the HTTPS client already here; STS is just another endpoint to it.
+    let mut config = kube::Config::new(uri);
+    config.connect_timeout = Some(std::time::Duration::from_secs(5));
+    config.read_timeout = Some(std::time::Duration::from_secs(5));
+    if let Ok(bundle) = std::env::var("AWS_CA_BUNDLE") {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let pem = std::fs::read(&bundle).map_err(|e| fail(format!("AWS_CA_BUNDLE {bundle}: {e}")))?;
+        let roots: Result<Vec<Vec<u8>>, _> = CertificateDer::pem_slice_iter(&pem).map(|c| c.map(|c| c.as_ref().to_vec())).collect();
+        config.root_cert = Some(roots.map_err(|e| fail(format!("AWS_CA_BUNDLE {bundle}: {e}")))?);
+    }
+    let client = kube::Client::try_from(config).map_err(|e| fail(e.to_string()))?;
+    let request = http::Request::get(format!("/?{query}&X-Amz-Signature={sig}")).body(Vec::new()).map_err(|e| fail(e.to_string()))?;
+    let xml = client.request_text(request).await.map_err(|e| fail(format!("STS: {e}")))?;
+    let value = |tag: &str| xml_value(&xml, tag).map(str::to_string).ok_or_else(|| fail(format!("STS answer has no {tag}")));
+    Ok(Credentials { access_key_id: value("AccessKeyId")?, secret_access_key: value("SecretAccessKey")?, session_token: Some(value("SessionToken")?) })
+}
+
 /// The EKS bearer token for `cluster_name`, signed at `now` for 60 s.
 pub fn eks_token(cluster_name: &str, region: &str, creds: &Credentials, now: DateTime<Utc>) -> String {
     let host = if region.is_empty() || region == "us-east-1" { "sts.amazonaws.com".to_string() } else { format!("sts.{region}.amazonaws.com") };
@@ -208,6 +269,14 @@ mod tests {
         // Deterministic for the same inputs.
         assert_eq!(token, eks_token("prod-cluster", "eu-west-1", &creds, now));
         assert!(eks_token("c", "", &creds, now).len() > 20);
+    }
+
+    #[test]
+    fn xml_values() {
+        let xml = "<AssumeRoleResponse><AssumeRoleResult><Credentials><AccessKeyId>ASIA1</AccessKeyId>\n<SecretAccessKey> s3 </SecretAccessKey></Credentials></AssumeRoleResult></AssumeRoleResponse>";
+        assert_eq!(xml_value(xml, "AccessKeyId"), Some("ASIA1"));
+        assert_eq!(xml_value(xml, "SecretAccessKey"), Some("s3"));
+        assert_eq!(xml_value(xml, "SessionToken"), None);
     }
 
     #[test]

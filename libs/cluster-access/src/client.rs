@@ -31,7 +31,7 @@ fn some(s: &str) -> Option<String> {
 }
 
 /// Every request of the client is bounded by `timeout`.
-pub fn build(server: &str, config: &ClusterConfig, timeout: Duration) -> Result<kube::Client, ClientError> {
+pub async fn build(server: &str, config: &ClusterConfig, timeout: Duration) -> Result<kube::Client, ClientError> {
     let uri: http::Uri = server.parse().map_err(|e: http::uri::InvalidUri| ClientError::ServerUrl(e.to_string()))?;
     let mut cfg = kube::Config::new(uri);
     cfg.connect_timeout = Some(timeout);
@@ -58,11 +58,11 @@ pub fn build(server: &str, config: &ClusterConfig, timeout: Duration) -> Result<
     }
     if let Some(aws) = config.aws_auth_config.as_ref().filter(|a| !a.cluster_name.is_empty()) {
         // An EKS token lasts 15 minutes; `Clients` rebuilds such clients well before that.
-        if !aws.role_arn.is_empty() {
-            return Err(crate::aws::AwsError::RoleUnsupported.into());
-        }
-        let creds = crate::aws::Credentials::load(&aws.profile)?;
+        let mut creds = crate::aws::Credentials::load(&aws.profile)?;
         let region = std::env::var("AWS_REGION").or_else(|_| std::env::var("AWS_DEFAULT_REGION")).unwrap_or_default();
+        if !aws.role_arn.is_empty() {
+            creds = crate::aws::assume_role(&creds, &aws.role_arn, &region, chrono::Utc::now()).await?;
+        }
         let token = crate::aws::eks_token(&aws.cluster_name, &region, &creds, chrono::Utc::now());
         auth.token = Some(SecretString::from(token));
     }

@@ -176,23 +176,23 @@ type CachedClient = (Arc<ClusterConfig>, kube::Client, std::time::Instant);
 const AWS_TOKEN_REFRESH: Duration = Duration::from_secs(600);
 
 impl Clients {
-    pub fn get(&self, id: &str, server: &str, config: &Arc<ClusterConfig>, timeout: Duration) -> Result<kube::Client, client::ClientError> {
-        let mut clients = lock(&self.clients);
+    pub async fn get(&self, id: &str, server: &str, config: &Arc<ClusterConfig>, timeout: Duration) -> Result<kube::Client, client::ClientError> {
         let aws = config.aws_auth_config.as_ref().is_some_and(|a| !a.cluster_name.is_empty());
-        if let Some((cfg, c, built)) = clients.get(id)
+        if let Some((cfg, c, built)) = lock(&self.clients).get(id)
             && (Arc::ptr_eq(cfg, config) || **cfg == **config)
             && !(aws && built.elapsed() > AWS_TOKEN_REFRESH)
         {
             return Ok(c.clone());
         }
+        // Built outside the lock: building may call STS.
         let c = if server == IN_CLUSTER_SERVER {
             // The built-in entry means "the cluster this runs in": its service account, as Argo CD.
             let cfg = kube::Config::incluster().map_err(|e| client::ClientError::Build(e.to_string()))?;
             kube::Client::try_from(cfg).map_err(|e| client::ClientError::Build(e.to_string()))?
         } else {
-            client::build(server, config, timeout)?
+            client::build(server, config, timeout).await?
         };
-        clients.insert(id.to_string(), (config.clone(), c.clone(), std::time::Instant::now()));
+        lock(&self.clients).insert(id.to_string(), (config.clone(), c.clone(), std::time::Instant::now()));
         Ok(c)
     }
 

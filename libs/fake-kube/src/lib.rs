@@ -49,6 +49,10 @@ struct Inner {
     aws_clusters: BTreeSet<String>,
     /// Tokens issued through TokenRequest, by "namespace/serviceaccount".
     token_requests: Vec<(String, String)>,
+    /// Role ARNs asked for through the STS AssumeRole endpoint this server also plays.
+    assumed_roles: Vec<String>,
+    /// Access key ids that signed the EKS tokens accepted so far.
+    aws_keys_seen: Vec<String>,
     /// Secrets by "namespace/name": (type, service-account annotation, token).
     secrets: std::collections::BTreeMap<String, Secret>,
     created: u64,
@@ -160,19 +164,36 @@ fn core_objects(s: &mut Inner, method: &axum::http::Method, path: &str, body: &[
 }
 
 /// An EKS token: `k8s-aws-v1.` + base64url of a presigned STS GetCallerIdentity URL whose signed
-/// headers include the cluster id header.
-fn aws_token_ok(token: &str, clusters: &BTreeSet<String>) -> bool {
+/// headers include the cluster id header. Answers the access key id that signed it.
+fn aws_token_key(token: &str, clusters: &BTreeSet<String>) -> Option<String> {
     use base64::Engine;
     if clusters.is_empty() {
-        return false;
+        return None;
     }
-    let Some(encoded) = token.strip_prefix("k8s-aws-v1.") else { return false };
-    let Ok(url) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(encoded) else { return false };
+    let encoded = token.strip_prefix("k8s-aws-v1.")?;
+    let url = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(encoded).ok()?;
     let url = String::from_utf8_lossy(&url);
-    url.starts_with("https://sts.")
+    let ok = url.starts_with("https://sts.")
         && url.contains("Action=GetCallerIdentity")
         && url.contains("X-Amz-SignedHeaders=host%3Bx-k8s-aws-id")
-        && url.contains("X-Amz-Signature=")
+        && url.contains("X-Amz-Signature=");
+    let credential = url.split('&').find_map(|p| p.strip_prefix("X-Amz-Credential="))?;
+    ok.then(|| credential.split("%2F").next().unwrap_or_default().to_string())
+}
+
+/// STS AssumeRole, as this server plays it for tests: any presigned request gets fixed
+/// temporary credentials.
+fn assume_role(s: &mut Inner, query: &str) -> Response {
+    let param = |name: &str| url::form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned());
+    if param("X-Amz-Signature").is_none() || param("X-Amz-Credential").is_none() {
+        return (axum::http::StatusCode::FORBIDDEN, "<ErrorResponse><Error><Code>MissingAuthenticationToken</Code></Error></ErrorResponse>").into_response();
+    }
+    s.assumed_roles.push(param("RoleArn").unwrap_or_default());
+    let xml = "<AssumeRoleResponse><AssumeRoleResult><Credentials>\
+        <AccessKeyId>ASIAFAKEASSUMED</AccessKeyId><SecretAccessKey>fake-assumed-secret</SecretAccessKey>\
+        <SessionToken>fake-session-token</SessionToken><Expiration>2099-01-01T00:00:00Z</Expiration>\
+        </Credentials></AssumeRoleResult></AssumeRoleResponse>";
+    ([(axum::http::header::CONTENT_TYPE, "text/xml")], xml).into_response()
 }
 
 fn rand_suffix() -> String {
@@ -229,6 +250,11 @@ fn resource_list(gv: &GroupVersion) -> Value {
 }
 
 async fn handle(State(inner): State<Arc<Mutex<Inner>>>, req: Request) -> Response {
+    if req.uri().path() == "/" && req.uri().query().is_some_and(|q| q.contains("Action=AssumeRole")) {
+        let query = req.uri().query().unwrap_or_default().to_string();
+        let mut s = inner.lock().unwrap_or_else(|p| p.into_inner());
+        return assume_role(&mut s, &query);
+    }
     let (mode, git_version, groups, token_ok) = {
         let mut s = inner.lock().unwrap_or_else(|p| p.into_inner());
         s.requests += 1;
@@ -238,7 +264,11 @@ async fn handle(State(inner): State<Arc<Mutex<Inner>>>, req: Request) -> Respons
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::to_string);
-        let token_ok = bearer.as_ref().is_some_and(|t| s.tokens.contains(t) || aws_token_ok(t, &s.aws_clusters));
+        let aws_key = bearer.as_ref().and_then(|t| aws_token_key(t, &s.aws_clusters));
+        let token_ok = bearer.as_ref().is_some_and(|t| s.tokens.contains(t)) || aws_key.is_some();
+        if let Some(k) = aws_key {
+            s.aws_keys_seen.push(k);
+        }
         (s.mode, s.git_version.clone(), s.groups.clone(), token_ok)
     };
     match mode {
@@ -347,6 +377,8 @@ impl FakeKube {
             service_accounts: BTreeSet::from(["kube-system/argocd-manager".to_string()]),
             aws_clusters: BTreeSet::new(),
             token_requests: Vec::new(),
+            assumed_roles: Vec::new(),
+            aws_keys_seen: Vec::new(),
             secrets: Default::default(),
             created: 0,
         }));
@@ -426,6 +458,16 @@ impl FakeKube {
     /// Accepts EKS tokens (AWS IAM authentication) for `cluster_name`.
     pub fn accept_aws(&self, cluster_name: &str) {
         self.inner.lock().unwrap_or_else(|p| p.into_inner()).aws_clusters.insert(cluster_name.into());
+    }
+
+    /// Role ARNs requested through STS AssumeRole so far.
+    pub fn assumed_roles(&self) -> Vec<String> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).assumed_roles.clone()
+    }
+
+    /// Access key ids that signed the EKS tokens accepted so far.
+    pub fn aws_keys_seen(&self) -> Vec<String> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).aws_keys_seen.clone()
     }
 
     /// Whether `token` is accepted now.

@@ -198,8 +198,8 @@ impl AuthRotation {
         Err(RotationError::Unavailable("the rotation service is behind the log; retry".into()))
     }
 
-    fn client(&self, id: &str, server: &str, config: &Arc<ClusterConfig>) -> Result<kube::Client, RotationError> {
-        self.clients.get(id, server, config, self.config.timeout).map_err(|e| RotationError::Cluster(corral_cluster_access::redact(e.to_string(), config)))
+    async fn client(&self, id: &str, server: &str, config: &Arc<ClusterConfig>) -> Result<kube::Client, RotationError> {
+        self.clients.get(id, server, config, self.config.timeout).await.map_err(|e| RotationError::Cluster(corral_cluster_access::redact(e.to_string(), config)))
     }
 
     async fn rotate_inner(&self, req: RotateAuth) -> Result<(), RotationError> {
@@ -218,7 +218,7 @@ impl AuthRotation {
             return Err(RotationError::Precondition("the cluster has no bearer token to rotate".into()));
         }
         let (ns, sa_name) = sa;
-        let client = self.client(&id, &server, &config)?;
+        let client = self.client(&id, &server, &config).await?;
         let describe = |e: kube::Error| RotationError::Cluster(corral_cluster_access::describe(&e, &config));
         let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns);
         accounts.get(&sa_name).await.map_err(describe)?;
@@ -324,6 +324,7 @@ impl AuthRotation {
         let mut new_config = (**config).clone();
         new_config.bearer_token = token;
         let check = corral_cluster_access::client::build(server, &new_config, self.config.timeout)
+            .await
             .map_err(|e| RotationError::Cluster(e.to_string()))?;
         check.apiserver_version().await.map_err(|e| RotationError::Cluster(format!("the new token does not work: {}", corral_cluster_access::describe(&e, &new_config))))?;
         let update = Command {
@@ -354,7 +355,7 @@ impl AuthRotation {
             })
             .collect();
         for (id, server, config, r, side_seq) in due {
-            let Ok(client) = self.client(&id, &server, &config) else { continue };
+            let Ok(client) = self.client(&id, &server, &config).await else { continue };
             let secrets: Api<Secret> = Api::namespaced(client, &r.namespace);
             match secrets.delete(&r.old_secret, &DeleteParams::default()).await {
                 Ok(_) => {}

@@ -167,7 +167,7 @@ impl CacheInvalidation {
         let budget = self.config.timeout * 4;
         let outcome = match &config {
             None => Err("the cluster's credentials cannot be opened".to_string()),
-            Some(config) => match self.clients.get(id, &server, config, self.config.timeout) {
+            Some(config) => match self.clients.get(id, &server, config, self.config.timeout).await {
                 Err(e) => Err(corral_cluster_access::redact(e.to_string(), config)),
                 Ok(client) => match tokio::time::timeout(budget, discover(&client)).await {
                     Ok(Ok(counts)) => Ok(counts),

@@ -157,7 +157,7 @@ impl HealthProbe {
         let failed = |message: String| Observed { status: "Failed".into(), message, server_version: String::new() };
         let observed = match config {
             None => failed("the cluster's credentials cannot be opened".into()),
-            Some(config) => match self.clients.get(&id, &server, &config, self.config.timeout) {
+            Some(config) => match self.clients.get(&id, &server, &config, self.config.timeout).await {
                 Err(e) => failed(corral_cluster_access::redact(e.to_string(), &config)),
                 Ok(c) => match tokio::time::timeout(self.config.timeout, c.apiserver_version()).await {
                     Ok(Ok(info)) => Observed { status: "Successful".into(), message: String::new(), server_version: major_minor(&info) },

@@ -296,6 +296,20 @@ impl Deployment {
 
     /// A health-probe process probing every `interval_seconds`, each request bounded by `timeout_seconds`.
     pub async fn spawn_health_probe(&self, interval_seconds: f64, timeout_seconds: f64) -> ServiceProcess {
+        self.spawn_health_probe_with(interval_seconds, timeout_seconds, &[]).await
+    }
+
+    /// A health-probe process with extra environment variables.
+    pub async fn spawn_health_probe_with(&self, interval_seconds: f64, timeout_seconds: f64, extra_env: &[(&str, &str)]) -> ServiceProcess {
+        let mut env: Vec<(String, String)> = vec![
+            ("CORRAL_SEAL_KEY".into(), self.seal_key.clone()),
+            // Example credentials for clusters with AWS IAM authentication (never sent to AWS:
+            // the fake API servers only check the token's shape).
+            ("AWS_ACCESS_KEY_ID".into(), "AKIDEXAMPLE".into()),
+            ("AWS_SECRET_ACCESS_KEY".into(), "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY".into()),
+            ("AWS_REGION".into(), "eu-west-1".into()),
+        ];
+        env.extend(extra_env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         ServiceProcess::spawn(
             &workspace_bin("corral-health-probe"),
             &[
@@ -306,14 +320,7 @@ impl Deployment {
                 "--timeout-seconds".into(),
                 timeout_seconds.to_string(),
             ],
-            &[
-                ("CORRAL_SEAL_KEY".into(), self.seal_key.clone()),
-                // Example credentials for clusters with AWS IAM authentication (never sent to AWS:
-                // the fake API servers only check the token's shape).
-                ("AWS_ACCESS_KEY_ID".into(), "AKIDEXAMPLE".into()),
-                ("AWS_SECRET_ACCESS_KEY".into(), "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY".into()),
-                ("AWS_REGION".into(), "eu-west-1".into()),
-            ],
+            &env,
             "health-probe ready",
             Duration::from_secs(60),
         )
