@@ -125,6 +125,34 @@ async fn the_health_probe_records_what_each_cluster_answers() {
     assert!(message.contains("certificate") || message.contains("tls") || message.contains("issuer"), "{message}");
     println!("wrong CA → {message}");
 
+    // `insecure` skips verification; `serverName` picks the name the certificate is checked for;
+    // username and password; a server answering 500.
+    let insecure = format!("{}/k/insecure", fake.url());
+    create(&api, json!({"server": insecure, "name": "insecure", "config": {"bearerToken": "good-token", "tlsClientConfig": {"insecure": true}}})).await;
+    let (c, _) = wait_state(&api, &insecure, Duration::from_secs(2), |c| status(c) != "Unknown").await;
+    assert_eq!(status(&c), "Successful", "{c}");
+    let named = format!("{}/k/named", fake.url());
+    create(&api, json!({"server": named, "name": "named", "config": {"bearerToken": "good-token", "tlsClientConfig": {"caData": b64(fake.ca_pem()), "serverName": "localhost"}}})).await;
+    let (c, _) = wait_state(&api, &named, Duration::from_secs(2), |c| status(c) != "Unknown").await;
+    assert_eq!(status(&c), "Successful", "{c}");
+    let misnamed = format!("{}/k/misnamed", fake.url());
+    create(&api, json!({"server": misnamed, "name": "misnamed", "config": {"bearerToken": "good-token", "tlsClientConfig": {"caData": b64(fake.ca_pem()), "serverName": "not-this-server.example"}}})).await;
+    let (c, _) = wait_state(&api, &misnamed, Duration::from_secs(2), |c| status(c) != "Unknown").await;
+    assert_eq!(status(&c), "Failed", "{c}");
+    fake.add_basic("probe-user", "probe-password-1");
+    let basic = format!("{}/k/basic", fake.url());
+    create(&api, json!({"server": basic, "name": "basic", "config": {"username": "probe-user", "password": "probe-password-1", "tlsClientConfig": {"caData": b64(fake.ca_pem())}}})).await;
+    let (c, _) = wait_state(&api, &basic, Duration::from_secs(2), |c| status(c) != "Unknown").await;
+    assert_eq!(status(&c), "Successful", "{c}");
+    fake.set_mode(Mode::Error500);
+    let (c, _) = wait_state(&api, &basic, interval * 3, |c| status(c) == "Failed").await;
+    assert!(c["connectionState"]["message"].as_str().is_some_and(|m| m.contains("500")), "{c}");
+    fake.set_mode(Mode::Up);
+    for server in [&insecure, &named, &misnamed, &basic] {
+        let resp = api.http.delete(api.url(&format!("/api/v1/clusters/{}", enc(server)))).send().await.expect("send");
+        assert_eq!(resp.status().as_u16(), 200);
+    }
+
     // Client certificate and key instead of a token.
     let (cert, key) = other.issue_client_cert("probe");
     let by_cert = other.url();

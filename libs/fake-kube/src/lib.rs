@@ -53,6 +53,8 @@ struct Inner {
     assumed_roles: Vec<String>,
     /// Access key ids that signed the EKS tokens accepted so far.
     aws_keys_seen: Vec<String>,
+    /// Accepted basic-auth pairs, as "user:password".
+    basic: BTreeSet<String>,
     /// Secrets by "namespace/name": (type, service-account annotation, token).
     secrets: std::collections::BTreeMap<String, Secret>,
     created: u64,
@@ -265,7 +267,17 @@ async fn handle(State(inner): State<Arc<Mutex<Inner>>>, req: Request) -> Respons
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::to_string);
         let aws_key = bearer.as_ref().and_then(|t| aws_token_key(t, &s.aws_clusters));
-        let token_ok = bearer.as_ref().is_some_and(|t| s.tokens.contains(t)) || aws_key.is_some();
+        let basic_ok = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Basic "))
+            .and_then(|b| {
+                use base64::Engine;
+                base64::engine::general_purpose::STANDARD.decode(b).ok()
+            })
+            .is_some_and(|pair| s.basic.contains(String::from_utf8_lossy(&pair).as_ref()));
+        let token_ok = bearer.as_ref().is_some_and(|t| s.tokens.contains(t)) || aws_key.is_some() || basic_ok;
         if let Some(k) = aws_key {
             s.aws_keys_seen.push(k);
         }
@@ -379,6 +391,7 @@ impl FakeKube {
             token_requests: Vec::new(),
             assumed_roles: Vec::new(),
             aws_keys_seen: Vec::new(),
+            basic: BTreeSet::new(),
             secrets: Default::default(),
             created: 0,
         }));
@@ -458,6 +471,11 @@ impl FakeKube {
     /// Accepts EKS tokens (AWS IAM authentication) for `cluster_name`.
     pub fn accept_aws(&self, cluster_name: &str) {
         self.inner.lock().unwrap_or_else(|p| p.into_inner()).aws_clusters.insert(cluster_name.into());
+    }
+
+    /// Accepts HTTP basic authentication with `user` and `password`.
+    pub fn add_basic(&self, user: &str, password: &str) {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).basic.insert(format!("{user}:{password}"));
     }
 
     /// Role ARNs requested through STS AssumeRole so far.
