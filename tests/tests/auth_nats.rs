@@ -76,7 +76,12 @@ async fn create_token(admin: &Api, account: &str, body: Value) -> String {
 }
 
 fn servers(list_body: &str) -> Vec<String> {
-    json_of(list_body)["items"].as_array().expect("items").iter().map(|c| c["server"].as_str().unwrap_or_default().to_string()).collect()
+    json_of(list_body)["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|c| c["server"].as_str().unwrap_or_default().to_string())
+        .collect()
 }
 
 fn forged(claims: Value, header: Value, key: &[u8]) -> String {
@@ -97,7 +102,8 @@ async fn accounts_tokens_and_rbac_across_two_gateways() {
     let admin0 = d.api(0).await;
     let admin1 = d.api(1).await;
     let anon = admin0.anonymous();
-    let mut secrets_seen: Vec<String> = vec![admin0.token.clone().expect("token"), admin1.token.clone().expect("token")];
+    let mut secrets_seen: Vec<String> =
+        vec![admin0.token.clone().expect("token"), admin1.token.clone().expect("token")];
 
     // --- No token, a bad token: 401 / Unauthenticated, on REST and gRPC.
     let (s, b) = get(&anon, "/api/v1/clusters").await;
@@ -106,7 +112,8 @@ async fn accounts_tokens_and_rbac_across_two_gateways() {
     let err = anon.grpc.clone().list(ClusterQuery::default()).await.expect_err("anonymous gRPC");
     assert_eq!(err.code(), tonic::Code::Unauthenticated);
     let now = chrono::Utc::now().timestamp();
-    let admin_claims = json!({"iss": "argocd", "sub": "admin:login", "jti": "x", "iat": now, "nbf": now, "exp": now + 3600});
+    let admin_claims =
+        json!({"iss": "argocd", "sub": "admin:login", "jti": "x", "iat": now, "nbf": now, "exp": now + 3600});
     for bad in [
         "garbage".to_string(),
         forged(admin_claims.clone(), json!({"alg": "none", "typ": "JWT"}), b""),
@@ -114,7 +121,8 @@ async fn accounts_tokens_and_rbac_across_two_gateways() {
     ] {
         let (s, b) = get(&admin0.with_token(Some(&bad)), "/api/v1/clusters").await;
         assert_eq!(s, 401, "token {bad:?} was accepted: {b}");
-        let err = admin0.with_token(Some(&bad)).grpc.list(ClusterQuery::default()).await.expect_err("bad token over gRPC");
+        let err =
+            admin0.with_token(Some(&bad)).grpc.list(ClusterQuery::default()).await.expect_err("bad token over gRPC");
         assert_eq!(err.code(), tonic::Code::Unauthenticated);
     }
 
@@ -143,7 +151,13 @@ async fn accounts_tokens_and_rbac_across_two_gateways() {
 
     // --- Clusters A, B, C as the admin.
     for (server, name) in [(A, "a"), (B, "b"), (C, "c")] {
-        let (s, b) = call(&admin0, reqwest::Method::POST, "/api/v1/clusters", Some(json!({"server": server, "name": name, "config": {"bearerToken": "cluster-secret"}}))).await;
+        let (s, b) = call(
+            &admin0,
+            reqwest::Method::POST,
+            "/api/v1/clusters",
+            Some(json!({"server": server, "name": name, "config": {"bearerToken": "cluster-secret"}})),
+        )
+        .await;
         assert_eq!(s, 200, "{b}");
     }
 
@@ -156,13 +170,26 @@ async fn accounts_tokens_and_rbac_across_two_gateways() {
     let (s, b) = get(&reader1, "/api/v1/clusters").await;
     assert_eq!(s, 200, "{b}");
     assert_eq!(servers(&b).len(), 4, "reader sees every cluster: {b}");
-    let (s, b) = call(&reader1, reqwest::Method::POST, "/api/v1/clusters", Some(json!({"server": "https://new.example.com", "name": "new"}))).await;
+    let (s, b) = call(
+        &reader1,
+        reqwest::Method::POST,
+        "/api/v1/clusters",
+        Some(json!({"server": "https://new.example.com", "name": "new"})),
+    )
+    .await;
     assert_eq!(s, 403, "{b}");
     assert_eq!(json_of(&b)["code"], 7);
     let err = reader1
         .grpc
         .clone()
-        .create(ClusterCreateRequest { cluster: Some(corral_proto::v1alpha1::Cluster { server: "https://new.example.com".into(), name: "new".into(), ..Default::default() }), upsert: false })
+        .create(ClusterCreateRequest {
+            cluster: Some(corral_proto::v1alpha1::Cluster {
+                server: "https://new.example.com".into(),
+                name: "new".into(),
+                ..Default::default()
+            }),
+            upsert: false,
+        })
         .await
         .expect_err("reader may not create");
     assert_eq!(err.code(), tonic::Code::PermissionDenied);
@@ -193,7 +220,8 @@ async fn accounts_tokens_and_rbac_across_two_gateways() {
     let list = json_of(&b);
     let ci = list["items"].as_array().expect("items").iter().find(|a| a["name"] == "ci-reader").expect("ci-reader");
     assert_eq!(ci["capabilities"], json!(["apiKey"]));
-    let ids: Vec<_> = ci["tokens"].as_array().expect("tokens").iter().map(|t| t["id"].as_str().unwrap_or_default()).collect();
+    let ids: Vec<_> =
+        ci["tokens"].as_array().expect("tokens").iter().map(|t| t["id"].as_str().unwrap_or_default()).collect();
     assert!(ids.contains(&"reader-1") && ids.contains(&"reader-short"), "{b}");
     for t in ci["tokens"].as_array().expect("tokens") {
         assert!(t["issuedAt"].as_i64().is_some_and(|i| i > 0), "{t}");
@@ -221,7 +249,13 @@ async fn accounts_tokens_and_rbac_across_two_gateways() {
     }
 
     // --- Alice: her password set by the admin; she logs in through gateway 1.
-    let (s, b) = call(&admin0, reqwest::Method::PUT, "/api/v1/account/password", Some(json!({"name": "alice", "currentPassword": ADMIN_PASSWORD, "newPassword": ALICE_PASSWORD}))).await;
+    let (s, b) = call(
+        &admin0,
+        reqwest::Method::PUT,
+        "/api/v1/account/password",
+        Some(json!({"name": "alice", "currentPassword": ADMIN_PASSWORD, "newPassword": ALICE_PASSWORD})),
+    )
+    .await;
     assert_eq!(s, 200, "{b}");
     let alice = admin1.as_user("alice", ALICE_PASSWORD).await;
     secrets_seen.push(alice.token.clone().expect("token"));
@@ -233,12 +267,30 @@ async fn accounts_tokens_and_rbac_across_two_gateways() {
     assert_eq!(get(&alice, &format!("/api/v1/clusters/{}", enc(A))).await.0, 200);
 
     // Update of B carrying A's URL in the body: checked against the stored B → 403.
-    let (s, b) = call(&alice, reqwest::Method::PUT, &format!("/api/v1/clusters/{}?updatedFields=labels", enc(B)), Some(json!({"server": A, "name": "a", "labels": {"x": "y"}}))).await;
+    let (s, b) = call(
+        &alice,
+        reqwest::Method::PUT,
+        &format!("/api/v1/clusters/{}?updatedFields=labels", enc(B)),
+        Some(json!({"server": A, "name": "a", "labels": {"x": "y"}})),
+    )
+    .await;
     assert_eq!(s, 403, "{b}");
     // Her own cluster she may update, but not move to a project she has no rights in, nor delete.
-    let (s, b) = call(&alice, reqwest::Method::PUT, &format!("/api/v1/clusters/{}?updatedFields=labels", enc(A)), Some(json!({"server": A, "labels": {"team": "a"}}))).await;
+    let (s, b) = call(
+        &alice,
+        reqwest::Method::PUT,
+        &format!("/api/v1/clusters/{}?updatedFields=labels", enc(A)),
+        Some(json!({"server": A, "labels": {"team": "a"}})),
+    )
+    .await;
     assert_eq!(s, 200, "{b}");
-    let (s, b) = call(&alice, reqwest::Method::PUT, &format!("/api/v1/clusters/{}?updatedFields=project", enc(A)), Some(json!({"server": A, "project": "other"}))).await;
+    let (s, b) = call(
+        &alice,
+        reqwest::Method::PUT,
+        &format!("/api/v1/clusters/{}?updatedFields=project", enc(A)),
+        Some(json!({"server": A, "project": "other"})),
+    )
+    .await;
     assert_eq!(s, 403, "{b}");
     let (s, b) = call(&alice, reqwest::Method::DELETE, &format!("/api/v1/clusters/{}", enc(A)), None).await;
     assert_eq!(s, 403, "{b}");
@@ -262,13 +314,28 @@ async fn accounts_tokens_and_rbac_across_two_gateways() {
 
     // --- A password change ends older sessions on every replica; the new password works.
     let alice0 = admin0.with_token(alice.token.as_deref());
-    let (s, b) = call(&alice, reqwest::Method::PUT, "/api/v1/account/password", Some(json!({"currentPassword": ALICE_PASSWORD, "newPassword": "alice-password-2"}))).await;
+    let (s, b) = call(
+        &alice,
+        reqwest::Method::PUT,
+        "/api/v1/account/password",
+        Some(json!({"currentPassword": ALICE_PASSWORD, "newPassword": "alice-password-2"})),
+    )
+    .await;
     assert_eq!(s, 200, "{b}");
-    within(Duration::from_secs(1), async || get(&alice0, "/api/v1/clusters").await.0 == 401 && get(&alice, "/api/v1/clusters").await.0 == 401).await;
+    within(Duration::from_secs(1), async || {
+        get(&alice0, "/api/v1/clusters").await.0 == 401 && get(&alice, "/api/v1/clusters").await.0 == 401
+    })
+    .await;
     let alice = admin0.as_user("alice", "alice-password-2").await;
     assert_eq!(get(&alice, "/api/v1/clusters").await.0, 200);
     // A wrong current password changes nothing.
-    let (s, _) = call(&alice, reqwest::Method::PUT, "/api/v1/account/password", Some(json!({"currentPassword": "wrong-wrong", "newPassword": "alice-password-3"}))).await;
+    let (s, _) = call(
+        &alice,
+        reqwest::Method::PUT,
+        "/api/v1/account/password",
+        Some(json!({"currentPassword": "wrong-wrong", "newPassword": "alice-password-3"})),
+    )
+    .await;
     assert_eq!(s, 400);
 
     // --- Logout on one replica ends the session on both.
@@ -298,7 +365,8 @@ async fn accounts_tokens_and_rbac_across_two_gateways() {
 
     // --- Disabling an account in the configuration file ends its tokens (file is watched).
     let path = d.accounts_file.as_ref().expect("accounts file").path().to_path_buf();
-    std::fs::write(&path, format!("{ACCOUNTS}\n\"accounts.ci-deployer.enabled\" = \"false\"\n")).expect("rewrite accounts");
+    std::fs::write(&path, format!("{ACCOUNTS}\n\"accounts.ci-deployer.enabled\" = \"false\"\n"))
+        .expect("rewrite accounts");
     let deployer1 = admin1.with_token(Some(&deployer));
     within(Duration::from_secs(5), async || get(&deployer1, "/api/v1/clusters").await.0 == 401).await;
 
@@ -335,7 +403,10 @@ async fn accounts_tokens_and_rbac_across_two_gateways() {
         }
         assert!(files_containing(d.nats.store_dir(), n).is_empty(), "the JetStream store holds {shown}...");
         for g in &d.gateways {
-            assert!(!g.logs().iter().any(|l| l.as_bytes().windows(n.len()).any(|w| w == n.as_slice())), "a gateway log holds {shown}...");
+            assert!(
+                !g.logs().iter().any(|l| l.as_bytes().windows(n.len()).any(|w| w == n.as_slice())),
+                "a gateway log holds {shown}..."
+            );
         }
     }
 }

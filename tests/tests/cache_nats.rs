@@ -55,18 +55,39 @@ async fn invalidate_cache_resyncs_the_discovery_counts() {
 
     // The cluster's discovery changes; nothing asks for a refresh, so the cache stays.
     let mut groups = vec![
-        GroupVersion { group: String::new(), version: "v1".into(), kinds: ["Pod", "Service", "Secret", "ServiceAccount", "Namespace", "ConfigMap"].map(String::from).to_vec() },
-        GroupVersion { group: "apps".into(), version: "v1".into(), kinds: ["Deployment", "StatefulSet", "DaemonSet"].map(String::from).to_vec() },
-        GroupVersion { group: "batch".into(), version: "v1".into(), kinds: ["Job", "CronJob"].map(String::from).to_vec() },
+        GroupVersion {
+            group: String::new(),
+            version: "v1".into(),
+            kinds: ["Pod", "Service", "Secret", "ServiceAccount", "Namespace", "ConfigMap"].map(String::from).to_vec(),
+        },
+        GroupVersion {
+            group: "apps".into(),
+            version: "v1".into(),
+            kinds: ["Deployment", "StatefulSet", "DaemonSet"].map(String::from).to_vec(),
+        },
+        GroupVersion {
+            group: "batch".into(),
+            version: "v1".into(),
+            kinds: ["Job", "CronJob"].map(String::from).to_vec(),
+        },
     ];
-    groups.push(GroupVersion { group: "example.com".into(), version: "v1".into(), kinds: vec!["Widget".into(), "Gadget".into()] });
+    groups.push(GroupVersion {
+        group: "example.com".into(),
+        version: "v1".into(),
+        kinds: vec!["Widget".into(), "Gadget".into()],
+    });
     fake.set_groups(groups);
     // Sync times are to the second: make sure the next one falls in a later second.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(get(&api, &server).await["info"]["cacheInfo"]["apisCount"], 3, "no refresh was asked for");
 
     // invalidate-cache answers the cluster with refreshRequestedAt; the fresh counts follow.
-    let resp = api.http.post(api.url(&format!("/api/v1/clusters/{}/invalidate-cache", enc(&server)))).send().await.expect("send");
+    let resp = api
+        .http
+        .post(api.url(&format!("/api/v1/clusters/{}/invalidate-cache", enc(&server))))
+        .send()
+        .await
+        .expect("send");
     assert_eq!(resp.status().as_u16(), 200);
     let answered: Value = resp.json().await.expect("json");
     assert!(answered["refreshRequestedAt"].as_str().is_some_and(|t| t.ends_with('Z')), "{answered}");

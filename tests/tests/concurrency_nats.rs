@@ -20,7 +20,8 @@ async fn stored_event_types(d: &common::Deployment, subject: &str) -> Vec<String
         let Some(last) = batch.last() else { break };
         from = last.seq + 1;
         for e in batch.iter().filter(|e| e.subject == subject) {
-            let t = e.headers.iter().find(|(k, _)| k == "Corral-Event-Type").map(|(_, v)| v.clone()).unwrap_or_default();
+            let t =
+                e.headers.iter().find(|(k, _)| k == "Corral-Event-Type").map(|(_, v)| v.clone()).unwrap_or_default();
             out.push(t);
         }
     }
@@ -93,7 +94,8 @@ async fn writes_are_read_back_at_once_through_any_replica() {
         assert_eq!(s, StatusCode::OK, "{body}");
         let (s, got) = rest_get(r, &format!("/api/v1/clusters/{}", escape(&server))).await;
         assert_eq!(s, StatusCode::OK, "write {i} not visible through the other gateway: {got}");
-        let list = r.grpc.clone().list(corral_proto::cluster::ClusterQuery::default()).await.expect("list").into_inner();
+        let list =
+            r.grpc.clone().list(corral_proto::cluster::ClusterQuery::default()).await.expect("list").into_inner();
         assert!(list.items.iter().any(|c| c.server == server), "write {i} missing from list");
         // And an update is visible at once too.
         let (s, _) = common::suite::rest_put(
@@ -118,13 +120,18 @@ async fn a_command_expecting_a_stale_version_is_refused_and_changes_nothing() {
     let d = common::Deployment::start(1, 1).await;
     let api = d.api(0).await;
     let server = "https://versioned.example.com";
-    let (s, _) = common::suite::rest_post(&api, "/api/v1/clusters", serde_json::json!({"server": server, "name": "versioned"})).await;
+    let (s, _) =
+        common::suite::rest_post(&api, "/api/v1/clusters", serde_json::json!({"server": server, "name": "versioned"}))
+            .await;
     assert!(s.is_success());
     let client = async_nats::connect(d.nats.url()).await.expect("nats");
     let registry = corral_registry::nats_rpc::NatsRegistryClient::new(client, std::time::Duration::from_secs(30));
     let get = || Query {
         linearizable: true,
-        kind: Some(query::Kind::Get(corral_proto::cluster::ClusterQuery { server: server.into(), ..Default::default() })),
+        kind: Some(query::Kind::Get(corral_proto::cluster::ClusterQuery {
+            server: server.into(),
+            ..Default::default()
+        })),
         ..Default::default()
     };
     let version = registry.query(get()).await.cluster_version;
@@ -133,7 +140,11 @@ async fn a_command_expecting_a_stale_version_is_refused_and_changes_nothing() {
         context: None,
         expected_version,
         kind: Some(command::Kind::Update(ClusterUpdateRequest {
-            cluster: Some(corral_proto::v1alpha1::Cluster { server: server.into(), labels: [("step".to_string(), label.to_string())].into(), ..Default::default() }),
+            cluster: Some(corral_proto::v1alpha1::Cluster {
+                server: server.into(),
+                labels: [("step".to_string(), label.to_string())].into(),
+                ..Default::default()
+            }),
             updated_fields: vec!["labels".into()],
             id: Some(ClusterId { r#type: "server".into(), value: server.into() }),
         })),

@@ -72,7 +72,7 @@ impl Writers {
         for t in self.tasks {
             let _ = t.await;
         }
-        
+
         self.acked.lock().expect("acked").clone()
     }
 }
@@ -125,7 +125,8 @@ async fn kill_9_of_registry_and_gateway_loses_no_acknowledged_write() {
     // The registry's projection survived kill -9; the new gateway built its view from zero.
     let survived = registry_list(&d).await;
     assert_eq!(survived.items.len(), stored.len());
-    let via_gateway = api.grpc.clone().list(corral_proto::cluster::ClusterQuery::default()).await.expect("list").into_inner();
+    let via_gateway =
+        api.grpc.clone().list(corral_proto::cluster::ClusterQuery::default()).await.expect("list").into_inner();
     assert_eq!(via_gateway, survived, "a view rebuilt from zero matches the surviving projection");
 
     // A registry that rebuilds its projection from zero answers the same.
@@ -190,6 +191,8 @@ async fn kill_9_of_the_all_in_one_on_the_embedded_log_loses_no_acknowledged_writ
     let (_p, addr) = start(dir.path().to_path_buf()).await;
     let api = common::wait_for_api(addr).await;
     assert_eq!(full_list(&api).await, survived, "rebuilt projection matches");
-    let (s, _) = rest_post(&api, "/api/v1/clusters", json!({"server": "https://after-rebuild.example.com", "name": "after"})).await;
+    let (s, _) =
+        rest_post(&api, "/api/v1/clusters", json!({"server": "https://after-rebuild.example.com", "name": "after"}))
+            .await;
     assert!(s.is_success());
 }

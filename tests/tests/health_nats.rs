@@ -68,7 +68,11 @@ async fn the_health_probe_records_what_each_cluster_answers() {
     let sts = other.url();
     let bundle = ca_bundle.path().display().to_string();
     let _probe = d
-        .spawn_health_probe_with(INTERVAL, TIMEOUT, &[("AWS_ENDPOINT_URL_STS", sts.as_str()), ("AWS_CA_BUNDLE", bundle.as_str())])
+        .spawn_health_probe_with(
+            INTERVAL,
+            TIMEOUT,
+            &[("AWS_ENDPOINT_URL_STS", sts.as_str()), ("AWS_CA_BUNDLE", bundle.as_str())],
+        )
         .await;
     let api = d.api(0).await;
     let interval = Duration::from_secs_f64(INTERVAL);
@@ -103,11 +107,20 @@ async fn the_health_probe_records_what_each_cluster_answers() {
 
     // A hanging server fails on the timeout; a new version is noticed.
     fake.set_mode(Mode::Hang);
-    let (c, _) = wait_state(&api, &ok, interval * 2 + Duration::from_secs_f64(TIMEOUT * 2.0), |c| status(c) == "Failed").await;
-    assert!(c["connectionState"]["message"].as_str().is_some_and(|m| m.contains("did not answer") || m.contains("timed out") || m.contains("timeout")), "{c}");
+    let (c, _) =
+        wait_state(&api, &ok, interval * 2 + Duration::from_secs_f64(TIMEOUT * 2.0), |c| status(c) == "Failed").await;
+    assert!(
+        c["connectionState"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("did not answer") || m.contains("timed out") || m.contains("timeout")),
+        "{c}"
+    );
     fake.set_mode(Mode::Up);
     fake.set_version("v1.32.4");
-    wait_state(&api, &ok, interval * 3 + Duration::from_secs_f64(TIMEOUT), |c| status(c) == "Successful" && c["serverVersion"] == "1.32").await;
+    wait_state(&api, &ok, interval * 3 + Duration::from_secs_f64(TIMEOUT), |c| {
+        status(c) == "Successful" && c["serverVersion"] == "1.32"
+    })
+    .await;
 
     // A wrong token: Failed with 401, and the token is nowhere in the message.
     let bad = fake.url().replace("127.0.0.1", "localhost");
@@ -194,12 +207,19 @@ async fn the_health_probe_records_what_each_cluster_answers() {
 
     // With roleARN: the probe assumes the role through STS first and signs with what it got.
     let by_role = format!("{}/k/eks-role", other.url());
-    create(&api, json!({"server": by_role, "name": "by-role", "config": {"tlsClientConfig": {"caData": b64(other.ca_pem())},
-        "awsAuthConfig": {"clusterName": "eks-prod", "roleARN": "arn:aws:iam::123456789012:role/corral-probe"}}})).await;
+    create(
+        &api,
+        json!({"server": by_role, "name": "by-role", "config": {"tlsClientConfig": {"caData": b64(other.ca_pem())},
+        "awsAuthConfig": {"clusterName": "eks-prod", "roleARN": "arn:aws:iam::123456789012:role/corral-probe"}}}),
+    )
+    .await;
     let (c, _) = wait_state(&api, &by_role, Duration::from_secs(3), |c| status(c) != "Unknown").await;
     assert_eq!(status(&c), "Successful", "{c}");
     assert_eq!(other.assumed_roles(), vec!["arn:aws:iam::123456789012:role/corral-probe".to_string()]);
-    assert!(other.aws_keys_seen().iter().any(|k| k == "ASIAFAKEASSUMED"), "the EKS token is signed with the assumed role's credentials");
+    assert!(
+        other.aws_keys_seen().iter().any(|k| k == "ASIAFAKEASSUMED"),
+        "the EKS token is signed with the assumed role's credentials"
+    );
     let resp = api.http.delete(api.url(&format!("/api/v1/clusters/{}", enc(&by_role)))).send().await.expect("send");
     assert_eq!(resp.status().as_u16(), 200);
 
@@ -235,7 +255,10 @@ async fn two_probe_replicas_split_the_fleet_and_the_survivor_takes_over() {
     let fake = FakeKube::start(&["fleet-token"]).await;
     let mut first = d.spawn_health_probe(INTERVAL, TIMEOUT).await;
     let second = d.spawn_health_probe(INTERVAL, TIMEOUT).await;
-    let survivor = format!("health-probe/{}", second.ready_line().rsplit("replica ").next().unwrap_or_default().trim_end_matches(')'));
+    let survivor = format!(
+        "health-probe/{}",
+        second.ready_line().rsplit("replica ").next().unwrap_or_default().trim_end_matches(')')
+    );
     // Let the replicas hear each other before the fleet arrives.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let api = d.api(0).await;
@@ -259,7 +282,10 @@ async fn two_probe_replicas_split_the_fleet_and_the_survivor_takes_over() {
     for server in &servers {
         wait_state(&api, server, interval * 4, |c| status(c) == "Failed").await;
     }
-    println!("every cluster observed by the survivor {:?} after the other replica died (interval {interval:?})", killed.elapsed());
+    println!(
+        "every cluster observed by the survivor {:?} after the other replica died (interval {interval:?})",
+        killed.elapsed()
+    );
     let after = observers(&d).await;
     for (cluster, actors) in &after {
         assert_eq!(actors.last(), Some(&survivor), "cluster {cluster} was last observed by {actors:?}");

@@ -37,7 +37,8 @@ async fn rotate_auth_swaps_the_token_and_retires_the_old_one_after_the_grace_per
         .expect("send");
     assert_eq!(resp.status().as_u16(), 200);
 
-    let resp = api.http.post(api.url(&format!("/api/v1/clusters/{}/rotate-auth", enc(&server)))).send().await.expect("send");
+    let resp =
+        api.http.post(api.url(&format!("/api/v1/clusters/{}/rotate-auth", enc(&server)))).send().await.expect("send");
     let status = resp.status().as_u16();
     let body = resp.text().await.unwrap_or_default();
     assert_eq!(status, 200, "{body}");
@@ -70,13 +71,21 @@ async fn rotate_auth_swaps_the_token_and_retires_the_old_one_after_the_grace_per
     let client = async_nats::connect(d.nats.url()).await.expect("nats");
     let log = corral_event_log::NatsLog::new(client, Default::default()).await.expect("log");
     for e in log.read(1, 1_000_000).await.expect("read") {
-        assert!(!e.payload.windows(new.len()).any(|w| w == new.as_bytes()), "event {} holds the new token in clear", e.seq);
+        assert!(
+            !e.payload.windows(new.len()).any(|w| w == new.as_bytes()),
+            "event {} holds the new token in clear",
+            e.seq
+        );
     }
 
     // gRPC RotateAuth rotates again.
     let mut g = api.grpc.clone();
     g.rotate_auth(ClusterQuery { server: server.clone(), ..Default::default() }).await.expect("gRPC rotate");
-    assert_eq!(fake.service_account_tokens("kube-system", "argocd-manager").len(), 2, "the second rotation adds a token");
+    assert_eq!(
+        fake.service_account_tokens("kube-system", "argocd-manager").len(),
+        2,
+        "the second rotation adds a token"
+    );
 
     // A rotation the cluster refuses leaves the old credentials in place, with a clear error.
     let other = FakeKube::start(&["kept-token"]).await;
@@ -91,7 +100,12 @@ async fn rotate_auth_swaps_the_token_and_retires_the_old_one_after_the_grace_per
         .await
         .expect("send");
     assert_eq!(resp.status().as_u16(), 200);
-    let resp = api.http.post(api.url(&format!("/api/v1/clusters/{}/rotate-auth", enc(&other_server)))).send().await.expect("send");
+    let resp = api
+        .http
+        .post(api.url(&format!("/api/v1/clusters/{}/rotate-auth", enc(&other_server))))
+        .send()
+        .await
+        .expect("send");
     let status = resp.status().as_u16();
     let body: serde_json::Value = resp.json().await.expect("json");
     assert_eq!(status, 400, "{body}");
@@ -122,7 +136,11 @@ async fn a_cluster_can_ask_for_scheduled_rotation() {
     let started = Instant::now();
     // Two rotations without anyone asking: the first token retired, a second new one issued.
     while fake.accepts("first-token") || fake.service_account_tokens("kube-system", "argocd-manager").len() < 2 {
-        assert!(started.elapsed() < Duration::from_secs(15), "no scheduled rotations: {:?}", fake.service_account_tokens("kube-system", "argocd-manager"));
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "no scheduled rotations: {:?}",
+            fake.service_account_tokens("kube-system", "argocd-manager")
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     println!("scheduled rotations seen after {:?}", started.elapsed());
@@ -146,7 +164,8 @@ async fn rotation_through_the_token_request_api() {
         .await
         .expect("send");
     assert_eq!(resp.status().as_u16(), 200);
-    let resp = api.http.post(api.url(&format!("/api/v1/clusters/{}/rotate-auth", enc(&server)))).send().await.expect("send");
+    let resp =
+        api.http.post(api.url(&format!("/api/v1/clusters/{}/rotate-auth", enc(&server)))).send().await.expect("send");
     assert_eq!(resp.status().as_u16(), 200, "{}", resp.text().await.unwrap_or_default());
     let bound = fake.token_request_tokens("kube-system", "argocd-manager");
     assert_eq!(bound.len(), 1, "one token from the TokenRequest API");
@@ -167,7 +186,8 @@ async fn rotation_through_the_token_request_api() {
         .await
         .expect("send");
     assert_eq!(resp.status().as_u16(), 200);
-    let resp = api.http.post(api.url(&format!("/api/v1/clusters/{}/rotate-auth", enc(&server)))).send().await.expect("send");
+    let resp =
+        api.http.post(api.url(&format!("/api/v1/clusters/{}/rotate-auth", enc(&server)))).send().await.expect("send");
     assert_eq!(resp.status().as_u16(), 400);
     assert_eq!(fake.token_request_tokens("kube-system", "argocd-manager").len(), 1);
 }

@@ -21,14 +21,24 @@ async fn no_credential_in_clear_in_the_stream_the_store_or_sled_files() {
     assert!(!events.is_empty());
     for e in &events {
         for secret in [TOKEN, PASSWORD] {
-            assert!(!e.payload.windows(secret.len()).any(|w| w == secret.as_bytes()), "event {} has a credential in clear", e.seq);
+            assert!(
+                !e.payload.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "event {} has a credential in clear",
+                e.seq
+            );
         }
     }
     // The scan sees what is stored: the server URL is there in clear.
     assert!(!files_containing(d.nats.store_dir(), b"sealed.example.com").is_empty(), "scan finds stored data");
     for secret in [TOKEN, PASSWORD] {
-        assert!(files_containing(d.nats.store_dir(), secret.as_bytes()).is_empty(), "JetStream store holds a credential in clear");
-        assert!(files_containing(d.registry_dirs[0].path(), secret.as_bytes()).is_empty(), "registry projection holds a credential in clear");
+        assert!(
+            files_containing(d.nats.store_dir(), secret.as_bytes()).is_empty(),
+            "JetStream store holds a credential in clear"
+        );
+        assert!(
+            files_containing(d.registry_dirs[0].path(), secret.as_bytes()).is_empty(),
+            "registry projection holds a credential in clear"
+        );
         let logs = d.registries[0].logs().join("\n") + &d.gateways[0].logs().join("\n");
         assert!(!logs.contains(secret), "a log line holds a credential");
     }

@@ -85,9 +85,7 @@ impl Obj {
 }
 
 pub fn format_time(t: &Time) -> String {
-    DateTime::<Utc>::from_timestamp(t.seconds, 0)
-        .unwrap_or_default()
-        .to_rfc3339_opts(SecondsFormat::Secs, true)
+    DateTime::<Utc>::from_timestamp(t.seconds, 0).unwrap_or_default().to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
 pub fn parse_time(s: &str) -> Result<Time, JsonError> {
@@ -96,7 +94,10 @@ pub fn parse_time(s: &str) -> Result<Time, JsonError> {
 }
 
 fn connection_state_json(c: &ConnectionState) -> Obj {
-    Obj::default().always("status", json!(c.status)).always("message", json!(c.message)).time("attemptedAt", &c.attempted_at)
+    Obj::default()
+        .always("status", json!(c.status))
+        .always("message", json!(c.message))
+        .time("attemptedAt", &c.attempted_at)
 }
 
 fn config_json(c: &ClusterConfig) -> Obj {
@@ -281,7 +282,11 @@ fn config_from(i: &In<'_>) -> Result<ClusterConfig, JsonError> {
         None => None,
     };
     let aws = match i.child("awsAuthConfig")? {
-        Some(a) => Some(AwsAuthConfig { cluster_name: a.str("clusterName")?, role_arn: a.str("roleARN")?, profile: a.str("profile")? }),
+        Some(a) => Some(AwsAuthConfig {
+            cluster_name: a.str("clusterName")?,
+            role_arn: a.str("roleARN")?,
+            profile: a.str("profile")?,
+        }),
         None => None,
     };
     let exec = match i.child("execProviderConfig")? {
@@ -367,7 +372,8 @@ pub fn update_body_from_slice(body: &[u8]) -> Result<UpdateBody, JsonError> {
     let root = In::root(&v)?;
     if let Some(Value::Object(_)) = root.get("cluster") {
         let cluster = root.child("cluster")?.map(|c| cluster_from(&c)).transpose()?.unwrap_or_default();
-        let id = root.child("id")?.map(|i| -> Result<_, JsonError> { Ok((i.str("type")?, i.str("value")?)) }).transpose()?;
+        let id =
+            root.child("id")?.map(|i| -> Result<_, JsonError> { Ok((i.str("type")?, i.str("value")?)) }).transpose()?;
         return Ok(UpdateBody { cluster, updated_fields: root.strs("updatedFields")?, id });
     }
     Ok(UpdateBody { cluster: cluster_from(&root)?, updated_fields: Vec::new(), id: None })
@@ -403,7 +409,11 @@ mod tests {
                     key_data: b"key".to_vec(),
                     ca_data: b"ca".to_vec(),
                 }),
-                aws_auth_config: Some(AwsAuthConfig { cluster_name: "c".into(), role_arn: "arn".into(), profile: "pr".into() }),
+                aws_auth_config: Some(AwsAuthConfig {
+                    cluster_name: "c".into(),
+                    role_arn: "arn".into(),
+                    profile: "pr".into(),
+                }),
                 exec_provider_config: Some(ExecProviderConfig {
                     command: "cmd".into(),
                     args: vec!["a".into()],
@@ -423,7 +433,11 @@ mod tests {
             namespaces: vec!["a".into(), "b".into()],
             refresh_requested_at: Some(Time { seconds: 1_700_000_100, nanos: 0 }),
             info: Some(ClusterInfo {
-                connection_state: Some(ConnectionState { status: "Successful".into(), message: "ok".into(), attempted_at: None }),
+                connection_state: Some(ConnectionState {
+                    status: "Successful".into(),
+                    message: "ok".into(),
+                    attempted_at: None,
+                }),
                 server_version: "1.30".into(),
                 cache_info: Some(ClusterCacheInfo {
                     resources_count: Some(10),
@@ -481,7 +495,8 @@ mod tests {
 
     #[test]
     fn unknown_keys_and_nulls_are_ignored() {
-        let c = cluster_from_slice(br#"{"server": "https://s", "future": {"x": 1}, "labels": null, "shard": null}"#).expect("parse");
+        let c = cluster_from_slice(br#"{"server": "https://s", "future": {"x": 1}, "labels": null, "shard": null}"#)
+            .expect("parse");
         assert_eq!(c.server, "https://s");
         assert!(c.labels.is_empty());
         assert_eq!(c.shard, None);

@@ -157,7 +157,8 @@ impl AuthConfig {
                     return Err(AuthError::Config(format!("{key}: invalid account name {rest:?}")));
                 }
                 let capabilities = parse_capabilities(key, value)?;
-                accounts.insert(rest.to_string(), AccountConfig { name: rest.to_string(), capabilities, enabled: true });
+                accounts
+                    .insert(rest.to_string(), AccountConfig { name: rest.to_string(), capabilities, enabled: true });
                 continue;
             }
             match key.as_str() {
@@ -175,7 +176,9 @@ impl AuthConfig {
         for (name, enabled) in enabled_flags {
             match accounts.get_mut(&name) {
                 Some(a) => a.enabled = enabled,
-                None => return Err(AuthError::Config(format!("accounts.{name}.enabled: no account {name:?} is defined"))),
+                None => {
+                    return Err(AuthError::Config(format!("accounts.{name}.enabled: no account {name:?} is defined")));
+                }
             }
         }
         let policy = Policy::parse(&cfg_policy, default_role.as_deref())
@@ -191,7 +194,8 @@ impl AuthConfig {
     }
 
     pub fn from_toml(text: &str) -> Result<AuthConfig, AuthError> {
-        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| AuthError::Config(e.message().to_string()))?;
+        let table: toml::Table =
+            text.parse().map_err(|e: toml::de::Error| AuthError::Config(e.message().to_string()))?;
         let mut flat = BTreeMap::new();
         flatten("", &toml::Value::Table(table), &mut flat)?;
         AuthConfig::from_flat(&flat)

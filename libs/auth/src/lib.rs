@@ -17,7 +17,7 @@ use corral_event_log::{EventLog, LogError, NewEvent};
 use corral_proto::account as api;
 use corral_proto::auth as ev;
 use corral_proto::events::EventEnvelope;
-use corral_secrets::{Secret, SealingKey};
+use corral_secrets::{SealingKey, Secret};
 use futures::StreamExt;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use prost::Message;
@@ -132,11 +132,13 @@ impl InitialAdminPassword {
             return Ok(InitialAdminPassword::Plain(Secret::new(p)));
         }
         if let Ok(path) = std::env::var("CORRAL_ADMIN_PASSWORD_FILE") {
-            let p = std::fs::read_to_string(&path).map_err(|e| AuthError::Config(format!("CORRAL_ADMIN_PASSWORD_FILE {path}: {e}")))?;
+            let p = std::fs::read_to_string(&path)
+                .map_err(|e| AuthError::Config(format!("CORRAL_ADMIN_PASSWORD_FILE {path}: {e}")))?;
             return Ok(InitialAdminPassword::Plain(Secret::new(p.trim_end_matches(['\r', '\n']).to_string())));
         }
         if let Ok(h) = std::env::var("CORRAL_ADMIN_PASSWORD_BCRYPT") {
-            h.parse::<bcrypt::HashParts>().map_err(|_| AuthError::Config("CORRAL_ADMIN_PASSWORD_BCRYPT is not a bcrypt hash".into()))?;
+            h.parse::<bcrypt::HashParts>()
+                .map_err(|_| AuthError::Config("CORRAL_ADMIN_PASSWORD_BCRYPT is not a bcrypt hash".into()))?;
             return Ok(InitialAdminPassword::Bcrypt(Secret::new(h)));
         }
         Ok(InitialAdminPassword::Generate)
@@ -204,7 +206,15 @@ impl Auth {
         let state: Arc<RwLock<AuthState>> = Arc::default();
         let (tx, rx) = watch::channel(0u64);
         tokio::spawn(run_projection(log.clone(), key.clone(), state.clone(), tx));
-        let auth = Arc::new(Auth { log, key, state, applied: rx, config: RwLock::new(Arc::new(config)), disabled, issuer: RwLock::new(None) });
+        let auth = Arc::new(Auth {
+            log,
+            key,
+            state,
+            applied: rx,
+            config: RwLock::new(Arc::new(config)),
+            disabled,
+            issuer: RwLock::new(None),
+        });
         auth.barrier().await?;
         auth.ensure_signing_key().await?;
         Ok(auth)
@@ -242,7 +252,9 @@ impl Auth {
                         auth.set_config(cfg);
                         tracing::info!(path = %path.display(), "accounts configuration reloaded");
                     }
-                    Err(e) => tracing::error!(error = %e, "accounts configuration not reloaded; keeping the previous one"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "accounts configuration not reloaded; keeping the previous one")
+                    }
                 }
             }
         });
@@ -346,7 +358,10 @@ impl Auth {
 
     /// Gives the admin account its first password if it has none. Returns the password when it
     /// was generated here, so the caller can show it once.
-    pub async fn ensure_admin_password(&self, initial: InitialAdminPassword) -> Result<Option<Secret<String>>, AuthError> {
+    pub async fn ensure_admin_password(
+        &self,
+        initial: InitialAdminPassword,
+    ) -> Result<Option<Secret<String>>, AuthError> {
         if self.read().accounts.get(ADMIN).is_some_and(|a| a.password_hash.is_some()) {
             return Ok(None);
         }
@@ -384,7 +399,15 @@ impl Auth {
             .ok_or_else(|| AuthError::Unavailable("token signing key not loaded yet".into()))
     }
 
-    fn sign(&self, account: &str, kind: TokenKind, jti: &str, iat: i64, exp: Option<i64>, pwv: Option<u64>) -> Result<String, AuthError> {
+    fn sign(
+        &self,
+        account: &str,
+        kind: TokenKind,
+        jti: &str,
+        iat: i64,
+        exp: Option<i64>,
+        pwv: Option<u64>,
+    ) -> Result<String, AuthError> {
         let claims = Claims {
             iss: ISSUER.into(),
             sub: format!("{account}:{}", kind.subject_suffix()),
@@ -423,12 +446,16 @@ impl Auth {
         let config = self.config();
         let capability = if kind == TokenKind::ApiKey { Capability::ApiKey } else { Capability::Login };
         if !config.account(&account).is_some_and(|a| a.can(capability)) {
-            return Err(AuthError::Unauthenticated("account is disabled or lacks the capability for this token".into()));
+            return Err(AuthError::Unauthenticated(
+                "account is disabled or lacks the capability for this token".into(),
+            ));
         }
         let principal = Principal { account, kind, token_id: claims.jti.clone(), expires_at: claims.exp };
         match kind {
             TokenKind::ApiKey => {
-                let known = |s: &AuthState| s.accounts.get(&principal.account).is_some_and(|a| a.tokens.contains_key(&claims.jti));
+                let known = |s: &AuthState| {
+                    s.accounts.get(&principal.account).is_some_and(|a| a.tokens.contains_key(&claims.jti))
+                };
                 if known(&self.read()) {
                     return Ok(principal);
                 }
@@ -456,7 +483,8 @@ impl Auth {
         let since = now_unix() - config.failure_window.as_secs() as i64;
         let s = self.read();
         AuthState::failures_since(&s.user_failures, username, since) >= config.max_login_failures
-            || (!source.is_empty() && AuthState::failures_since(&s.source_failures, source, since) >= config.max_source_failures)
+            || (!source.is_empty()
+                && AuthState::failures_since(&s.source_failures, source, since) >= config.max_source_failures)
     }
 
     /// Password login: a session token, or the same refusal for an unknown user and a wrong
@@ -479,9 +507,10 @@ impl Auth {
             None => (dummy_hash().to_string(), false),
         };
         let password = Secret::new(password.to_string());
-        let matches = tokio::task::spawn_blocking(move || bcrypt::verify(password.expose(), &hash_to_check).unwrap_or(false))
-            .await
-            .map_err(|e| AuthError::Internal(e.to_string()))?;
+        let matches =
+            tokio::task::spawn_blocking(move || bcrypt::verify(password.expose(), &hash_to_check).unwrap_or(false))
+                .await
+                .map_err(|e| AuthError::Internal(e.to_string()))?;
         let login_subject = state::login_subject(username);
         if !(matches && known) {
             let failed = ev::LoginFailed { username: username.to_string(), source: source.to_string() };
@@ -543,7 +572,8 @@ impl Auth {
         }
         // The current password is the caller's own, as in Argo CD: an admin resetting another
         // account proves who they are, not the other account's secret.
-        let own_hash = self.read().accounts.get(&who.account).and_then(|a| a.password_hash.as_ref()).map(|h| h.expose().clone());
+        let own_hash =
+            self.read().accounts.get(&who.account).and_then(|a| a.password_hash.as_ref()).map(|h| h.expose().clone());
         let current = Secret::new(current.to_string());
         let ok = match own_hash {
             Some(h) => tokio::task::spawn_blocking(move || bcrypt::verify(current.expose(), &h).unwrap_or(false))
@@ -561,14 +591,24 @@ impl Auth {
         let sealed = self.key.seal(hash.as_bytes(), &state::password_aad(&target));
         let changed_at = now_unix();
         self.append_account(&target, state::PASSWORD_SET, &who.account, |_| {
-            Ok(ev::PasswordSet { account: target.clone(), sealed_bcrypt_hash: Some(sealed.clone()), changed_at_unix: changed_at })
+            Ok(ev::PasswordSet {
+                account: target.clone(),
+                sealed_bcrypt_hash: Some(sealed.clone()),
+                changed_at_unix: changed_at,
+            })
         })
         .await?;
         Ok(())
     }
 
     /// Issues an API token for `name`, by this process or by the service tokens are delegated to.
-    pub async fn create_token(&self, who: &Principal, name: &str, expires_in: i64, id: &str) -> Result<String, AuthError> {
+    pub async fn create_token(
+        &self,
+        who: &Principal,
+        name: &str,
+        expires_in: i64,
+        id: &str,
+    ) -> Result<String, AuthError> {
         self.check_account_permission(who, "update", name)?;
         let token = match self.issuer() {
             Some(issuer) => {
@@ -604,7 +644,13 @@ impl Auth {
 
     /// Issues an API token (the caller has been authorised): the event, then the signed JWT and
     /// the revision that recorded it.
-    pub async fn issue_api_token(&self, name: &str, expires_in: i64, id: &str, actor: &str) -> Result<(String, u64), AuthError> {
+    pub async fn issue_api_token(
+        &self,
+        name: &str,
+        expires_in: i64,
+        id: &str,
+        actor: &str,
+    ) -> Result<(String, u64), AuthError> {
         let config = self.config();
         let Some(account) = config.account(name) else {
             return Err(AuthError::NotFound(format!("account '{name}' does not exist")));
@@ -624,9 +670,16 @@ impl Auth {
         let revision = self
             .append_account(name, state::API_TOKEN_ISSUED, actor, |s| {
                 if s.accounts.get(name).is_some_and(|a| a.tokens.contains_key(&id)) {
-                    return Err(AuthError::AlreadyExists(format!("account '{name}' already has a token with id '{id}'")));
+                    return Err(AuthError::AlreadyExists(format!(
+                        "account '{name}' already has a token with id '{id}'"
+                    )));
                 }
-                Ok(ev::ApiTokenIssued { account: name.into(), token_id: id.clone(), issued_at_unix: iat, expires_at_unix: exp.unwrap_or(0) })
+                Ok(ev::ApiTokenIssued {
+                    account: name.into(),
+                    token_id: id.clone(),
+                    issued_at_unix: iat,
+                    expires_at_unix: exp.unwrap_or(0),
+                })
             })
             .await?;
         Ok((self.sign(name, TokenKind::ApiKey, &id, iat, exp, None)?, revision))
@@ -648,7 +701,16 @@ impl Auth {
             .read()
             .accounts
             .get(&a.name)
-            .map(|s| s.tokens.values().map(|t: &TokenMeta| api::Token { id: t.id.clone(), issued_at: t.issued_at, expires_at: t.expires_at }).collect())
+            .map(|s| {
+                s.tokens
+                    .values()
+                    .map(|t: &TokenMeta| api::Token {
+                        id: t.id.clone(),
+                        issued_at: t.issued_at,
+                        expires_at: t.expires_at,
+                    })
+                    .collect()
+            })
             .unwrap_or_default();
         api::Account {
             name: a.name.clone(),
@@ -680,7 +742,12 @@ impl Auth {
 }
 
 /// Follows the log from the start, folding auth events into `state`; resumes after errors.
-async fn run_projection(log: Arc<dyn EventLog>, key: Arc<SealingKey>, state: Arc<RwLock<AuthState>>, applied: watch::Sender<u64>) {
+async fn run_projection(
+    log: Arc<dyn EventLog>,
+    key: Arc<SealingKey>,
+    state: Arc<RwLock<AuthState>>,
+    applied: watch::Sender<u64>,
+) {
     loop {
         let from = state.read().unwrap_or_else(|p| p.into_inner()).applied + 1;
         let mut stream = match log.subscribe(from).await {

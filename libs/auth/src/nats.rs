@@ -55,12 +55,12 @@ impl NatsTokenIssuer {
 
     async fn call(&self, subject: &'static str, payload: Vec<u8>) -> Result<TokenReply, AuthError> {
         let request = async_nats::Request::new().payload(payload.into()).timeout(Some(self.timeout));
-        let msg = self
-            .client
-            .send_request(subject, request)
-            .await
-            .map_err(|e| AuthError::Unavailable(format!("the auth-rotation service did not answer: {}", e.kind())))?;
-        let reply = TokenReply::decode(msg.payload.as_ref()).map_err(|e| AuthError::Internal(format!("malformed token reply: {e}")))?;
+        let msg =
+            self.client.send_request(subject, request).await.map_err(|e| {
+                AuthError::Unavailable(format!("the auth-rotation service did not answer: {}", e.kind()))
+            })?;
+        let reply = TokenReply::decode(msg.payload.as_ref())
+            .map_err(|e| AuthError::Internal(format!("malformed token reply: {e}")))?;
         match reply.error {
             Some(e) => Err(from_wire(e)),
             None => Ok(reply),

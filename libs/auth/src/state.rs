@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use corral_event_log::RecordedEvent;
 use corral_proto::auth;
 use corral_proto::events::EventEnvelope;
-use corral_secrets::{Secret, SealingKey};
+use corral_secrets::{SealingKey, Secret};
 use prost::Message;
 
 use crate::AuthError;
@@ -94,14 +94,16 @@ impl AuthState {
         if !ours {
             return Ok(());
         }
-        let env = EventEnvelope::decode(ev.payload.as_ref()).map_err(|e| AuthError::Internal(format!("bad event {}: {e}", ev.seq)))?;
+        let env = EventEnvelope::decode(ev.payload.as_ref())
+            .map_err(|e| AuthError::Internal(format!("bad event {}: {e}", ev.seq)))?;
         let bad = |e: prost::DecodeError| AuthError::Internal(format!("bad {} event {}: {e}", env.event_type, ev.seq));
         let at = env.occurred_at_unix_nanos / 1_000_000_000;
         match env.event_type.as_str() {
             SIGNING_KEY_CREATED => {
                 let e = auth::SigningKeyCreated::decode(env.payload.as_slice()).map_err(bad)?;
                 let sealed = e.sealed_key.unwrap_or_default();
-                let raw = key.open(&sealed, SIGNING_KEY_AAD).map_err(|e| AuthError::Internal(format!("signing key: {e}")))?;
+                let raw =
+                    key.open(&sealed, SIGNING_KEY_AAD).map_err(|e| AuthError::Internal(format!("signing key: {e}")))?;
                 // The first key wins; a later one (a lost race) is ignored.
                 if self.signing_key.is_none() {
                     self.signing_key = Some(Secret::new(raw));
@@ -114,7 +116,8 @@ impl AuthState {
                 let raw = key
                     .open(&sealed, &password_aad(&e.account))
                     .map_err(|err| AuthError::Internal(format!("password of {}: {err}", e.account)))?;
-                let hash = String::from_utf8(raw).map_err(|_| AuthError::Internal("password hash is not UTF-8".into()))?;
+                let hash =
+                    String::from_utf8(raw).map_err(|_| AuthError::Internal("password hash is not UTF-8".into()))?;
                 let a = self.accounts.entry(e.account).or_default();
                 a.subject_seq = ev.seq;
                 a.password_hash = Some(Secret::new(hash));

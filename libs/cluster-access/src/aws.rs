@@ -16,7 +16,9 @@ use sha2::{Digest, Sha256};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AwsError {
-    #[error("no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY or a profile in the shared credentials file")]
+    #[error(
+        "no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY or a profile in the shared credentials file"
+    )]
     NoCredentials,
     #[error("AWS profile {0:?} not found in the shared credentials file")]
     NoProfile(String),
@@ -45,9 +47,17 @@ impl Credentials {
         if profile.is_empty()
             && let (Ok(id), Ok(secret)) = (std::env::var("AWS_ACCESS_KEY_ID"), std::env::var("AWS_SECRET_ACCESS_KEY"))
         {
-            return Ok(Credentials { access_key_id: id, secret_access_key: secret, session_token: std::env::var("AWS_SESSION_TOKEN").ok() });
+            return Ok(Credentials {
+                access_key_id: id,
+                secret_access_key: secret,
+                session_token: std::env::var("AWS_SESSION_TOKEN").ok(),
+            });
         }
-        let profile = if profile.is_empty() { std::env::var("AWS_PROFILE").unwrap_or_else(|_| "default".into()) } else { profile.to_string() };
+        let profile = if profile.is_empty() {
+            std::env::var("AWS_PROFILE").unwrap_or_else(|_| "default".into())
+        } else {
+            profile.to_string()
+        };
         let path = std::env::var_os("AWS_SHARED_CREDENTIALS_FILE")
             .map(PathBuf::from)
             .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".aws/credentials")))
@@ -83,7 +93,8 @@ fn parse_profile(text: &str, profile: &str) -> Option<Credentials> {
 }
 
 fn hmac(key: &[u8], data: &str) -> Vec<u8> {
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+    let mut mac =
+        <Hmac<Sha256> as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
     mac.update(data.as_bytes());
     mac.finalize().into_bytes().to_vec()
 }
@@ -114,7 +125,13 @@ pub fn canonical_query(params: &[(&str, &str)]) -> String {
 }
 
 /// The signature of a canonical request (Signature V4, HMAC-SHA256).
-pub fn signature(secret_access_key: &str, amz_date: &str, region: &str, service: &str, canonical_request: &str) -> String {
+pub fn signature(
+    secret_access_key: &str,
+    amz_date: &str,
+    region: &str,
+    service: &str,
+    canonical_request: &str,
+) -> String {
     let date = &amz_date[..8];
     let scope = format!("{date}/{region}/{service}/aws4_request");
     let string_to_sign = format!("AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}", sha256_hex(canonical_request.as_bytes()));
@@ -128,7 +145,11 @@ pub fn signature(secret_access_key: &str, amz_date: &str, region: &str, service:
 /// The STS endpoint: `AWS_ENDPOINT_URL_STS` when set (the SDKs' override), else the regional one.
 fn sts_endpoint(region: &str) -> String {
     std::env::var("AWS_ENDPOINT_URL_STS").ok().filter(|e| !e.is_empty()).unwrap_or_else(|| {
-        if region.is_empty() || region == "us-east-1" { "https://sts.amazonaws.com".into() } else { format!("https://sts.{region}.amazonaws.com") }
+        if region.is_empty() || region == "us-east-1" {
+            "https://sts.amazonaws.com".into()
+        } else {
+            format!("https://sts.{region}.amazonaws.com")
+        }
     })
 }
 
@@ -141,11 +162,19 @@ fn xml_value<'a>(xml: &'a str, tag: &str) -> Option<&'a str> {
 
 /// Temporary credentials for `role_arn` from STS AssumeRole (a presigned GET, 15 minutes), as
 /// `argocd-k8s-auth aws --role-arn` does before it builds the EKS token.
-pub async fn assume_role(creds: &Credentials, role_arn: &str, region: &str, now: DateTime<Utc>) -> Result<Credentials, AwsError> {
+pub async fn assume_role(
+    creds: &Credentials,
+    role_arn: &str,
+    region: &str,
+    now: DateTime<Utc>,
+) -> Result<Credentials, AwsError> {
     let fail = |reason: String| AwsError::AssumeRole { role: role_arn.to_string(), reason };
     let endpoint = sts_endpoint(region);
     let uri: http::Uri = endpoint.parse().map_err(|e| fail(format!("bad STS endpoint {endpoint:?}: {e}")))?;
-    let host = uri.authority().map(|a| a.as_str().to_string()).ok_or_else(|| fail(format!("bad STS endpoint {endpoint:?}")))?;
+    let host = uri
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .ok_or_else(|| fail(format!("bad STS endpoint {endpoint:?}")))?;
     let signing_region = if region.is_empty() { "us-east-1" } else { region };
     let amz_date = now.format("%Y%m%dT%H%M%SZ").to_string();
     let credential = format!("{}/{}/{signing_region}/sts/aws4_request", creds.access_key_id, &amz_date[..8]);
@@ -176,19 +205,31 @@ pub async fn assume_role(creds: &Credentials, role_arn: &str, region: &str, now:
         use rustls::pki_types::CertificateDer;
         use rustls::pki_types::pem::PemObject;
         let pem = std::fs::read(&bundle).map_err(|e| fail(format!("AWS_CA_BUNDLE {bundle}: {e}")))?;
-        let roots: Result<Vec<Vec<u8>>, _> = CertificateDer::pem_slice_iter(&pem).map(|c| c.map(|c| c.as_ref().to_vec())).collect();
+        let roots: Result<Vec<Vec<u8>>, _> =
+            CertificateDer::pem_slice_iter(&pem).map(|c| c.map(|c| c.as_ref().to_vec())).collect();
         config.root_cert = Some(roots.map_err(|e| fail(format!("AWS_CA_BUNDLE {bundle}: {e}")))?);
     }
     let client = kube::Client::try_from(config).map_err(|e| fail(e.to_string()))?;
-    let request = http::Request::get(format!("/?{query}&X-Amz-Signature={sig}")).body(Vec::new()).map_err(|e| fail(e.to_string()))?;
+    let request = http::Request::get(format!("/?{query}&X-Amz-Signature={sig}"))
+        .body(Vec::new())
+        .map_err(|e| fail(e.to_string()))?;
     let xml = client.request_text(request).await.map_err(|e| fail(format!("STS: {e}")))?;
-    let value = |tag: &str| xml_value(&xml, tag).map(str::to_string).ok_or_else(|| fail(format!("STS answer has no {tag}")));
-    Ok(Credentials { access_key_id: value("AccessKeyId")?, secret_access_key: value("SecretAccessKey")?, session_token: Some(value("SessionToken")?) })
+    let value =
+        |tag: &str| xml_value(&xml, tag).map(str::to_string).ok_or_else(|| fail(format!("STS answer has no {tag}")));
+    Ok(Credentials {
+        access_key_id: value("AccessKeyId")?,
+        secret_access_key: value("SecretAccessKey")?,
+        session_token: Some(value("SessionToken")?),
+    })
 }
 
 /// The EKS bearer token for `cluster_name`, signed at `now` for 60 s.
 pub fn eks_token(cluster_name: &str, region: &str, creds: &Credentials, now: DateTime<Utc>) -> String {
-    let host = if region.is_empty() || region == "us-east-1" { "sts.amazonaws.com".to_string() } else { format!("sts.{region}.amazonaws.com") };
+    let host = if region.is_empty() || region == "us-east-1" {
+        "sts.amazonaws.com".to_string()
+    } else {
+        format!("sts.{region}.amazonaws.com")
+    };
     let region = if region.is_empty() { "us-east-1" } else { region };
     let amz_date = now.format("%Y%m%dT%H%M%SZ").to_string();
     let credential = format!("{}/{}/{region}/sts/aws4_request", creds.access_key_id, &amz_date[..8]);
@@ -205,10 +246,8 @@ pub fn eks_token(cluster_name: &str, region: &str, creds: &Credentials, now: Dat
         params.push(("X-Amz-Security-Token", t.as_str()));
     }
     let query = canonical_query(&params);
-    let canonical_request = format!(
-        "GET\n/\n{query}\nhost:{host}\nx-k8s-aws-id:{cluster_name}\n\nhost;x-k8s-aws-id\n{}",
-        sha256_hex(b"")
-    );
+    let canonical_request =
+        format!("GET\n/\n{query}\nhost:{host}\nx-k8s-aws-id:{cluster_name}\n\nhost;x-k8s-aws-id\n{}", sha256_hex(b""));
     let sig = signature(&creds.secret_access_key, &amz_date, region, "sts", &canonical_request);
     let url = format!("https://{host}/?{query}&X-Amz-Signature={sig}");
     format!("k8s-aws-v1.{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(url))
@@ -227,7 +266,13 @@ mod tests {
             "GET\n/\n{query}\nhost:example.amazonaws.com\nx-amz-date:20150830T123600Z\n\nhost;x-amz-date\n{}",
             sha256_hex(b"")
         );
-        let sig = signature("wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", "20150830T123600Z", "us-east-1", "service", &canonical);
+        let sig = signature(
+            "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
+            "20150830T123600Z",
+            "us-east-1",
+            "service",
+            &canonical,
+        );
         assert_eq!(sig, "b97d918cfa904a5beff61c982a1b6f458b799221646efd99d3219ec94cdf2500");
     }
 
@@ -239,20 +284,33 @@ mod tests {
         let canonical = format!(
             "GET\n/test.txt\n\nhost:examplebucket.s3.amazonaws.com\nrange:bytes=0-9\nx-amz-content-sha256:{empty}\nx-amz-date:20130524T000000Z\n\nhost;range;x-amz-content-sha256;x-amz-date\n{empty}"
         );
-        assert_eq!(sha256_hex(canonical.as_bytes()), "7344ae5b7ee6c3e7e6b0fe0640412a37625d1fbfff95c48bbb2dc43964946972");
-        let sig = signature("wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "20130524T000000Z", "us-east-1", "s3", &canonical);
+        assert_eq!(
+            sha256_hex(canonical.as_bytes()),
+            "7344ae5b7ee6c3e7e6b0fe0640412a37625d1fbfff95c48bbb2dc43964946972"
+        );
+        let sig =
+            signature("wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "20130524T000000Z", "us-east-1", "s3", &canonical);
         assert_eq!(sig, "f0e8bdb87c964420e857bd35b5d6ed310bd44f0170aba48dd91039c6036bdb41");
     }
 
     #[test]
     fn eks_token_is_a_presigned_get_caller_identity_url() {
-        let creds = Credentials { access_key_id: "AKIDEXAMPLE".into(), secret_access_key: "secret-key".into(), session_token: Some("session/token=".into()) };
+        let creds = Credentials {
+            access_key_id: "AKIDEXAMPLE".into(),
+            secret_access_key: "secret-key".into(),
+            session_token: Some("session/token=".into()),
+        };
         let now = DateTime::parse_from_rfc3339("2026-01-02T03:04:05Z").expect("time").with_timezone(&Utc);
         let token = eks_token("prod-cluster", "eu-west-1", &creds, now);
         let encoded = token.strip_prefix("k8s-aws-v1.").expect("prefix");
         assert!(!encoded.contains('='), "unpadded");
-        let url = String::from_utf8(base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(encoded).expect("base64url")).expect("utf8");
-        assert!(url.starts_with("https://sts.eu-west-1.amazonaws.com/?Action=GetCallerIdentity&Version=2011-06-15&"), "{url}");
+        let url =
+            String::from_utf8(base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(encoded).expect("base64url"))
+                .expect("utf8");
+        assert!(
+            url.starts_with("https://sts.eu-west-1.amazonaws.com/?Action=GetCallerIdentity&Version=2011-06-15&"),
+            "{url}"
+        );
         for part in [
             "X-Amz-Algorithm=AWS4-HMAC-SHA256",
             "X-Amz-Credential=AKIDEXAMPLE%2F20260102%2Feu-west-1%2Fsts%2Faws4_request",

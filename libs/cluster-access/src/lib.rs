@@ -176,7 +176,13 @@ type CachedClient = (Arc<ClusterConfig>, kube::Client, std::time::Instant);
 const AWS_TOKEN_REFRESH: Duration = Duration::from_secs(600);
 
 impl Clients {
-    pub async fn get(&self, id: &str, server: &str, config: &Arc<ClusterConfig>, timeout: Duration) -> Result<kube::Client, client::ClientError> {
+    pub async fn get(
+        &self,
+        id: &str,
+        server: &str,
+        config: &Arc<ClusterConfig>,
+        timeout: Duration,
+    ) -> Result<kube::Client, client::ClientError> {
         let aws = config.aws_auth_config.as_ref().is_some_and(|a| !a.cluster_name.is_empty());
         if let Some((cfg, c, built)) = lock(&self.clients).get(id)
             && (Arc::ptr_eq(cfg, config) || **cfg == **config)
@@ -217,7 +223,9 @@ pub fn redact(mut text: String, config: &ClusterConfig) -> String {
 pub fn describe(err: &kube::Error, config: &ClusterConfig) -> String {
     let text = match err {
         kube::Error::Api(s) if s.code == 401 => "the API server refused the credentials (401 Unauthorized)".to_string(),
-        kube::Error::Api(s) if s.code == 403 => format!("the credentials lack permission (403 Forbidden): {}", s.message),
+        kube::Error::Api(s) if s.code == 403 => {
+            format!("the credentials lack permission (403 Forbidden): {}", s.message)
+        }
         kube::Error::Api(s) => format!("the API server answered {} {}: {}", s.code, s.reason, s.message),
         other => {
             // The error chain carries the cause: TLS, DNS, refused connection, timeout.
@@ -272,10 +280,7 @@ pub async fn append_side(
 }
 
 fn chrono_now_nanos() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or_default()
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or_default()
 }
 
 /// The settings every observing service needs in NATS mode.

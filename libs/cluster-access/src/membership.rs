@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 
-
 #[derive(Clone)]
 pub struct Membership {
     me: String,
@@ -34,7 +33,11 @@ impl Membership {
     }
 
     /// Joins the replicas announcing on `subject` (one per service), announcing every `period`.
-    pub async fn join(client: async_nats::Client, subject: &str, period: Duration) -> Result<Membership, async_nats::SubscribeError> {
+    pub async fn join(
+        client: async_nats::Client,
+        subject: &str,
+        period: Duration,
+    ) -> Result<Membership, async_nats::SubscribeError> {
         let me = uuid::Uuid::new_v4().to_string();
         let m = Membership { me: me.clone(), seen: Arc::default(), expiry: period.mul_f64(2.5) };
         let subject = subject.to_string();

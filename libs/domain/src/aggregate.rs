@@ -3,20 +3,11 @@ use chrono::{DateTime, Utc};
 use crate::{ClusterSpec, DomainError, IN_CLUSTER_SERVER, validate};
 
 /// Argo CD's answer to a create that differs from the stored cluster without `upsert`.
-pub const SPEC_IS_DIFFERENT: &str =
-    "existing cluster spec is different; use upsert flag to force update";
+pub const SPEC_IS_DIFFERENT: &str = "existing cluster spec is different; use upsert flag to force update";
 
 /// The `updatedFields` entries an Update accepts, with Argo CD's names.
-pub const UPDATABLE_FIELDS: [&str; 8] = [
-    "name",
-    "namespaces",
-    "config",
-    "shard",
-    "clusterResources",
-    "labels",
-    "annotations",
-    "project",
-];
+pub const UPDATABLE_FIELDS: [&str; 8] =
+    ["name", "namespaces", "config", "shard", "clusterResources", "labels", "annotations", "project"];
 
 /// A registered cluster. The aggregate state is `Option<ClusterState>`.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -74,10 +65,7 @@ fn not_found() -> DomainError {
 
 /// Every rule of the aggregate: the events `cmd` produces on `state`, or why it is refused.
 /// An empty list means the command is accepted but changes nothing.
-pub fn decide(
-    state: &Option<ClusterState>,
-    cmd: ClusterCommand,
-) -> Result<Vec<ClusterEvent>, DomainError> {
+pub fn decide(state: &Option<ClusterState>, cmd: ClusterCommand) -> Result<Vec<ClusterEvent>, DomainError> {
     match cmd {
         ClusterCommand::Create { spec, upsert } => {
             validate(&spec)?;
@@ -88,10 +76,7 @@ pub fn decide(
             if current.spec.server != spec.server {
                 return Err(DomainError::invalid(
                     "server",
-                    format!(
-                        "{:?} does not match the existing cluster's server {:?}",
-                        spec.server, current.spec.server
-                    ),
+                    format!("{:?} does not match the existing cluster's server {:?}", spec.server, current.spec.server),
                 ));
             }
             if current.spec == spec {
@@ -100,15 +85,9 @@ pub fn decide(
             if !upsert {
                 return Err(DomainError::invalid("", SPEC_IS_DIFFERENT));
             }
-            Ok(vec![ClusterEvent::SpecChanged {
-                spec,
-                updated_fields: vec![],
-            }])
+            Ok(vec![ClusterEvent::SpecChanged { spec, updated_fields: vec![] }])
         }
-        ClusterCommand::Update {
-            patch,
-            updated_fields,
-        } => {
+        ClusterCommand::Update { patch, updated_fields } => {
             let Some(current) = state else {
                 return Err(not_found());
             };
@@ -118,16 +97,10 @@ pub fn decide(
                 if !patch.server.is_empty() && patch.server != current.spec.server {
                     return Err(DomainError::invalid(
                         "server",
-                        format!(
-                            "cannot be changed (is {:?}, request has {:?})",
-                            current.spec.server, patch.server
-                        ),
+                        format!("cannot be changed (is {:?}, request has {:?})", current.spec.server, patch.server),
                     ));
                 }
-                next = ClusterSpec {
-                    server: current.spec.server.clone(),
-                    ..patch
-                };
+                next = ClusterSpec { server: current.spec.server.clone(), ..patch };
             } else {
                 for field in updated_fields {
                     match field.as_str() {
@@ -142,10 +115,7 @@ pub fn decide(
                         other => {
                             return Err(DomainError::invalid(
                                 "updatedFields",
-                                format!(
-                                    "unknown field {other:?} (allowed: {})",
-                                    UPDATABLE_FIELDS.join(", ")
-                                ),
+                                format!("unknown field {other:?} (allowed: {})", UPDATABLE_FIELDS.join(", ")),
                             ));
                         }
                     }
@@ -158,10 +128,7 @@ pub fn decide(
             if next == current.spec {
                 return Ok(vec![]);
             }
-            Ok(vec![ClusterEvent::SpecChanged {
-                spec: next,
-                updated_fields: fields,
-            }])
+            Ok(vec![ClusterEvent::SpecChanged { spec: next, updated_fields: fields }])
         }
         ClusterCommand::Delete => {
             let Some(current) = state else {
@@ -172,10 +139,7 @@ pub fn decide(
                     "cluster {IN_CLUSTER_SERVER:?} is built in and cannot be deleted"
                 )));
             }
-            Ok(vec![ClusterEvent::Deleted {
-                server: current.spec.server.clone(),
-                name: current.spec.name.clone(),
-            }])
+            Ok(vec![ClusterEvent::Deleted { server: current.spec.server.clone(), name: current.spec.name.clone() }])
         }
         ClusterCommand::RequestRefresh { at } => {
             if state.is_none() {
@@ -191,18 +155,12 @@ pub fn decide(
 pub fn apply(state: &mut Option<ClusterState>, event: &ClusterEvent) {
     match event {
         ClusterEvent::Registered { spec } => {
-            *state = Some(ClusterState {
-                spec: spec.clone(),
-                refresh_requested_at: None,
-            });
+            *state = Some(ClusterState { spec: spec.clone(), refresh_requested_at: None });
         }
         ClusterEvent::SpecChanged { spec, .. } => match state {
             Some(s) => s.spec = spec.clone(),
             None => {
-                *state = Some(ClusterState {
-                    spec: spec.clone(),
-                    refresh_requested_at: None,
-                });
+                *state = Some(ClusterState { spec: spec.clone(), refresh_requested_at: None });
             }
         },
         ClusterEvent::Deleted { .. } => *state = None,
@@ -229,10 +187,7 @@ mod tests {
         ClusterSpec {
             server: "https://c1.example.com".into(),
             name: "c1".into(),
-            config: ClusterConfig {
-                bearer_token: "token".into(),
-                ..Default::default()
-            },
+            config: ClusterConfig { bearer_token: "token".into(), ..Default::default() },
             namespaces: vec!["a".into()],
             project: "default".into(),
             labels: BTreeMap::from([("env".into(), "dev".into())]),
@@ -264,14 +219,7 @@ mod tests {
         // given nothing
         let state = given(&[]);
         // when
-        let events = decide(
-            &state,
-            ClusterCommand::Create {
-                spec: spec(),
-                upsert: false,
-            },
-        )
-        .unwrap();
+        let events = decide(&state, ClusterCommand::Create { spec: spec(), upsert: false }).unwrap();
         // then
         assert_eq!(events, vec![ClusterEvent::Registered { spec: spec() }]);
         let after = given(&events);
@@ -283,14 +231,7 @@ mod tests {
         let state = given(&[]);
         let mut bad = spec();
         bad.server = "not a url".into();
-        let err = decide(
-            &state,
-            ClusterCommand::Create {
-                spec: bad,
-                upsert: false,
-            },
-        )
-        .unwrap_err();
+        let err = decide(&state, ClusterCommand::Create { spec: bad, upsert: false }).unwrap_err();
         assert!(matches!(err, DomainError::InvalidArgument { ref field, .. } if field == "server"));
     }
 
@@ -300,13 +241,7 @@ mod tests {
         let state = registered();
         // when the same spec is created again, with or without upsert
         for upsert in [false, true] {
-            let events = decide(
-                &state,
-                ClusterCommand::Create {
-                    spec: spec(),
-                    upsert,
-                },
-            );
+            let events = decide(&state, ClusterCommand::Create { spec: spec(), upsert });
             // then nothing happens
             assert_eq!(events, Ok(vec![]));
         }
@@ -319,49 +254,23 @@ mod tests {
         // when a different spec is created without upsert
         let mut other = spec();
         other.namespaces = vec!["b".into()];
-        let err = decide(
-            &state,
-            ClusterCommand::Create {
-                spec: other,
-                upsert: false,
-            },
-        )
-        .unwrap_err();
+        let err = decide(&state, ClusterCommand::Create { spec: other, upsert: false }).unwrap_err();
         // then the error reads exactly like Argo CD's
         assert!(matches!(err, DomainError::InvalidArgument { .. }));
-        assert_eq!(
-            err.to_string(),
-            "existing cluster spec is different; use upsert flag to force update"
-        );
+        assert_eq!(err.to_string(), "existing cluster spec is different; use upsert flag to force update");
     }
 
     #[test]
     fn create_different_with_upsert_replaces_the_spec() {
         // given a registered cluster with a refresh pending
-        let state = given(&[
-            ClusterEvent::Registered { spec: spec() },
-            ClusterEvent::RefreshRequested { at: at(5) },
-        ]);
+        let state = given(&[ClusterEvent::Registered { spec: spec() }, ClusterEvent::RefreshRequested { at: at(5) }]);
         // when a different spec is created with upsert
         let mut other = spec();
         other.config.bearer_token = "new-token".into();
         other.labels.clear();
-        let events = decide(
-            &state,
-            ClusterCommand::Create {
-                spec: other.clone(),
-                upsert: true,
-            },
-        )
-        .unwrap();
+        let events = decide(&state, ClusterCommand::Create { spec: other.clone(), upsert: true }).unwrap();
         // then the whole spec changes
-        assert_eq!(
-            events,
-            vec![ClusterEvent::SpecChanged {
-                spec: other.clone(),
-                updated_fields: vec![]
-            }]
-        );
+        assert_eq!(events, vec![ClusterEvent::SpecChanged { spec: other.clone(), updated_fields: vec![] }]);
         let mut after = state.clone();
         apply(&mut after, &events[0]);
         let after = after.unwrap();
@@ -374,14 +283,7 @@ mod tests {
         let state = registered();
         let mut other = spec();
         other.server = "https://elsewhere".into();
-        let err = decide(
-            &state,
-            ClusterCommand::Create {
-                spec: other,
-                upsert: true,
-            },
-        )
-        .unwrap_err();
+        let err = decide(&state, ClusterCommand::Create { spec: other, upsert: true }).unwrap_err();
         assert!(matches!(err, DomainError::InvalidArgument { ref field, .. } if field == "server"));
     }
 
@@ -389,19 +291,9 @@ mod tests {
     fn create_after_delete_registers_again() {
         let state = given(&[
             ClusterEvent::Registered { spec: spec() },
-            ClusterEvent::Deleted {
-                server: spec().server,
-                name: spec().name,
-            },
+            ClusterEvent::Deleted { server: spec().server, name: spec().name },
         ]);
-        let events = decide(
-            &state,
-            ClusterCommand::Create {
-                spec: spec(),
-                upsert: false,
-            },
-        )
-        .unwrap();
+        let events = decide(&state, ClusterCommand::Create { spec: spec(), upsert: false }).unwrap();
         assert_eq!(events, vec![ClusterEvent::Registered { spec: spec() }]);
     }
 
@@ -409,14 +301,7 @@ mod tests {
 
     #[test]
     fn update_on_missing_is_not_found() {
-        let err = decide(
-            &given(&[]),
-            ClusterCommand::Update {
-                patch: spec(),
-                updated_fields: vec![],
-            },
-        )
-        .unwrap_err();
+        let err = decide(&given(&[]), ClusterCommand::Update { patch: spec(), updated_fields: vec![] }).unwrap_err();
         assert!(matches!(err, DomainError::NotFound(_)));
     }
 
@@ -438,10 +323,7 @@ mod tests {
         };
         let events = decide(
             &state,
-            ClusterCommand::Update {
-                patch,
-                updated_fields: vec!["name".into(), "labels".into(), "name".into()],
-            },
+            ClusterCommand::Update { patch, updated_fields: vec!["name".into(), "labels".into(), "name".into()] },
         )
         .unwrap();
         // then only those two change; the server and everything else is kept
@@ -450,10 +332,7 @@ mod tests {
         expected.labels = BTreeMap::from([("team".into(), "x".into())]);
         assert_eq!(
             events,
-            vec![ClusterEvent::SpecChanged {
-                spec: expected,
-                updated_fields: vec!["name".into(), "labels".into()],
-            }]
+            vec![ClusterEvent::SpecChanged { spec: expected, updated_fields: vec!["name".into(), "labels".into()] }]
         );
     }
 
@@ -463,10 +342,7 @@ mod tests {
         let patch = ClusterSpec {
             server: String::new(),
             name: "n2".into(),
-            config: ClusterConfig {
-                username: "u".into(),
-                ..Default::default()
-            },
+            config: ClusterConfig { username: "u".into(), ..Default::default() },
             namespaces: vec!["x".into()],
             cluster_resources: true,
             project: "p2".into(),
@@ -482,42 +358,26 @@ mod tests {
             },
         )
         .unwrap();
-        let expected = ClusterSpec {
-            server: spec().server,
-            ..patch
-        };
-        assert!(
-            matches!(&events[..], [ClusterEvent::SpecChanged { spec, .. }] if *spec == expected)
-        );
+        let expected = ClusterSpec { server: spec().server, ..patch };
+        assert!(matches!(&events[..], [ClusterEvent::SpecChanged { spec, .. }] if *spec == expected));
     }
 
     #[test]
     fn update_with_unknown_field_is_refused() {
         let err = decide(
             &registered(),
-            ClusterCommand::Update {
-                patch: spec(),
-                updated_fields: vec!["name".into(), "foo".into()],
-            },
+            ClusterCommand::Update { patch: spec(), updated_fields: vec!["name".into(), "foo".into()] },
         )
         .unwrap_err();
         assert!(
             matches!(&err, DomainError::InvalidArgument { field, message } if field == "updatedFields" && message.starts_with(r#"unknown field "foo""#)),
             "{err:?}"
         );
-        assert!(
-            err.to_string()
-                .contains(r#"updatedFields: unknown field "foo""#)
-        );
+        assert!(err.to_string().contains(r#"updatedFields: unknown field "foo""#));
         // "server" is not updatable either
-        let err = decide(
-            &registered(),
-            ClusterCommand::Update {
-                patch: spec(),
-                updated_fields: vec!["server".into()],
-            },
-        )
-        .unwrap_err();
+        let err =
+            decide(&registered(), ClusterCommand::Update { patch: spec(), updated_fields: vec!["server".into()] })
+                .unwrap_err();
         assert!(matches!(err, DomainError::InvalidArgument { .. }));
     }
 
@@ -526,74 +386,28 @@ mod tests {
         // given a registered cluster
         let state = registered();
         // when the whole spec is sent with an empty server
-        let patch = ClusterSpec {
-            server: String::new(),
-            name: "c1".into(),
-            ..Default::default()
-        };
-        let events = decide(
-            &state,
-            ClusterCommand::Update {
-                patch,
-                updated_fields: vec![],
-            },
-        )
-        .unwrap();
+        let patch = ClusterSpec { server: String::new(), name: "c1".into(), ..Default::default() };
+        let events = decide(&state, ClusterCommand::Update { patch, updated_fields: vec![] }).unwrap();
         // then every field is replaced except the server
-        let expected = ClusterSpec {
-            server: spec().server,
-            name: "c1".into(),
-            ..Default::default()
-        };
-        assert_eq!(
-            events,
-            vec![ClusterEvent::SpecChanged {
-                spec: expected,
-                updated_fields: vec![]
-            }]
-        );
+        let expected = ClusterSpec { server: spec().server, name: "c1".into(), ..Default::default() };
+        assert_eq!(events, vec![ClusterEvent::SpecChanged { spec: expected, updated_fields: vec![] }]);
     }
 
     #[test]
     fn update_without_fields_cannot_change_the_server() {
         let mut patch = spec();
         patch.server = "https://other.example.com".into();
-        let err = decide(
-            &registered(),
-            ClusterCommand::Update {
-                patch,
-                updated_fields: vec![],
-            },
-        )
-        .unwrap_err();
+        let err = decide(&registered(), ClusterCommand::Update { patch, updated_fields: vec![] }).unwrap_err();
         assert!(matches!(err, DomainError::InvalidArgument { ref field, .. } if field == "server"));
     }
 
     #[test]
     fn update_that_changes_nothing_emits_nothing() {
         let state = registered();
-        assert_eq!(
-            decide(
-                &state,
-                ClusterCommand::Update {
-                    patch: spec(),
-                    updated_fields: vec![]
-                }
-            ),
-            Ok(vec![])
-        );
+        assert_eq!(decide(&state, ClusterCommand::Update { patch: spec(), updated_fields: vec![] }), Ok(vec![]));
         let mut patch = spec();
         patch.project = "changed but not listed".into();
-        assert_eq!(
-            decide(
-                &state,
-                ClusterCommand::Update {
-                    patch,
-                    updated_fields: vec!["name".into()]
-                }
-            ),
-            Ok(vec![])
-        );
+        assert_eq!(decide(&state, ClusterCommand::Update { patch, updated_fields: vec!["name".into()] }), Ok(vec![]));
     }
 
     #[test]
@@ -602,10 +416,7 @@ mod tests {
         patch.labels = BTreeMap::from([("bad key".into(), "v".into())]);
         let err = decide(
             &registered(),
-            ClusterCommand::Update {
-                patch: patch.clone(),
-                updated_fields: vec!["labels".into()],
-            },
+            ClusterCommand::Update { patch: patch.clone(), updated_fields: vec!["labels".into()] },
         )
         .unwrap_err();
         assert_eq!(
@@ -614,22 +425,13 @@ mod tests {
         );
         // a bad value in a field that is not listed is not taken, so it does not matter
         assert_eq!(
-            decide(
-                &registered(),
-                ClusterCommand::Update {
-                    patch,
-                    updated_fields: vec!["name".into()]
-                }
-            ),
+            decide(&registered(), ClusterCommand::Update { patch, updated_fields: vec!["name".into()] }),
             Ok(vec![])
         );
         // an empty name is refused
         let err = decide(
             &registered(),
-            ClusterCommand::Update {
-                patch: ClusterSpec::default(),
-                updated_fields: vec!["name".into()],
-            },
+            ClusterCommand::Update { patch: ClusterSpec::default(), updated_fields: vec!["name".into()] },
         )
         .unwrap_err();
         assert!(matches!(err, DomainError::InvalidArgument { ref field, .. } if field == "name"));
@@ -642,14 +444,8 @@ mod tests {
             ca_data: b"definitely not pem".to_vec(),
             ..Default::default()
         });
-        let err = decide(
-            &registered(),
-            ClusterCommand::Update {
-                patch,
-                updated_fields: vec!["config".into()],
-            },
-        )
-        .unwrap_err();
+        let err =
+            decide(&registered(), ClusterCommand::Update { patch, updated_fields: vec!["config".into()] }).unwrap_err();
         assert!(
             matches!(&err, DomainError::InvalidArgument { field, .. } if field == "config.tlsClientConfig.caData"),
             "{err:?}"
@@ -660,38 +456,24 @@ mod tests {
 
     #[test]
     fn delete_on_missing_is_not_found() {
-        assert!(matches!(
-            decide(&given(&[]), ClusterCommand::Delete),
-            Err(DomainError::NotFound(_))
-        ));
+        assert!(matches!(decide(&given(&[]), ClusterCommand::Delete), Err(DomainError::NotFound(_))));
     }
 
     #[test]
     fn delete_removes_the_cluster() {
         let state = registered();
         let events = decide(&state, ClusterCommand::Delete).unwrap();
-        assert_eq!(
-            events,
-            vec![ClusterEvent::Deleted {
-                server: spec().server,
-                name: spec().name
-            }]
-        );
+        assert_eq!(events, vec![ClusterEvent::Deleted { server: spec().server, name: spec().name }]);
         let mut after = state;
         apply(&mut after, &events[0]);
         assert_eq!(after, None);
         // and a second delete finds nothing
-        assert!(matches!(
-            decide(&after, ClusterCommand::Delete),
-            Err(DomainError::NotFound(_))
-        ));
+        assert!(matches!(decide(&after, ClusterCommand::Delete), Err(DomainError::NotFound(_))));
     }
 
     #[test]
     fn delete_of_in_cluster_is_refused_as_built_in() {
-        let state = given(&[ClusterEvent::Registered {
-            spec: in_cluster_spec(),
-        }]);
+        let state = given(&[ClusterEvent::Registered { spec: in_cluster_spec() }]);
         let err = decide(&state, ClusterCommand::Delete).unwrap_err();
         assert!(matches!(err, DomainError::BuiltIn(_)));
         assert!(err.to_string().contains("built in"), "{err}");
@@ -705,13 +487,7 @@ mod tests {
         assert_eq!(s.name, IN_CLUSTER_NAME);
         assert_eq!(s.config, ClusterConfig::default());
         assert_eq!(
-            decide(
-                &None,
-                ClusterCommand::Create {
-                    spec: s.clone(),
-                    upsert: false
-                }
-            ),
+            decide(&None, ClusterCommand::Create { spec: s.clone(), upsert: false }),
             Ok(vec![ClusterEvent::Registered { spec: s }])
         );
     }
@@ -743,19 +519,13 @@ mod tests {
         // a refresh of nothing stays nothing
         assert_eq!(given(&[ClusterEvent::RefreshRequested { at: at(1) }]), None);
         // a spec change of nothing materialises the cluster
-        let s = given(&[ClusterEvent::SpecChanged {
-            spec: spec(),
-            updated_fields: vec![],
-        }]);
+        let s = given(&[ClusterEvent::SpecChanged { spec: spec(), updated_fields: vec![] }]);
         assert_eq!(s.map(|s| s.spec), Some(spec()));
     }
 
     #[test]
     fn commands_and_events_debug_without_credentials() {
-        let cmd = ClusterCommand::Create {
-            spec: spec(),
-            upsert: false,
-        };
+        let cmd = ClusterCommand::Create { spec: spec(), upsert: false };
         let dbg = format!("{cmd:?} {:?}", registered());
         assert!(!dbg.contains("token\""), "{dbg}");
         assert!(dbg.contains("[redacted]"), "{dbg}");

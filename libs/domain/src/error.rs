@@ -25,10 +25,7 @@ pub enum DomainError {
 impl DomainError {
     /// An `InvalidArgument` naming `field`.
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> DomainError {
-        DomainError::InvalidArgument {
-            field: field.into(),
-            message: message.into(),
-        }
+        DomainError::InvalidArgument { field: field.into(), message: message.into() }
     }
 }
 

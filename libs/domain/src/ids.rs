@@ -10,16 +10,12 @@ pub const CLUSTER_NAME_NAMESPACE: Uuid = Uuid::from_u128(0x0b7e_4d21_c9f8_4a63_b
 
 /// The aggregate id of the cluster with this server URL: 32 lowercase hex characters.
 pub fn cluster_id(server: &str) -> String {
-    Uuid::new_v5(&CLUSTER_ID_NAMESPACE, server.as_bytes())
-        .simple()
-        .to_string()
+    Uuid::new_v5(&CLUSTER_ID_NAMESPACE, server.as_bytes()).simple().to_string()
 }
 
 /// The key of a cluster name claim: 32 lowercase hex characters, safe in a NATS subject.
 pub fn name_key(name: &str) -> String {
-    Uuid::new_v5(&CLUSTER_NAME_NAMESPACE, name.as_bytes())
-        .simple()
-        .to_string()
+    Uuid::new_v5(&CLUSTER_NAME_NAMESPACE, name.as_bytes()).simple().to_string()
 }
 
 /// The log subject of a cluster's events.
@@ -42,18 +38,12 @@ mod tests {
         let a = cluster_id("https://a.example.com");
         assert_eq!(a, cluster_id("https://a.example.com"));
         assert_eq!(a.len(), 32);
-        assert!(
-            a.chars()
-                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
-        );
+        assert!(a.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
         assert_ne!(a, cluster_id("https://b.example.com"));
         // Names and servers live in different namespaces.
         assert_ne!(name_key("https://a.example.com"), a);
         // Pinned: a change here would orphan every stored cluster.
-        assert_eq!(
-            cluster_id("https://kubernetes.default.svc"),
-            "87be6b76145c5cd0ad4a5c25422539a9"
-        );
+        assert_eq!(cluster_id("https://kubernetes.default.svc"), "87be6b76145c5cd0ad4a5c25422539a9");
         assert_eq!(name_key("in-cluster"), "8ccc9961872a5d989a7a4dd03c8bde0c");
     }
 

@@ -36,16 +36,8 @@ impl ClusterSpec {
             namespaces: cluster.namespaces.clone(),
             cluster_resources: cluster.cluster_resources,
             project: cluster.project.clone(),
-            labels: cluster
-                .labels
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-            annotations: cluster
-                .annotations
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
+            labels: cluster.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            annotations: cluster.annotations.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             shard: cluster.shard,
         }
     }
@@ -60,16 +52,8 @@ impl ClusterSpec {
             namespaces: self.namespaces.clone(),
             cluster_resources: self.cluster_resources,
             project: self.project.clone(),
-            labels: self
-                .labels
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-            annotations: self
-                .annotations
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
+            labels: self.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            annotations: self.annotations.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             shard: self.shard,
             ..Default::default()
         }
@@ -79,11 +63,7 @@ impl ClusterSpec {
 /// The built-in entry for the cluster Argo CD runs in: no credentials (the service account is
 /// used), as Argo CD synthesises it.
 pub fn in_cluster_spec() -> ClusterSpec {
-    ClusterSpec {
-        server: IN_CLUSTER_SERVER.to_owned(),
-        name: IN_CLUSTER_NAME.to_owned(),
-        ..Default::default()
-    }
+    ClusterSpec { server: IN_CLUSTER_SERVER.to_owned(), name: IN_CLUSTER_NAME.to_owned(), ..Default::default() }
 }
 
 impl fmt::Debug for ClusterSpec {
@@ -120,17 +100,11 @@ impl fmt::Debug for ConfigDebug<'_> {
             .field("username", &c.username)
             .field("password", &Redacted(!c.password.is_empty()))
             .field("bearer_token", &Redacted(!c.bearer_token.is_empty()))
-            .field(
-                "tls_client_config",
-                &c.tls_client_config.as_ref().map(TlsDebug),
-            )
+            .field("tls_client_config", &c.tls_client_config.as_ref().map(TlsDebug))
             // Cluster name, role ARN and profile name are identifiers, not secrets.
             .field("aws_auth_config", &c.aws_auth_config)
             // Exec args and env commonly carry tokens, so nothing of it is shown.
-            .field(
-                "exec_provider_config",
-                &c.exec_provider_config.as_ref().map(|_| Redacted(true)),
-            )
+            .field("exec_provider_config", &c.exec_provider_config.as_ref().map(|_| Redacted(true)))
             .field("disable_compression", &c.disable_compression)
             .field("proxy_url", &ProxyDebug(&c.proxy_url))
             .finish()

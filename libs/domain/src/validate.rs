@@ -25,17 +25,11 @@ pub fn validate(spec: &ClusterSpec) -> Result<(), DomainError> {
         return Err(DomainError::invalid("name", "must not be empty"));
     }
     if spec.name.chars().count() > MAX_NAME_LEN {
-        return Err(DomainError::invalid(
-            "name",
-            format!("must be at most {MAX_NAME_LEN} characters"),
-        ));
+        return Err(DomainError::invalid("name", format!("must be at most {MAX_NAME_LEN} characters")));
     }
 
     if let Some(i) = spec.namespaces.iter().position(String::is_empty) {
-        return Err(DomainError::invalid(
-            format!("namespaces[{i}]"),
-            "must not be empty",
-        ));
+        return Err(DomainError::invalid(format!("namespaces[{i}]"), "must not be empty"));
     }
 
     if let Some(tls) = &spec.config.tls_client_config {
@@ -51,44 +45,29 @@ pub fn validate(spec: &ClusterSpec) -> Result<(), DomainError> {
     }
 
     for (key, value) in &spec.labels {
-        check_qualified_name(key).map_err(|why| {
-            DomainError::invalid(
-                "labels",
-                format!("key {key:?} is not a valid label key: {why}"),
-            )
-        })?;
+        check_qualified_name(key)
+            .map_err(|why| DomainError::invalid("labels", format!("key {key:?} is not a valid label key: {why}")))?;
         check_label_value(value).map_err(|why| {
-            DomainError::invalid(
-                "labels",
-                format!("value {value:?} of key {key:?} is not a valid label value: {why}"),
-            )
+            DomainError::invalid("labels", format!("value {value:?} of key {key:?} is not a valid label value: {why}"))
         })?;
     }
 
     let mut annotation_size = 0usize;
     for (key, value) in &spec.annotations {
         check_qualified_name(key).map_err(|why| {
-            DomainError::invalid(
-                "annotations",
-                format!("key {key:?} is not a valid annotation key: {why}"),
-            )
+            DomainError::invalid("annotations", format!("key {key:?} is not a valid annotation key: {why}"))
         })?;
         annotation_size += key.len() + value.len();
     }
     if annotation_size > TOTAL_ANNOTATION_SIZE_MAX {
         return Err(DomainError::invalid(
             "annotations",
-            format!(
-                "may not have more than {TOTAL_ANNOTATION_SIZE_MAX} bytes in total, has {annotation_size}"
-            ),
+            format!("may not have more than {TOTAL_ANNOTATION_SIZE_MAX} bytes in total, has {annotation_size}"),
         ));
     }
 
     if let Some(shard) = spec.shard.filter(|s| *s < 0) {
-        return Err(DomainError::invalid(
-            "shard",
-            format!("must be >= 0, got {shard}"),
-        ));
+        return Err(DomainError::invalid("shard", format!("must be >= 0, got {shard}")));
     }
     Ok(())
 }
@@ -98,13 +77,9 @@ fn validate_server(server: &str) -> Result<(), DomainError> {
     if server.is_empty() {
         return Err(err("must not be empty".into()));
     }
-    let url =
-        url::Url::parse(server).map_err(|e| err(format!("{server:?} is not a valid URL: {e}")))?;
+    let url = url::Url::parse(server).map_err(|e| err(format!("{server:?} is not a valid URL: {e}")))?;
     if url.scheme() != "http" && url.scheme() != "https" {
-        return Err(err(format!(
-            "{server:?} must use http or https, not {:?}",
-            url.scheme()
-        )));
+        return Err(err(format!("{server:?} must use http or https, not {:?}", url.scheme())));
     }
     if url.host_str().is_none_or(str::is_empty) {
         return Err(err(format!("{server:?} has no host")));
@@ -128,9 +103,7 @@ fn check_qualified_name(key: &str) -> Result<(), String> {
         return Err("name part must not be empty".into());
     }
     if name.len() > QUALIFIED_NAME_MAX {
-        return Err(format!(
-            "name part must be no more than {QUALIFIED_NAME_MAX} characters"
-        ));
+        return Err(format!("name part must be no more than {QUALIFIED_NAME_MAX} characters"));
     }
     if !is_name_token(name) {
         return Err(format!("name part {NAME_CHARS}"));
@@ -156,8 +129,7 @@ fn is_name_token(s: &str) -> bool {
         (Some(first), Some(last)) => {
             first.is_ascii_alphanumeric()
                 && last.is_ascii_alphanumeric()
-                && b.iter()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+                && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
         }
         _ => false,
     }
@@ -166,9 +138,7 @@ fn is_name_token(s: &str) -> bool {
 /// Lowercase RFC 1123 subdomain: dot-separated labels of `[a-z0-9]([-a-z0-9]*[a-z0-9])?`.
 fn check_dns1123_subdomain(s: &str) -> Result<(), String> {
     if s.len() > DNS1123_SUBDOMAIN_MAX {
-        return Err(format!(
-            "must be no more than {DNS1123_SUBDOMAIN_MAX} characters"
-        ));
+        return Err(format!("must be no more than {DNS1123_SUBDOMAIN_MAX} characters"));
     }
     let label_ok = |l: &str| {
         let b = l.as_bytes();
@@ -183,11 +153,9 @@ fn check_dns1123_subdomain(s: &str) -> Result<(), String> {
     if s.split('.').all(label_ok) {
         Ok(())
     } else {
-        Err(
-            "must be a lowercase RFC 1123 subdomain: lowercase alphanumeric characters, '-' \
+        Err("must be a lowercase RFC 1123 subdomain: lowercase alphanumeric characters, '-' \
              or '.', starting and ending with an alphanumeric character"
-                .into(),
-        )
+            .into())
     }
 }
 
@@ -198,10 +166,7 @@ fn check_pem(data: &[u8]) -> Result<(), String> {
     let mut lines = text.lines().map(str::trim);
     let mut blocks = 0usize;
     while let Some(line) = lines.next() {
-        let Some(label) = line
-            .strip_prefix("-----BEGIN ")
-            .and_then(|l| l.strip_suffix("-----"))
-        else {
+        let Some(label) = line.strip_prefix("-----BEGIN ").and_then(|l| l.strip_suffix("-----")) else {
             continue;
         };
         let end = format!("-----END {label}-----");
@@ -214,9 +179,7 @@ fn check_pem(data: &[u8]) -> Result<(), String> {
                 break;
             }
             if line.starts_with("-----") {
-                return Err(format!(
-                    "is not PEM: block {label:?} ends with {line:?}, expected {end:?}"
-                ));
+                return Err(format!("is not PEM: block {label:?} ends with {line:?}, expected {end:?}"));
             }
             if in_headers && line.contains(':') {
                 continue;
@@ -230,9 +193,7 @@ fn check_pem(data: &[u8]) -> Result<(), String> {
         if body.is_empty() {
             return Err(format!("is not PEM: block {label:?} is empty"));
         }
-        BASE64
-            .decode(body.as_bytes())
-            .map_err(|e| format!("is not PEM: block {label:?} is not valid base64: {e}"))?;
+        BASE64.decode(body.as_bytes()).map_err(|e| format!("is not PEM: block {label:?} is not valid base64: {e}"))?;
         blocks += 1;
     }
     if blocks == 0 {
@@ -287,82 +248,49 @@ mod tests {
             "unix:///var/run/k8s.sock",
             "https://",
         ] {
-            let spec = ClusterSpec {
-                server: bad.into(),
-                ..valid()
-            };
+            let spec = ClusterSpec { server: bad.into(), ..valid() };
             assert_eq!(field_of(validate(&spec)), "server", "{bad:?}");
         }
         for good in ["http://10.0.0.1:8080", "https://[::1]:6443", "https://k8s"] {
-            let spec = ClusterSpec {
-                server: good.into(),
-                ..valid()
-            };
+            let spec = ClusterSpec { server: good.into(), ..valid() };
             assert_eq!(validate(&spec), Ok(()), "{good:?}");
         }
     }
 
     #[test]
     fn invalid_url_message_names_the_field() {
-        let spec = ClusterSpec {
-            server: "ftp://x".into(),
-            ..valid()
-        };
+        let spec = ClusterSpec { server: "ftp://x".into(), ..valid() };
         let msg = validate(&spec).unwrap_err().to_string();
         assert!(msg.starts_with("invalid cluster: server: "), "{msg}");
     }
 
     #[test]
     fn name_is_required_and_bounded() {
-        let empty = ClusterSpec {
-            name: String::new(),
-            ..valid()
-        };
+        let empty = ClusterSpec { name: String::new(), ..valid() };
         assert_eq!(field_of(validate(&empty)), "name");
-        let long = ClusterSpec {
-            name: "x".repeat(254),
-            ..valid()
-        };
+        let long = ClusterSpec { name: "x".repeat(254), ..valid() };
         assert_eq!(field_of(validate(&long)), "name");
-        let max = ClusterSpec {
-            name: "x".repeat(253),
-            ..valid()
-        };
+        let max = ClusterSpec { name: "x".repeat(253), ..valid() };
         assert_eq!(validate(&max), Ok(()));
     }
 
     #[test]
     fn namespaces_must_not_be_empty_strings() {
-        let spec = ClusterSpec {
-            namespaces: vec!["a".into(), String::new()],
-            ..valid()
-        };
+        let spec = ClusterSpec { namespaces: vec!["a".into(), String::new()], ..valid() };
         assert_eq!(field_of(validate(&spec)), "namespaces[1]");
     }
 
     #[test]
     fn bad_label_key_is_rejected_with_kubernetes_wording() {
-        let spec = ClusterSpec {
-            labels: BTreeMap::from([("bad key".into(), "v".into())]),
-            ..valid()
-        };
+        let spec = ClusterSpec { labels: BTreeMap::from([("bad key".into(), "v".into())]), ..valid() };
         let err = validate(&spec).unwrap_err();
         let msg = err.to_string();
-        assert!(
-            msg.starts_with(r#"invalid cluster: labels: key "bad key" is not a valid label key"#),
-            "{msg}"
-        );
+        assert!(msg.starts_with(r#"invalid cluster: labels: key "bad key" is not a valid label key"#), "{msg}");
     }
 
     #[test]
     fn label_keys_follow_qualified_name_rules() {
-        let ok = [
-            "env",
-            "a",
-            "app.kubernetes.io/name",
-            "example.com/x_y.z-1",
-            "A9",
-        ];
+        let ok = ["env", "a", "app.kubernetes.io/name", "example.com/x_y.z-1", "A9"];
         let long_name = "x".repeat(64);
         let long_prefix = format!("{}/x", "a".repeat(254));
         let bad = [
@@ -378,17 +306,11 @@ mod tests {
             long_prefix.as_str(),
         ];
         for k in ok {
-            let spec = ClusterSpec {
-                labels: BTreeMap::from([(k.into(), String::new())]),
-                ..valid()
-            };
+            let spec = ClusterSpec { labels: BTreeMap::from([(k.into(), String::new())]), ..valid() };
             assert_eq!(validate(&spec), Ok(()), "{k:?}");
         }
         for k in bad {
-            let spec = ClusterSpec {
-                labels: BTreeMap::from([(k.into(), String::new())]),
-                ..valid()
-            };
+            let spec = ClusterSpec { labels: BTreeMap::from([(k.into(), String::new())]), ..valid() };
             assert_eq!(field_of(validate(&spec)), "labels", "{k:?}");
         }
     }
@@ -404,10 +326,7 @@ mod tests {
             ("x".repeat(63).as_str(), true),
             ("x".repeat(64).as_str(), false),
         ] {
-            let spec = ClusterSpec {
-                labels: BTreeMap::from([("k".into(), v.to_owned())]),
-                ..valid()
-            };
+            let spec = ClusterSpec { labels: BTreeMap::from([("k".into(), v.to_owned())]), ..valid() };
             assert_eq!(validate(&spec).is_ok(), ok, "{v:?}");
         }
     }
@@ -419,29 +338,17 @@ mod tests {
             ..valid()
         };
         assert_eq!(validate(&ok), Ok(()));
-        let bad = ClusterSpec {
-            annotations: BTreeMap::from([("bad key".into(), String::new())]),
-            ..valid()
-        };
+        let bad = ClusterSpec { annotations: BTreeMap::from([("bad key".into(), String::new())]), ..valid() };
         assert_eq!(field_of(validate(&bad)), "annotations");
-        let huge = ClusterSpec {
-            annotations: BTreeMap::from([("k".into(), "x".repeat(256 * 1024))]),
-            ..valid()
-        };
+        let huge = ClusterSpec { annotations: BTreeMap::from([("k".into(), "x".repeat(256 * 1024))]), ..valid() };
         assert_eq!(field_of(validate(&huge)), "annotations");
     }
 
     #[test]
     fn shard_must_not_be_negative() {
-        let neg = ClusterSpec {
-            shard: Some(-1),
-            ..valid()
-        };
+        let neg = ClusterSpec { shard: Some(-1), ..valid() };
         assert_eq!(field_of(validate(&neg)), "shard");
-        let zero = ClusterSpec {
-            shard: Some(0),
-            ..valid()
-        };
+        let zero = ClusterSpec { shard: Some(0), ..valid() };
         assert_eq!(validate(&zero), Ok(()));
     }
 
@@ -464,25 +371,18 @@ mod tests {
         let cases: [(&str, TlsClientConfig); 5] = [
             (
                 "config.tlsClientConfig.caData",
-                TlsClientConfig {
-                    ca_data: b"not pem at all".to_vec(),
-                    ..Default::default()
-                },
+                TlsClientConfig { ca_data: b"not pem at all".to_vec(), ..Default::default() },
             ),
             (
                 "config.tlsClientConfig.certData",
                 TlsClientConfig {
-                    cert_data: b"-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n"
-                        .to_vec(),
+                    cert_data: b"-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n".to_vec(),
                     ..Default::default()
                 },
             ),
             (
                 "config.tlsClientConfig.keyData",
-                TlsClientConfig {
-                    key_data: b"-----BEGIN PRIVATE KEY-----\nAAAA\n".to_vec(),
-                    ..Default::default()
-                },
+                TlsClientConfig { key_data: b"-----BEGIN PRIVATE KEY-----\nAAAA\n".to_vec(), ..Default::default() },
             ),
             (
                 "config.tlsClientConfig.caData",
@@ -491,13 +391,7 @@ mod tests {
                     ..Default::default()
                 },
             ),
-            (
-                "config.tlsClientConfig.caData",
-                TlsClientConfig {
-                    ca_data: vec![0xff, 0xfe],
-                    ..Default::default()
-                },
-            ),
+            ("config.tlsClientConfig.caData", TlsClientConfig { ca_data: vec![0xff, 0xfe], ..Default::default() }),
         ];
         for (field, tls) in cases {
             assert_eq!(field_of(validate(&with_tls(tls))), field);

@@ -86,7 +86,11 @@ pub async fn read_from_a_sequence(log: &dyn EventLog) {
 }
 
 async fn next_event(sub: &mut crate::EventStream) -> crate::RecordedEvent {
-    tokio::time::timeout(Duration::from_secs(10), sub.next()).await.expect("event in time").expect("stream open").expect("event")
+    tokio::time::timeout(Duration::from_secs(10), sub.next())
+        .await
+        .expect("event in time")
+        .expect("stream open")
+        .expect("event")
 }
 
 pub async fn subscribe_from_a_sequence_then_live(log: &dyn EventLog) {
@@ -117,7 +121,10 @@ pub async fn headers_and_payload_round_trip(log: &dyn EventLog) {
     assert_eq!(got.payload.as_ref(), payload.as_slice());
     let mut headers = got.headers.clone();
     headers.sort();
-    assert_eq!(headers, vec![("Corral-Event-Type".to_string(), "Test".to_string()), ("traceparent".to_string(), "tp-h1".to_string())]);
+    assert_eq!(
+        headers,
+        vec![("Corral-Event-Type".to_string(), "Test".to_string()), ("traceparent".to_string(), "tp-h1".to_string())]
+    );
     let age = chrono::Utc::now() - got.time;
     assert!(age.num_seconds().abs() < 60, "event time is the append time");
 }
@@ -129,7 +136,9 @@ pub async fn racing_appenders_on_one_subject_one_wins(log: Arc<dyn EventLog>) {
         let tasks: Vec<_> = (0..20)
             .map(|i| {
                 let log = log.clone();
-                tokio::spawn(async move { log.append(ev("t.race", &format!("race-{round}-{i}"), Some(expected), "x")).await })
+                tokio::spawn(async move {
+                    log.append(ev("t.race", &format!("race-{round}-{i}"), Some(expected), "x")).await
+                })
             })
             .collect();
         let mut wins = 0;

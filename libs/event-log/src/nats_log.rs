@@ -118,9 +118,10 @@ impl EventLog for NatsLog {
             .await;
         match ack {
             Ok(a) => Ok(AppendOutcome { seq: a.sequence, duplicate: a.duplicate }),
-            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
-                Err(LogError::Conflict { subject: event.subject, expected: event.expected_subject_seq.unwrap_or_default() })
-            }
+            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Err(LogError::Conflict {
+                subject: event.subject,
+                expected: event.expected_subject_seq.unwrap_or_default(),
+            }),
             Err(e) => Err(unavailable(e)),
         }
     }

@@ -9,8 +9,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use chrono::{TimeZone, Utc};
 use futures::StreamExt;
-use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
 use tokio::sync::{Mutex, watch};
 
 use crate::{AppendOutcome, EventLog, EventStream, Headers, LogError, NewEvent, RecordedEvent, check_subject};
@@ -171,17 +171,19 @@ impl EventLog for SledLog {
         id_value.extend_from_slice(&be(now as u64));
         let result = (&inner.events, &inner.subjects, &inner.msg_ids).transaction(|(events, subjects, ids)| {
             if !event.msg_id.is_empty()
-                && let Some(v) = ids.get(event.msg_id.as_bytes())? {
-                    let at = from_be(&v[8.min(v.len())..]) as i64;
-                    if now - at < DUPLICATE_WINDOW.as_nanos() as i64 {
-                        return Err(ConflictableTransactionError::Abort(Refused::Duplicate(from_be(&v))));
-                    }
+                && let Some(v) = ids.get(event.msg_id.as_bytes())?
+            {
+                let at = from_be(&v[8.min(v.len())..]) as i64;
+                if now - at < DUPLICATE_WINDOW.as_nanos() as i64 {
+                    return Err(ConflictableTransactionError::Abort(Refused::Duplicate(from_be(&v))));
                 }
+            }
             let current = subjects.get(event.subject.as_bytes())?.map(|v| from_be(&v)).unwrap_or(0);
             if let Some(expected) = event.expected_subject_seq
-                && expected != current {
-                    return Err(ConflictableTransactionError::Abort(Refused::Conflict(expected)));
-                }
+                && expected != current
+            {
+                return Err(ConflictableTransactionError::Abort(Refused::Conflict(expected)));
+            }
             events.insert(&be(seq), record.as_slice())?;
             subjects.insert(event.subject.as_bytes(), &be(seq))?;
             if !event.msg_id.is_empty() {

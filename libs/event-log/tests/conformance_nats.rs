@@ -14,7 +14,8 @@ async fn nats_log_passes_the_conformance_suite() {
         let url = url.clone();
         async move {
             let config = NatsLogConfig { stream: format!("T{n}"), subjects: vec![format!("s{n}.>")], replicas: 1 };
-            Arc::new(Prefixed { inner: NatsLog::connect(&url, config).await.expect("log"), prefix: format!("s{n}") }) as Arc<dyn EventLog>
+            Arc::new(Prefixed { inner: NatsLog::connect(&url, config).await.expect("log"), prefix: format!("s{n}") })
+                as Arc<dyn EventLog>
         }
     })
     .await;
@@ -41,7 +42,10 @@ impl Prefixed {
 
 #[async_trait::async_trait]
 impl EventLog for Prefixed {
-    async fn append(&self, mut event: corral_event_log::NewEvent) -> Result<corral_event_log::AppendOutcome, corral_event_log::LogError> {
+    async fn append(
+        &self,
+        mut event: corral_event_log::NewEvent,
+    ) -> Result<corral_event_log::AppendOutcome, corral_event_log::LogError> {
         event.subject = self.map(&event.subject);
         self.inner.append(event).await
     }
@@ -51,7 +55,11 @@ impl EventLog for Prefixed {
     async fn last_subject_seq(&self, subject: &str) -> Result<u64, corral_event_log::LogError> {
         self.inner.last_subject_seq(&self.map(subject)).await
     }
-    async fn read(&self, from_seq: u64, max: usize) -> Result<Vec<corral_event_log::RecordedEvent>, corral_event_log::LogError> {
+    async fn read(
+        &self,
+        from_seq: u64,
+        max: usize,
+    ) -> Result<Vec<corral_event_log::RecordedEvent>, corral_event_log::LogError> {
         Ok(self.inner.read(from_seq, max).await?.into_iter().map(|e| self.unmap(e)).collect())
     }
     async fn subscribe(&self, from_seq: u64) -> Result<corral_event_log::EventStream, corral_event_log::LogError> {

@@ -20,21 +20,39 @@ async fn sled_log_continues_after_reopen() {
     {
         let log = SledLog::open(dir.path()).expect("open");
         for i in 0..3 {
-            log.append(NewEvent { subject: "t.x".into(), msg_id: format!("m{i}"), expected_subject_seq: None, headers: vec![], payload: "p".into() })
-                .await
-                .expect("append");
+            log.append(NewEvent {
+                subject: "t.x".into(),
+                msg_id: format!("m{i}"),
+                expected_subject_seq: None,
+                headers: vec![],
+                payload: "p".into(),
+            })
+            .await
+            .expect("append");
         }
     }
     let log = SledLog::open(dir.path()).expect("reopen");
     assert_eq!(log.last_seq().await.expect("last"), 3);
     assert_eq!(log.last_subject_seq("t.x").await.expect("subject"), 3);
     let dup = log
-        .append(NewEvent { subject: "t.x".into(), msg_id: "m2".into(), expected_subject_seq: None, headers: vec![], payload: "p".into() })
+        .append(NewEvent {
+            subject: "t.x".into(),
+            msg_id: "m2".into(),
+            expected_subject_seq: None,
+            headers: vec![],
+            payload: "p".into(),
+        })
         .await
         .expect("dup");
     assert!(dup.duplicate, "message ids survive a reopen");
     let next = log
-        .append(NewEvent { subject: "t.x".into(), msg_id: "m9".into(), expected_subject_seq: Some(3), headers: vec![], payload: "p".into() })
+        .append(NewEvent {
+            subject: "t.x".into(),
+            msg_id: "m9".into(),
+            expected_subject_seq: Some(3),
+            headers: vec![],
+            payload: "p".into(),
+        })
         .await
         .expect("append");
     assert_eq!(next.seq, 4);

@@ -12,7 +12,9 @@ use std::sync::{Arc, Mutex};
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
-use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
@@ -92,7 +94,10 @@ fn core_objects(s: &mut Inner, method: &axum::http::Method, path: &str, body: &[
     let ns = parts[0];
     match (method.as_str(), &parts[1..]) {
         ("GET", ["serviceaccounts", name]) => Some(if s.service_accounts.contains(&format!("{ns}/{name}")) {
-            axum::Json(json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name, "namespace": ns}})).into_response()
+            axum::Json(
+                json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name, "namespace": ns}}),
+            )
+            .into_response()
         } else {
             status(404, "NotFound", &format!("serviceaccounts \"{name}\" not found"))
         }),
@@ -121,7 +126,10 @@ fn core_objects(s: &mut Inner, method: &axum::http::Method, path: &str, body: &[
                 .iter()
                 .filter_map(|(k, v)| k.strip_prefix(&format!("{ns}/")).map(|name| secret_json(ns, name, v)))
                 .collect();
-            Some(axum::Json(json!({"apiVersion": "v1", "kind": "SecretList", "metadata": {}, "items": items})).into_response())
+            Some(
+                axum::Json(json!({"apiVersion": "v1", "kind": "SecretList", "metadata": {}, "items": items}))
+                    .into_response(),
+            )
         }
         ("GET", ["secrets", name]) => Some(match s.secrets.get(&format!("{ns}/{name}")) {
             Some(v) => axum::Json(secret_json(ns, name, v)).into_response(),
@@ -186,9 +194,15 @@ fn aws_token_key(token: &str, clusters: &BTreeSet<String>) -> Option<String> {
 /// STS AssumeRole, as this server plays it for tests: any presigned request gets fixed
 /// temporary credentials.
 fn assume_role(s: &mut Inner, query: &str) -> Response {
-    let param = |name: &str| url::form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned());
+    let param = |name: &str| {
+        url::form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
+    };
     if param("X-Amz-Signature").is_none() || param("X-Amz-Credential").is_none() {
-        return (axum::http::StatusCode::FORBIDDEN, "<ErrorResponse><Error><Code>MissingAuthenticationToken</Code></Error></ErrorResponse>").into_response();
+        return (
+            axum::http::StatusCode::FORBIDDEN,
+            "<ErrorResponse><Error><Code>MissingAuthenticationToken</Code></Error></ErrorResponse>",
+        )
+            .into_response();
     }
     s.assumed_roles.push(param("RoleArn").unwrap_or_default());
     let xml = "<AssumeRoleResponse><AssumeRoleResult><Credentials>\
@@ -201,7 +215,9 @@ fn assume_role(s: &mut Inner, query: &str) -> Response {
 fn rand_suffix() -> String {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0));
+    h.write_u64(
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0),
+    );
     format!("{:016x}", h.finish())
 }
 
@@ -318,7 +334,8 @@ async fn handle(State(inner): State<Arc<Mutex<Inner>>>, req: Request) -> Respons
         "/api" => json!({"kind": "APIVersions", "versions": ["v1"],
             "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}]}),
         "/apis" => {
-            let mut names: Vec<&str> = groups.iter().filter(|g| !g.group.is_empty()).map(|g| g.group.as_str()).collect();
+            let mut names: Vec<&str> =
+                groups.iter().filter(|g| !g.group.is_empty()).map(|g| g.group.as_str()).collect();
             names.dedup();
             let list: Vec<Value> = names
                 .iter()
@@ -335,7 +352,11 @@ async fn handle(State(inner): State<Arc<Mutex<Inner>>>, req: Request) -> Respons
         }
         p => {
             let found = groups.iter().find(|g| {
-                if g.group.is_empty() { p == format!("/api/{}", g.version) } else { p == format!("/apis/{}/{}", g.group, g.version) }
+                if g.group.is_empty() {
+                    p == format!("/api/{}", g.version)
+                } else {
+                    p == format!("/apis/{}/{}", g.group, g.version)
+                }
             });
             match found {
                 Some(gv) => resource_list(gv),
@@ -353,12 +374,14 @@ impl FakeKube {
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         ca_params.distinguished_name.push(DnType::CommonName, "fake-kube CA");
-        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::CrlSign];
+        ca_params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::CrlSign];
         let ca_cert = ca_params.self_signed(&ca_key).expect("CA cert");
         let issuer = Arc::new(Issuer::new(ca_params, ca_key));
 
         let server_key = KeyPair::generate().expect("server key");
-        let mut params = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).expect("params");
+        let mut params =
+            CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).expect("params");
         params.distinguished_name.push(DnType::CommonName, "kube-apiserver");
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let server_cert = params.signed_by(&server_key, &issuer).expect("server cert");
@@ -528,7 +551,10 @@ impl FakeKube {
     }
 }
 
-async fn tower_call(router: Router, req: hyper::Request<hyper::body::Incoming>) -> Result<Response, std::convert::Infallible> {
+async fn tower_call(
+    router: Router,
+    req: hyper::Request<hyper::body::Incoming>,
+) -> Result<Response, std::convert::Infallible> {
     use tower::ServiceExt;
     let req = req.map(axum::body::Body::new);
     router.oneshot(req).await

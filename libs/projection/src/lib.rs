@@ -170,9 +170,7 @@ fn read_last_applied(name: &str, tree: &sled::Tree) -> Result<u64, ProjectionErr
 
 fn check_key(key: &[u8]) -> Result<(), ProjectionError> {
     if key.starts_with(META_PREFIX) {
-        return Err(ProjectionError::ReservedKey(
-            String::from_utf8_lossy(key).into_owned(),
-        ));
+        return Err(ProjectionError::ReservedKey(String::from_utf8_lossy(key).into_owned()));
     }
     Ok(())
 }
@@ -196,15 +194,7 @@ impl Projection {
         }
         let tree = db.open_tree(tree_name(name, generation))?;
         let last = read_last_applied(name, &tree)?;
-        Ok(Projection::from_parts(
-            db.clone(),
-            name,
-            meta,
-            true,
-            generation,
-            tree,
-            last,
-        ))
+        Ok(Projection::from_parts(db.clone(), name, meta, true, generation, tree, last))
     }
 
     fn from_parts(
@@ -233,12 +223,7 @@ impl Projection {
     }
 
     fn tree(&self) -> sled::Tree {
-        self.inner
-            .active
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .tree
-            .clone()
+        self.inner.active.read().unwrap_or_else(PoisonError::into_inner).tree.clone()
     }
 
     pub fn name(&self) -> &str {
@@ -247,11 +232,7 @@ impl Projection {
 
     /// The generation whose tree this handle reads and writes.
     pub fn generation(&self) -> u64 {
-        self.inner
-            .active
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .generation
+        self.inner.active.read().unwrap_or_else(PoisonError::into_inner).generation
     }
 
     /// The sequence of the last applied event (0: none).
@@ -310,10 +291,7 @@ impl Projection {
         .await;
         match reached {
             Ok(true) => Ok(()),
-            _ => Err(ProjectionError::Timeout {
-                seq,
-                last_applied: self.last_applied(),
-            }),
+            _ => Err(ProjectionError::Timeout { seq, last_applied: self.last_applied() }),
         }
     }
 
@@ -337,12 +315,7 @@ impl Projection {
         if !self.inner.live {
             return Err(ProjectionError::NotLive(self.inner.name.clone()));
         }
-        if self
-            .inner
-            .rebuilding
-            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
-            .is_err()
-        {
+        if self.inner.rebuilding.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire).is_err() {
             return Err(ProjectionError::RebuildInProgress(self.inner.name.clone()));
         }
         let started = (|| {
@@ -362,11 +335,7 @@ impl Projection {
             ))
         })();
         match started {
-            Ok(next) => Ok(Rebuild {
-                live: self.clone(),
-                next,
-                done: false,
-            }),
+            Ok(next) => Ok(Rebuild { live: self.clone(), next, done: false }),
             Err(e) => {
                 self.inner.rebuilding.store(false, Ordering::Release);
                 Err(e)
@@ -397,10 +366,7 @@ pub struct Rebuild {
 
 impl std::fmt::Debug for Rebuild {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Rebuild")
-            .field("live", &self.live)
-            .field("next", &self.next)
-            .finish()
+        f.debug_struct("Rebuild").field("live", &self.live).field("next", &self.next).finish()
     }
 }
 
@@ -454,10 +420,7 @@ impl Rebuild {
         let live_last = self.live.last_applied();
         let next_last = self.next.last_applied();
         if next_last < live_last {
-            return Err(ProjectionError::NotCaughtUp {
-                rebuild: next_last,
-                live: live_last,
-            });
+            return Err(ProjectionError::NotCaughtUp { rebuild: next_last, live: live_last });
         }
         let inner = &self.live.inner;
         let generation = self.next.generation();
@@ -465,18 +428,10 @@ impl Rebuild {
         // leaves everything as it was.
         inner.db.flush()?;
         // The switch itself: from here on the new generation is the projection.
-        inner
-            .meta
-            .insert(inner.name.as_bytes(), &generation.to_be_bytes())?;
+        inner.meta.insert(inner.name.as_bytes(), &generation.to_be_bytes())?;
         let old = {
             let mut active = inner.active.write().unwrap_or_else(PoisonError::into_inner);
-            std::mem::replace(
-                &mut *active,
-                Active {
-                    generation,
-                    tree: self.next.tree(),
-                },
-            )
+            std::mem::replace(&mut *active, Active { generation, tree: self.next.tree() })
         };
         inner.applied.send_replace(next_last);
         self.next.inner.retired.send_replace(true);
@@ -534,19 +489,14 @@ mod tests {
     }
 
     fn read(p: &Projection, key: &str) -> Option<String> {
-        p.get(key.as_bytes())
-            .unwrap()
-            .map(|v| String::from_utf8(v.to_vec()).unwrap())
+        p.get(key.as_bytes()).unwrap().map(|v| String::from_utf8(v.to_vec()).unwrap())
     }
 
     fn all(p: &Projection) -> Vec<(String, String)> {
         p.scan_prefix(b"")
             .map(|r| {
                 let (k, v) = r.unwrap();
-                (
-                    String::from_utf8(k.to_vec()).unwrap(),
-                    String::from_utf8(v.to_vec()).unwrap(),
-                )
+                (String::from_utf8(k.to_vec()).unwrap(), String::from_utf8(v.to_vec()).unwrap())
             })
             .collect()
     }
@@ -558,24 +508,15 @@ mod tests {
         let p = Projection::open(&db, "t").unwrap();
         assert_eq!(p.last_applied(), 0);
         // when an event's changes are applied
-        let applied = p
-            .apply(1, changes(&[("a", Some("1")), ("b", Some("2"))]))
-            .unwrap();
+        let applied = p.apply(1, changes(&[("a", Some("1")), ("b", Some("2"))])).unwrap();
         // then both the data and the sequence are there, in the same tree
         assert!(applied);
         assert_eq!(p.last_applied(), 1);
         assert_eq!(read(&p, "a").as_deref(), Some("1"));
         let tree = db.open_tree("t/gen0").unwrap();
-        assert_eq!(
-            tree.get(LAST_APPLIED_KEY).unwrap().as_deref(),
-            Some(&1u64.to_be_bytes()[..])
-        );
+        assert_eq!(tree.get(LAST_APPLIED_KEY).unwrap().as_deref(), Some(&1u64.to_be_bytes()[..]));
         // and deletes and overwrites work, later writes for a key winning
-        p.apply(
-            2,
-            changes(&[("a", None), ("b", Some("3")), ("c", Some("x")), ("c", None)]),
-        )
-        .unwrap();
+        p.apply(2, changes(&[("a", None), ("b", Some("3")), ("c", Some("x")), ("c", None)])).unwrap();
         assert_eq!(all(&p), vec![("b".to_owned(), "3".to_owned())]);
     }
 
@@ -601,31 +542,18 @@ mod tests {
         let p = Projection::open(&db, "t").unwrap();
         let mut c = changes(&[("a", Some("1"))]);
         c.put(b"\0meta/last_applied".to_vec(), b"x".to_vec());
-        assert!(matches!(
-            p.apply(1, c),
-            Err(ProjectionError::ReservedKey(_))
-        ));
+        assert!(matches!(p.apply(1, c), Err(ProjectionError::ReservedKey(_))));
         assert_eq!(p.last_applied(), 0);
         assert_eq!(read(&p, "a"), None);
-        assert!(matches!(
-            p.get(b"\0meta/last_applied"),
-            Err(ProjectionError::ReservedKey(_))
-        ));
+        assert!(matches!(p.get(b"\0meta/last_applied"), Err(ProjectionError::ReservedKey(_))));
     }
 
     #[test]
     fn scan_prefix_hides_metadata() {
         let (_dir, db) = db();
         let p = Projection::open(&db, "t").unwrap();
-        p.apply(
-            1,
-            changes(&[("c/1", Some("a")), ("c/2", Some("b")), ("n/1", Some("c"))]),
-        )
-        .unwrap();
-        let keys: Vec<_> = p
-            .scan_prefix(b"c/")
-            .map(|r| r.unwrap().0.to_vec())
-            .collect();
+        p.apply(1, changes(&[("c/1", Some("a")), ("c/2", Some("b")), ("n/1", Some("c"))])).unwrap();
+        let keys: Vec<_> = p.scan_prefix(b"c/").map(|r| r.unwrap().0.to_vec()).collect();
         assert_eq!(keys, vec![b"c/1".to_vec(), b"c/2".to_vec()]);
         assert_eq!(all(&p).len(), 3);
         assert_eq!(p.scan_prefix(b"\0").count(), 0);
@@ -670,10 +598,7 @@ mod tests {
             // when a rebuild starts
             let rebuild = live.begin_rebuild().unwrap();
             assert_eq!(rebuild.generation(), 1);
-            assert!(matches!(
-                live.begin_rebuild(),
-                Err(ProjectionError::RebuildInProgress(_))
-            ));
+            assert!(matches!(live.begin_rebuild(), Err(ProjectionError::RebuildInProgress(_))));
             // then it starts empty while the live one keeps serving
             assert_eq!(rebuild.last_applied(), 0);
             assert_eq!(rebuild.projection().scan_prefix(b"").count(), 0);
@@ -685,13 +610,7 @@ mod tests {
 
             // then every clone of the live handle reads the new generation
             assert_eq!(reader.generation(), 1);
-            assert_eq!(
-                all(&reader),
-                vec![
-                    ("new".to_owned(), "1".to_owned()),
-                    ("new2".to_owned(), "2".to_owned())
-                ]
-            );
+            assert_eq!(all(&reader), vec![("new".to_owned(), "1".to_owned()), ("new2".to_owned(), "2".to_owned())]);
             assert_eq!(reader.last_applied(), 2);
             assert!(rx.has_changed().unwrap());
             // the old generation is emptied
@@ -718,13 +637,7 @@ mod tests {
         live.apply(5, changes(&[("a", Some("1"))])).unwrap();
         let rebuild = live.begin_rebuild().unwrap();
         rebuild.apply(3, Changes::new()).unwrap();
-        assert!(matches!(
-            rebuild.switch(),
-            Err(ProjectionError::NotCaughtUp {
-                rebuild: 3,
-                live: 5
-            })
-        ));
+        assert!(matches!(rebuild.switch(), Err(ProjectionError::NotCaughtUp { rebuild: 3, live: 5 })));
         // the live projection is untouched and a new rebuild may begin
         assert_eq!(live.generation(), 0);
         assert_eq!(read(&live, "a").as_deref(), Some("1"));
@@ -740,15 +653,9 @@ mod tests {
         let live = Projection::open(&db, "t").unwrap();
         let rebuild = live.begin_rebuild().unwrap();
         let handle = rebuild.projection().clone();
-        assert!(matches!(
-            handle.begin_rebuild(),
-            Err(ProjectionError::NotLive(_))
-        ));
+        assert!(matches!(handle.begin_rebuild(), Err(ProjectionError::NotLive(_))));
         drop(rebuild);
-        assert!(matches!(
-            handle.apply(1, Changes::new()),
-            Err(ProjectionError::Retired(_))
-        ));
+        assert!(matches!(handle.apply(1, Changes::new()), Err(ProjectionError::Retired(_))));
         assert_eq!(live.generation(), 0);
         assert!(live.begin_rebuild().is_ok());
     }
@@ -756,10 +663,7 @@ mod tests {
     #[test]
     fn empty_name_is_refused() {
         let (_dir, db) = db();
-        assert!(matches!(
-            Projection::open(&db, ""),
-            Err(ProjectionError::EmptyName)
-        ));
+        assert!(matches!(Projection::open(&db, ""), Err(ProjectionError::EmptyName)));
     }
 
     #[tokio::test]
@@ -779,13 +683,7 @@ mod tests {
         task.await.unwrap();
         // never reached
         let err = p.wait_for(10, Duration::from_millis(20)).await.unwrap_err();
-        assert!(matches!(
-            err,
-            ProjectionError::Timeout {
-                seq: 10,
-                last_applied: 4
-            }
-        ));
+        assert!(matches!(err, ProjectionError::Timeout { seq: 10, last_applied: 4 }));
     }
 
     #[tokio::test]
@@ -798,15 +696,10 @@ mod tests {
         let task = tokio::spawn(async move {
             for seq in 1..=2 {
                 tokio::time::sleep(Duration::from_millis(10)).await;
-                feeder
-                    .apply(seq, changes(&[("k", Some(&seq.to_string()))]))
-                    .unwrap();
+                feeder.apply(seq, changes(&[("k", Some(&seq.to_string()))])).unwrap();
             }
         });
-        rebuild
-            .switch_when_caught_up(Duration::from_secs(5))
-            .await
-            .unwrap();
+        rebuild.switch_when_caught_up(Duration::from_secs(5)).await.unwrap();
         task.await.unwrap();
         assert_eq!(live.generation(), 1);
         assert_eq!(read(&live, "k").as_deref(), Some("2"));

@@ -61,11 +61,8 @@ where
                         if event.seq <= projection.last_applied() {
                             continue;
                         }
-                        let changes =
-                            fold(&projection, &event).map_err(|e| ProjectionError::Fold {
-                                seq: event.seq,
-                                source: Box::new(e),
-                            })?;
+                        let changes = fold(&projection, &event)
+                            .map_err(|e| ProjectionError::Fold { seq: event.seq, source: Box::new(e) })?;
                         match projection.apply(event.seq, changes) {
                             Ok(_) => {}
                             Err(ProjectionError::Retired(_)) => return Ok(()),
@@ -77,10 +74,7 @@ where
                         break;
                     }
                     None => {
-                        tracing::debug!(
-                            projection = projection.name(),
-                            "event stream ended; resubscribing"
-                        );
+                        tracing::debug!(projection = projection.name(), "event stream ended; resubscribing");
                         break;
                     }
                 }
@@ -157,10 +151,7 @@ mod tests {
     impl EventLog for FakeLog {
         async fn append(&self, event: NewEvent) -> Result<AppendOutcome, LogError> {
             let seq = self.append(&String::from_utf8_lossy(&event.payload));
-            Ok(AppendOutcome {
-                seq,
-                duplicate: false,
-            })
+            Ok(AppendOutcome { seq, duplicate: false })
         }
 
         async fn last_seq(&self) -> Result<u64, LogError> {
@@ -180,8 +171,7 @@ mod tests {
         async fn subscribe(&self, from_seq: u64) -> Result<EventStream, LogError> {
             self.subscribes.lock().unwrap().push(from_seq);
             let failing =
-                self.failing_subscribes
-                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+                self.failing_subscribes.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
             if failing.is_ok() {
                 return Err(LogError::Unavailable("test outage".into()));
             }
@@ -189,22 +179,21 @@ mod tests {
             let rx = self.appended.subscribe();
             let next = usize::try_from(from_seq.saturating_sub(1)).unwrap();
             let limit = self.end_after;
-            let stream =
-                futures::stream::unfold((next, rx, 0usize), move |(next, mut rx, sent)| {
-                    let events = Arc::clone(&events);
-                    async move {
-                        if sent >= limit {
-                            return None;
-                        }
-                        loop {
-                            let got = events.lock().unwrap().get(next).cloned();
-                            if let Some(ev) = got {
-                                return Some((Ok(ev), (next + 1, rx, sent + 1)));
-                            }
-                            rx.changed().await.ok()?;
-                        }
+            let stream = futures::stream::unfold((next, rx, 0usize), move |(next, mut rx, sent)| {
+                let events = Arc::clone(&events);
+                async move {
+                    if sent >= limit {
+                        return None;
                     }
-                });
+                    loop {
+                        let got = events.lock().unwrap().get(next).cloned();
+                        if let Some(ev) = got {
+                            return Some((Ok(ev), (next + 1, rx, sent + 1)));
+                        }
+                        rx.changed().await.ok()?;
+                    }
+                }
+            });
             Ok(stream.boxed())
         }
     }
@@ -223,10 +212,7 @@ mod tests {
             if payload == "poison" {
                 return Err(BadEvent(payload));
             }
-            let count = p
-                .get(b"count")
-                .unwrap()
-                .map_or(0, |v| u64::from_be_bytes(v.as_ref().try_into().unwrap()));
+            let count = p.get(b"count").unwrap().map_or(0, |v| u64::from_be_bytes(v.as_ref().try_into().unwrap()));
             let mut c = Changes::new();
             c.put(b"count".to_vec(), (count + 1).to_be_bytes().to_vec());
             c.put(b"last".to_vec(), payload.into_bytes());
@@ -239,14 +225,7 @@ mod tests {
     }
 
     fn count(p: &Projection) -> u64 {
-        u64::from_be_bytes(
-            p.get(b"count")
-                .unwrap()
-                .unwrap()
-                .as_ref()
-                .try_into()
-                .unwrap(),
-        )
+        u64::from_be_bytes(p.get(b"count").unwrap().unwrap().as_ref().try_into().unwrap())
     }
 
     const WAIT: Duration = Duration::from_secs(5);
@@ -258,12 +237,7 @@ mod tests {
         let db = sled::open(dir.path()).unwrap();
         let p = Projection::open(&db, "t").unwrap();
         let log: Arc<dyn EventLog> = FakeLog::new();
-        let fut = run(
-            log,
-            p,
-            counting_fold(Arc::new(AtomicUsize::new(0))),
-            std::future::ready(()),
-        );
+        let fut = run(log, p, counting_fold(Arc::new(AtomicUsize::new(0))), std::future::ready(()));
         assert_send(&fut);
     }
 
@@ -279,14 +253,9 @@ mod tests {
         let calls = Arc::new(AtomicUsize::new(0));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         // when the runner starts
-        let runner = tokio::spawn(run(
-            log.clone(),
-            p.clone(),
-            counting_fold(calls.clone()),
-            async move {
-                let _ = stopped.await;
-            },
-        ));
+        let runner = tokio::spawn(run(log.clone(), p.clone(), counting_fold(calls.clone()), async move {
+            let _ = stopped.await;
+        }));
         // then it catches up, then follows new events
         p.wait_for(2, WAIT).await.unwrap();
         assert_eq!(last(&p), "b");
@@ -302,8 +271,7 @@ mod tests {
     #[tokio::test]
     async fn run_follows_the_embedded_sled_log() {
         let dir = tempfile::tempdir().unwrap();
-        let log: Arc<dyn EventLog> =
-            Arc::new(corral_event_log::SledLog::open(&dir.path().join("log")).unwrap());
+        let log: Arc<dyn EventLog> = Arc::new(corral_event_log::SledLog::open(&dir.path().join("log")).unwrap());
         let db = sled::open(dir.path().join("projection")).unwrap();
         let p = Projection::open(&db, "t").unwrap();
         let new_event = |payload: &str| NewEvent {
@@ -315,14 +283,10 @@ mod tests {
         };
         log.append(new_event("a")).await.unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let runner = tokio::spawn(run(
-            log.clone(),
-            p.clone(),
-            counting_fold(Arc::new(AtomicUsize::new(0))),
-            async move {
+        let runner =
+            tokio::spawn(run(log.clone(), p.clone(), counting_fold(Arc::new(AtomicUsize::new(0))), async move {
                 let _ = stopped.await;
-            },
-        ));
+            }));
         let seq = log.append(new_event("b")).await.unwrap().seq;
         p.wait_for(seq, WAIT).await.unwrap();
         assert_eq!((last(&p), count(&p)), ("b".to_owned(), 2));
@@ -343,14 +307,9 @@ mod tests {
             let db = sled::open(&path).unwrap();
             let p = Projection::open(&db, "t").unwrap();
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            let runner = tokio::spawn(run(
-                log.clone(),
-                p.clone(),
-                counting_fold(calls.clone()),
-                async move {
-                    let _ = stopped.await;
-                },
-            ));
+            let runner = tokio::spawn(run(log.clone(), p.clone(), counting_fold(calls.clone()), async move {
+                let _ = stopped.await;
+            }));
             p.wait_for(3, WAIT).await.unwrap();
             stop.send(()).unwrap();
             runner.await.unwrap().unwrap();
@@ -364,14 +323,9 @@ mod tests {
         let p = Projection::open(&db, "t").unwrap();
         assert_eq!(p.last_applied(), 3);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let runner = tokio::spawn(run(
-            log.clone(),
-            p.clone(),
-            counting_fold(calls.clone()),
-            async move {
-                let _ = stopped.await;
-            },
-        ));
+        let runner = tokio::spawn(run(log.clone(), p.clone(), counting_fold(calls.clone()), async move {
+            let _ = stopped.await;
+        }));
         p.wait_for(5, WAIT).await.unwrap();
         // then it subscribed after the last applied event and folded each event once
         assert_eq!(log.subscribes(), vec![1, 4]);
@@ -393,14 +347,9 @@ mod tests {
         }
         let calls = Arc::new(AtomicUsize::new(0));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let runner = tokio::spawn(run(
-            log.clone(),
-            p.clone(),
-            counting_fold(calls.clone()),
-            async move {
-                let _ = stopped.await;
-            },
-        ));
+        let runner = tokio::spawn(run(log.clone(), p.clone(), counting_fold(calls.clone()), async move {
+            let _ = stopped.await;
+        }));
         // then the runner gets through all of it, resuming each time after the last event
         p.wait_for(5, WAIT).await.unwrap();
         assert_eq!(count(&p), 5);
@@ -419,21 +368,11 @@ mod tests {
         log.append("poison");
         log.append("c");
         let calls = Arc::new(AtomicUsize::new(0));
-        let result = tokio::time::timeout(
-            WAIT,
-            run(
-                log.clone(),
-                p.clone(),
-                counting_fold(calls),
-                std::future::pending(),
-            ),
-        )
-        .await
-        .unwrap();
-        assert!(
-            matches!(result, Err(ProjectionError::Fold { seq: 2, .. })),
-            "{result:?}"
-        );
+        let result =
+            tokio::time::timeout(WAIT, run(log.clone(), p.clone(), counting_fold(calls), std::future::pending()))
+                .await
+                .unwrap();
+        assert!(matches!(result, Err(ProjectionError::Fold { seq: 2, .. })), "{result:?}");
         // the event before the poison one is applied, the poison one is not
         assert_eq!(p.last_applied(), 1);
     }
@@ -452,31 +391,19 @@ mod tests {
         stray.put(b"wrong".to_vec(), b"1".to_vec());
         live.apply(3, stray).unwrap();
         let (stop_live, live_stopped) = tokio::sync::oneshot::channel::<()>();
-        let live_runner = tokio::spawn(run(
-            log.clone(),
-            live.clone(),
-            counting_fold(Arc::new(AtomicUsize::new(0))),
-            async move {
+        let live_runner =
+            tokio::spawn(run(log.clone(), live.clone(), counting_fold(Arc::new(AtomicUsize::new(0))), async move {
                 let _ = live_stopped.await;
-            },
-        ));
+            }));
         // when it is rebuilt with the right fold while the live runner keeps going
         let rebuild = live.begin_rebuild().unwrap();
         let calls = Arc::new(AtomicUsize::new(0));
-        let rebuild_runner = tokio::spawn(run(
-            log.clone(),
-            rebuild.projection().clone(),
-            counting_fold(calls),
-            std::future::pending(),
-        ));
+        let rebuild_runner =
+            tokio::spawn(run(log.clone(), rebuild.projection().clone(), counting_fold(calls), std::future::pending()));
         log.append("d");
         rebuild.switch_when_caught_up(WAIT).await.unwrap();
         // then the rebuild's runner ends by itself, and the live handle serves the new model
-        tokio::time::timeout(WAIT, rebuild_runner)
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        tokio::time::timeout(WAIT, rebuild_runner).await.unwrap().unwrap().unwrap();
         // the event appended during the rebuild is in, from whichever runner applied it
         live.wait_for(4, WAIT).await.unwrap();
         assert_eq!(live.generation(), 1);

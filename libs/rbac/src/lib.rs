@@ -48,9 +48,7 @@ pub enum RbacError {
 pub enum LineError {
     #[error("unknown line type {0:?} (expected \"p\" or \"g\")")]
     UnknownType(String),
-    #[error(
-        "\"p\" line needs 4 or 5 fields after \"p\" (subject, resource, action, object[, effect]), found {0}"
-    )]
+    #[error("\"p\" line needs 4 or 5 fields after \"p\" (subject, resource, action, object[, effect]), found {0}")]
     PolicyFieldCount(usize),
     #[error("\"g\" line needs 2 fields after \"g\" (subject, role), found {0}")]
     GroupFieldCount(usize),
@@ -98,9 +96,7 @@ struct Rule {
 impl Rule {
     // Resource first: it is usually exact and the most selective.
     fn matches(&self, resource: &str, action: &str, object: &str) -> bool {
-        self.resource.matches(resource)
-            && self.action.matches(action)
-            && self.object.matches(object)
+        self.resource.matches(resource) && self.action.matches(action) && self.object.matches(object)
     }
 }
 
@@ -125,11 +121,7 @@ impl Policy {
             None => &self.default_effective,
         };
         let any = |pick: fn(&Node) -> &[Rule]| {
-            ids.iter().any(|&id| {
-                pick(&self.nodes[id as usize])
-                    .iter()
-                    .any(|r| r.matches(resource, action, object))
-            })
+            ids.iter().any(|&id| pick(&self.nodes[id as usize]).iter().any(|r| r.matches(resource, action, object)))
         };
         !any(|n| &n.deny) && any(|n| &n.allow)
     }
@@ -138,10 +130,7 @@ impl Policy {
     /// not included: it is not an assignment, it applies to everyone.
     pub fn roles_of(&self, subject: &str) -> Vec<String> {
         self.ids.get(subject).map_or_else(Vec::new, |&id| {
-            self.roles[id as usize]
-                .iter()
-                .map(|&r| self.names[r as usize].to_string())
-                .collect()
+            self.roles[id as usize].iter().map(|&r| self.names[r as usize].to_string()).collect()
         })
     }
 }
@@ -171,19 +160,14 @@ impl Builder {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            self.line(line).map_err(|reason| RbacError::Malformed {
-                line: i + 1,
-                reason,
-            })?;
+            self.line(line).map_err(|reason| RbacError::Malformed { line: i + 1, reason })?;
         }
         Ok(())
     }
 
     fn line(&mut self, line: &str) -> Result<(), LineError> {
         let fields = split_fields(line)?;
-        let (kind, rest) = fields
-            .split_first()
-            .expect("split_fields yields at least one field");
+        let (kind, rest) = fields.split_first().expect("split_fields yields at least one field");
         match kind.as_str() {
             "p" => {
                 let (sub, res, act, obj, allow) = match rest {
@@ -199,11 +183,7 @@ impl Builder {
                 };
                 let id = self.intern(sub);
                 let node = &mut self.nodes[id as usize];
-                if allow {
-                    node.allow.push(rule)
-                } else {
-                    node.deny.push(rule)
-                }
+                if allow { node.allow.push(rule) } else { node.deny.push(rule) }
             }
             "g" => {
                 let [sub, role] = rest else {
@@ -234,17 +214,11 @@ impl Builder {
             !node.allow.is_empty() || !node.deny.is_empty()
         };
         let default_closure: &[u32] = default_id.map_or(&[], |d| &closures[d as usize]);
-        let default_effective: Box<[u32]> =
-            default_closure.iter().copied().filter(has_rules).collect();
+        let default_effective: Box<[u32]> = default_closure.iter().copied().filter(has_rules).collect();
         let effective = closures
             .iter()
             .map(|c| {
-                let mut ids: Vec<u32> = c
-                    .iter()
-                    .chain(default_closure)
-                    .copied()
-                    .filter(has_rules)
-                    .collect();
+                let mut ids: Vec<u32> = c.iter().chain(default_closure).copied().filter(has_rules).collect();
                 ids.sort_unstable();
                 ids.dedup();
                 ids.into_boxed_slice()
@@ -259,14 +233,7 @@ impl Builder {
                 r.into_boxed_slice()
             })
             .collect();
-        Policy {
-            ids: self.ids,
-            names: self.names,
-            nodes: self.nodes,
-            roles,
-            effective,
-            default_effective,
-        }
+        Policy { ids: self.ids, names: self.names, nodes: self.nodes, roles, effective, default_effective }
     }
 }
 
@@ -298,11 +265,7 @@ fn parse_effect(e: &str) -> Result<bool, LineError> {
 }
 
 fn non_empty<'a>(s: &'a str, field: &'static str) -> Result<&'a str, LineError> {
-    if s.is_empty() {
-        Err(LineError::EmptyField(field))
-    } else {
-        Ok(s)
-    }
+    if s.is_empty() { Err(LineError::EmptyField(field)) } else { Ok(s) }
 }
 
 /// Splits one CSV line into trimmed fields. Argo CD reads policy lines with Go's CSV reader, so
@@ -370,10 +333,7 @@ enum Glob {
 
 impl Glob {
     fn compile(pattern: &str, field: &'static str) -> Result<Glob, LineError> {
-        if let Some(ch) = pattern
-            .chars()
-            .find(|c| matches!(c, '?' | '[' | ']' | '{' | '}' | '\\'))
-        {
+        if let Some(ch) = pattern.chars().find(|c| matches!(c, '?' | '[' | ']' | '{' | '}' | '\\')) {
             return Err(LineError::UnsupportedGlob { field, ch });
         }
         let parts: Vec<&str> = pattern.split('*').collect();
@@ -384,11 +344,7 @@ impl Glob {
             ["", suf] => Glob::Suffix((*suf).into()),
             [first, mid @ .., last] => Glob::Parts {
                 first: (*first).into(),
-                middle: mid
-                    .iter()
-                    .filter(|m| !m.is_empty())
-                    .map(|m| (*m).into())
-                    .collect(),
+                middle: mid.iter().filter(|m| !m.is_empty()).map(|m| (*m).into()).collect(),
                 last: (*last).into(),
             },
             [] => unreachable!("split yields at least one part"),
@@ -401,15 +357,8 @@ impl Glob {
             Glob::Exact(e) => s == &**e,
             Glob::Prefix(p) => s.starts_with(&**p),
             Glob::Suffix(x) => s.ends_with(&**x),
-            Glob::Parts {
-                first,
-                middle,
-                last,
-            } => {
-                if s.len() < first.len() + last.len()
-                    || !s.starts_with(&**first)
-                    || !s.ends_with(&**last)
-                {
+            Glob::Parts { first, middle, last } => {
+                if s.len() < first.len() + last.len() || !s.starts_with(&**first) || !s.ends_with(&**last) {
                     return false;
                 }
                 // Both cuts are char boundaries: they end a matched prefix / start a matched suffix.
@@ -449,18 +398,8 @@ mod tests {
     #[test]
     fn builtin_admin() {
         let p = policy("", None);
-        for res in [
-            "clusters",
-            "applications",
-            "applicationsets",
-            "projects",
-            "repositories",
-            "certificates",
-        ] {
-            assert!(
-                p.enforce("admin", res, "delete", "anything/at/all"),
-                "{res}"
-            );
+        for res in ["clusters", "applications", "applicationsets", "projects", "repositories", "certificates"] {
+            assert!(p.enforce("admin", res, "delete", "anything/at/all"), "{res}");
         }
         assert!(p.enforce("admin", "exec", "create", "proj/app"));
         assert!(p.enforce("admin", "extensions", "invoke", "metrics"));
@@ -500,21 +439,12 @@ mod tests {
         // Known subjects get the default role on top of their own grants.
         assert!(p.enforce("ci", "clusters", "get", "https://x"));
         assert!(p.enforce("ci", "clusters", "create", "https://x"));
-        assert!(
-            p.roles_of("ci").is_empty(),
-            "the default role is not an assignment"
-        );
+        assert!(p.roles_of("ci").is_empty(), "the default role is not an assignment");
 
         let p = policy("", Some("  "));
-        assert!(
-            !p.enforce("stranger", "clusters", "get", "https://x"),
-            "blank default role means none"
-        );
+        assert!(!p.enforce("stranger", "clusters", "get", "https://x"), "blank default role means none");
         let p = policy("", Some("role:admin"));
-        assert!(
-            p.enforce("stranger", "clusters", "delete", "https://x"),
-            "default role inherits too"
-        );
+        assert!(p.enforce("stranger", "clusters", "delete", "https://x"), "default role inherits too");
     }
 
     #[test]
@@ -602,14 +532,8 @@ mod tests {
         assert!(p.enforce("alice", "applications", "sync", "proj/app"));
         assert!(p.enforce("alice", "clusters", "get", "x"));
         assert!(!p.enforce("alice", "clusters", "delete", "x"));
-        assert!(
-            p.enforce("role:team", "applications", "sync", "proj/app"),
-            "roles can be subjects"
-        );
-        assert_eq!(
-            p.roles_of("alice"),
-            ["role:deployer", "role:readonly", "role:team"]
-        );
+        assert!(p.enforce("role:team", "applications", "sync", "proj/app"), "roles can be subjects");
+        assert_eq!(p.roles_of("alice"), ["role:deployer", "role:readonly", "role:team"]);
         assert!(p.roles_of("nobody").is_empty());
     }
 
@@ -642,47 +566,17 @@ p, u, clusters, get, "say ""hi""" , allow"#,
     #[test]
     fn malformed_lines_name_the_line() {
         let at = |line, reason| RbacError::Malformed { line, reason };
-        assert_eq!(
-            err("# c\n\nx, a, b"),
-            at(3, LineError::UnknownType("x".into()))
-        );
+        assert_eq!(err("# c\n\nx, a, b"), at(3, LineError::UnknownType("x".into())));
         assert_eq!(err("p, a, b, c"), at(1, LineError::PolicyFieldCount(3)));
-        assert_eq!(
-            err("p, a, b, c, d, allow, extra"),
-            at(1, LineError::PolicyFieldCount(6))
-        );
+        assert_eq!(err("p, a, b, c, d, allow, extra"), at(1, LineError::PolicyFieldCount(6)));
         assert_eq!(err("g, a"), at(1, LineError::GroupFieldCount(1)));
         assert_eq!(err("g, a, b, c"), at(1, LineError::GroupFieldCount(3)));
         assert_eq!(err("g, a,\n"), at(1, LineError::EmptyField("role")));
         assert_eq!(err("p, , b, c, d"), at(1, LineError::EmptyField("subject")));
-        assert_eq!(
-            err("p, a, b, c, d, maybe"),
-            at(1, LineError::BadEffect("maybe".into()))
-        );
-        assert_eq!(
-            err("p, a, b, c, d, Allow"),
-            at(1, LineError::BadEffect("Allow".into()))
-        );
-        assert_eq!(
-            err("\n\np, a, b, c, \"{x,y}/*\""),
-            at(
-                3,
-                LineError::UnsupportedGlob {
-                    field: "object",
-                    ch: '{'
-                }
-            )
-        );
-        assert_eq!(
-            err("p, a, b, ge?, d"),
-            at(
-                1,
-                LineError::UnsupportedGlob {
-                    field: "action",
-                    ch: '?'
-                }
-            )
-        );
+        assert_eq!(err("p, a, b, c, d, maybe"), at(1, LineError::BadEffect("maybe".into())));
+        assert_eq!(err("p, a, b, c, d, Allow"), at(1, LineError::BadEffect("Allow".into())));
+        assert_eq!(err("\n\np, a, b, c, \"{x,y}/*\""), at(3, LineError::UnsupportedGlob { field: "object", ch: '{' }));
+        assert_eq!(err("p, a, b, ge?, d"), at(1, LineError::UnsupportedGlob { field: "action", ch: '?' }));
         assert_eq!(err("p, a, b, c, \"d"), at(1, LineError::UnterminatedQuote));
         assert_eq!(err("p, a, b, c, \"d\"x"), at(1, LineError::TextAfterQuote));
         let msg = err("ok\n").to_string();
@@ -728,9 +622,7 @@ p, u, clusters, get, "say ""hi""" , allow"#,
         let mut csv = String::new();
         for t in 0..100 {
             csv.push_str(&format!("p, role:team{t}, clusters, *, team{t}-*, allow\n"));
-            csv.push_str(&format!(
-                "p, role:team{t}, clusters, delete, team{t}-*-locked, deny\n"
-            ));
+            csv.push_str(&format!("p, role:team{t}, clusters, delete, team{t}-*-locked, deny\n"));
         }
         csv.push_str("g, alice, role:team7\ng, alice, role:team42\n");
         assert_eq!(csv.lines().count(), 202);
@@ -738,25 +630,13 @@ p, u, clusters, get, "say ""hi""" , allow"#,
         let mut allowed = 0;
         for i in 0..10_000 {
             let team = i % 100;
-            let object = if i % 3 == 0 {
-                format!("team{team}-{i}-locked")
-            } else {
-                format!("team{team}-{i}")
-            };
+            let object = if i % 3 == 0 { format!("team{team}-{i}-locked") } else { format!("team{team}-{i}") };
             let ok = p.enforce("alice", "clusters", "delete", &object);
             let expected = (team == 7 || team == 42) && i % 3 != 0;
             assert_eq!(ok, expected, "{object}");
             allowed += usize::from(ok);
-            assert!(
-                p.enforce("alice", "clusters", "get", &object),
-                "default role grants get"
-            );
+            assert!(p.enforce("alice", "clusters", "get", &object), "default role grants get");
         }
-        assert_eq!(
-            allowed,
-            (0..10_000)
-                .filter(|i| (i % 100 == 7 || i % 100 == 42) && i % 3 != 0)
-                .count()
-        );
+        assert_eq!(allowed, (0..10_000).filter(|i| (i % 100 == 7 || i % 100 == 42) && i % 3 != 0).count());
     }
 }

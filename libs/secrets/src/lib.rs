@@ -62,20 +62,14 @@ pub struct SealingKey {
 
 impl fmt::Debug for SealingKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SealingKey")
-            .field("key_id", &self.key_id)
-            .finish_non_exhaustive()
+        f.debug_struct("SealingKey").field("key_id", &self.key_id).finish_non_exhaustive()
     }
 }
 
 impl SealingKey {
     fn from_bytes(key: [u8; KEY_LEN]) -> SealingKey {
         let digest = Sha256::digest(key);
-        let key_id = digest
-            .iter()
-            .take(8)
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>();
+        let key_id = digest.iter().take(8).map(|b| format!("{b:02x}")).collect::<String>();
         SealingKey { key, key_id }
     }
 
@@ -87,12 +81,10 @@ impl SealingKey {
 
     /// Parses standard base64 of 32 bytes; surrounding whitespace is ignored.
     pub fn from_base64(s: &str) -> Result<SealingKey, SecretsError> {
-        let bytes = BASE64
-            .decode(s.trim())
-            .map_err(|e| SecretsError::InvalidKey(format!("not base64: {e}")))?;
-        let key: [u8; KEY_LEN] = bytes.try_into().map_err(|b: Vec<u8>| {
-            SecretsError::InvalidKey(format!("expected {KEY_LEN} bytes, got {}", b.len()))
-        })?;
+        let bytes = BASE64.decode(s.trim()).map_err(|e| SecretsError::InvalidKey(format!("not base64: {e}")))?;
+        let key: [u8; KEY_LEN] = bytes
+            .try_into()
+            .map_err(|b: Vec<u8>| SecretsError::InvalidKey(format!("expected {KEY_LEN} bytes, got {}", b.len())))?;
         Ok(SealingKey::from_bytes(key))
     }
 
@@ -108,11 +100,7 @@ impl SealingKey {
 
     /// Loads the key from the env var if set (base64), else from `file` if it exists, else if
     /// `generate_if_missing` creates `file` (mode 0600, parent dirs created) with a new key.
-    pub fn load(
-        env_var: &str,
-        file: Option<&Path>,
-        generate_if_missing: bool,
-    ) -> Result<SealingKey, SecretsError> {
+    pub fn load(env_var: &str, file: Option<&Path>, generate_if_missing: bool) -> Result<SealingKey, SecretsError> {
         // An empty variable counts as unset, so `VAR=` in a unit file does not shadow the file.
         match std::env::var(env_var) {
             Ok(v) if !v.trim().is_empty() => return SealingKey::from_base64(&v),
@@ -129,10 +117,7 @@ impl SealingKey {
             Ok(text) => return SealingKey::from_base64(&text),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(source) => {
-                return Err(SecretsError::Io {
-                    path: file.to_owned(),
-                    source,
-                });
+                return Err(SecretsError::Io { path: file.to_owned(), source });
             }
         }
         if !generate_if_missing {
@@ -143,16 +128,11 @@ impl SealingKey {
             Ok(()) => Ok(key),
             // Another process created the file between our read and our write: use its key.
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                let text = std::fs::read_to_string(file).map_err(|source| SecretsError::Io {
-                    path: file.to_owned(),
-                    source,
-                })?;
+                let text = std::fs::read_to_string(file)
+                    .map_err(|source| SecretsError::Io { path: file.to_owned(), source })?;
                 SealingKey::from_base64(&text)
             }
-            Err(source) => Err(SecretsError::Io {
-                path: file.to_owned(),
-                source,
-            }),
+            Err(source) => Err(SecretsError::Io { path: file.to_owned(), source }),
         }
     }
 
@@ -166,28 +146,15 @@ impl SealingKey {
         // Encryption only fails past ~256 GiB of plaintext, which cannot reach this point.
         let ciphertext = self
             .cipher()
-            .encrypt(
-                &nonce,
-                Payload {
-                    msg: plaintext,
-                    aad,
-                },
-            )
+            .encrypt(&nonce, Payload { msg: plaintext, aad })
             .expect("XChaCha20-Poly1305 plaintext within length limit");
-        SealedBox {
-            key_id: self.key_id.clone(),
-            nonce: nonce.to_vec(),
-            ciphertext,
-        }
+        SealedBox { key_id: self.key_id.clone(), nonce: nonce.to_vec(), ciphertext }
     }
 
     /// Opens a box sealed by this key with the same `aad`.
     pub fn open(&self, sealed: &SealedBox, aad: &[u8]) -> Result<Vec<u8>, SecretsError> {
         if sealed.key_id != self.key_id {
-            return Err(SecretsError::WrongKey {
-                expected: self.key_id.clone(),
-                found: sealed.key_id.clone(),
-            });
+            return Err(SecretsError::WrongKey { expected: self.key_id.clone(), found: sealed.key_id.clone() });
         }
         if sealed.nonce.len() != NONCE_LEN {
             return Err(SecretsError::Malformed(format!(
@@ -196,13 +163,7 @@ impl SealingKey {
             )));
         }
         self.cipher()
-            .decrypt(
-                XNonce::from_slice(&sealed.nonce),
-                Payload {
-                    msg: &sealed.ciphertext,
-                    aad,
-                },
-            )
+            .decrypt(XNonce::from_slice(&sealed.nonce), Payload { msg: &sealed.ciphertext, aad })
             .map_err(|_| SecretsError::Decrypt)
     }
 }
@@ -216,14 +177,8 @@ fn write_new_key_file(path: &Path, contents: &str) -> std::io::Result<()> {
         _ => PathBuf::from("."),
     };
     std::fs::create_dir_all(&dir)?;
-    let file_name = path
-        .file_name()
-        .map_or_else(|| "key".into(), |n| n.to_string_lossy().into_owned());
-    let tmp = dir.join(format!(
-        ".{file_name}.tmp-{}-{}",
-        std::process::id(),
-        SealingKey::generate().key_id()
-    ));
+    let file_name = path.file_name().map_or_else(|| "key".into(), |n| n.to_string_lossy().into_owned());
+    let tmp = dir.join(format!(".{file_name}.tmp-{}-{}", std::process::id(), SealingKey::generate().key_id()));
     let result = (|| {
         let mut options = std::fs::OpenOptions::new();
         options.write(true).create_new(true);
@@ -319,24 +274,15 @@ mod tests {
         let key = SealingKey::generate();
         let mut sealed = key.seal(b"hunter2", b"aad");
         sealed.ciphertext[0] ^= 1;
-        assert!(matches!(
-            key.open(&sealed, b"aad"),
-            Err(SecretsError::Decrypt)
-        ));
+        assert!(matches!(key.open(&sealed, b"aad"), Err(SecretsError::Decrypt)));
 
         let mut sealed = key.seal(b"hunter2", b"aad");
         sealed.nonce[3] ^= 0x80;
-        assert!(matches!(
-            key.open(&sealed, b"aad"),
-            Err(SecretsError::Decrypt)
-        ));
+        assert!(matches!(key.open(&sealed, b"aad"), Err(SecretsError::Decrypt)));
 
         let mut sealed = key.seal(b"hunter2", b"aad");
         sealed.nonce.pop();
-        assert!(matches!(
-            key.open(&sealed, b"aad"),
-            Err(SecretsError::Malformed(_))
-        ));
+        assert!(matches!(key.open(&sealed, b"aad"), Err(SecretsError::Malformed(_))));
     }
 
     #[test]
@@ -344,27 +290,18 @@ mod tests {
         let key = SealingKey::generate();
         let other = SealingKey::generate();
         let sealed = key.seal(b"hunter2", b"aad");
-        assert!(matches!(
-            other.open(&sealed, b"aad"),
-            Err(SecretsError::WrongKey { .. })
-        ));
+        assert!(matches!(other.open(&sealed, b"aad"), Err(SecretsError::WrongKey { .. })));
         // Even with a forged key id the tag check fails.
         let mut forged = sealed.clone();
         forged.key_id = other.key_id().to_owned();
-        assert!(matches!(
-            other.open(&forged, b"aad"),
-            Err(SecretsError::Decrypt)
-        ));
+        assert!(matches!(other.open(&forged, b"aad"), Err(SecretsError::Decrypt)));
     }
 
     #[test]
     fn wrong_aad_is_rejected() {
         let key = SealingKey::generate();
         let sealed = key.seal(b"hunter2", b"cluster/a");
-        assert!(matches!(
-            key.open(&sealed, b"cluster/b"),
-            Err(SecretsError::Decrypt)
-        ));
+        assert!(matches!(key.open(&sealed, b"cluster/b"), Err(SecretsError::Decrypt)));
     }
 
     #[test]
@@ -381,14 +318,8 @@ mod tests {
 
     #[test]
     fn bad_base64_keys_are_rejected() {
-        assert!(matches!(
-            SealingKey::from_base64("not base64!"),
-            Err(SecretsError::InvalidKey(_))
-        ));
-        assert!(matches!(
-            SealingKey::from_base64(&BASE64.encode([1u8; 16])),
-            Err(SecretsError::InvalidKey(_))
-        ));
+        assert!(matches!(SealingKey::from_base64("not base64!"), Err(SecretsError::InvalidKey(_))));
+        assert!(matches!(SealingKey::from_base64(&BASE64.encode([1u8; 16])), Err(SecretsError::InvalidKey(_))));
     }
 
     #[test]
@@ -421,10 +352,8 @@ mod tests {
         let sealed = created.seal(b"x", b"");
         assert_eq!(reloaded.open(&sealed, b"").unwrap(), b"x");
         // No temporary file is left next to the key.
-        let names: Vec<_> = std::fs::read_dir(path.parent().unwrap())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
+        let names: Vec<_> =
+            std::fs::read_dir(path.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names.len(), 1, "{names:?}");
     }
 
@@ -432,15 +361,9 @@ mod tests {
     fn missing_key_without_generate_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sealing.key");
-        assert!(matches!(
-            SealingKey::load(UNSET_VAR, Some(&path), false),
-            Err(SecretsError::MissingKey { .. })
-        ));
+        assert!(matches!(SealingKey::load(UNSET_VAR, Some(&path), false), Err(SecretsError::MissingKey { .. })));
         assert!(!path.exists());
-        assert!(matches!(
-            SealingKey::load(UNSET_VAR, None, true),
-            Err(SecretsError::MissingKey { .. })
-        ));
+        assert!(matches!(SealingKey::load(UNSET_VAR, None, true), Err(SecretsError::MissingKey { .. })));
     }
 
     #[test]
@@ -448,10 +371,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sealing.key");
         std::fs::write(&path, "garbage").unwrap();
-        assert!(matches!(
-            SealingKey::load(UNSET_VAR, Some(&path), true),
-            Err(SecretsError::InvalidKey(_))
-        ));
+        assert!(matches!(SealingKey::load(UNSET_VAR, Some(&path), true), Err(SecretsError::InvalidKey(_))));
     }
 
     // Setting an env var in-process needs `unsafe` (edition 2024, and the workspace forbids
@@ -473,10 +393,7 @@ mod tests {
             .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{stdout}");
-        assert!(
-            stdout.contains(&format!("loaded key id {}", env_key.key_id())),
-            "{stdout}"
-        );
+        assert!(stdout.contains(&format!("loaded key id {}", env_key.key_id())), "{stdout}");
         assert!(!stdout.contains(file_key.key_id()), "{stdout}");
     }
 

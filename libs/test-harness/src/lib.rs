@@ -77,7 +77,13 @@ impl Output {
     }
 
     /// Waits for a line containing `needle`, or for the child to exit, or for the timeout.
-    async fn wait_for(&self, child: &mut Child, program: &str, needle: &str, timeout: Duration) -> Result<String, HarnessError> {
+    async fn wait_for(
+        &self,
+        child: &mut Child,
+        program: &str,
+        needle: &str,
+        timeout: Duration,
+    ) -> Result<String, HarnessError> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let notified = self.changed.notified();
@@ -103,9 +109,8 @@ fn spawn_child(program: &Path, args: &[String], envs: &[(String, String)]) -> Re
     for (k, v) in envs {
         cmd.env(k, v);
     }
-    let mut child = cmd
-        .spawn()
-        .map_err(|source| HarnessError::Spawn { program: program.display().to_string(), source })?;
+    let mut child =
+        cmd.spawn().map_err(|source| HarnessError::Spawn { program: program.display().to_string(), source })?;
     let output = Output::default();
     if let Some(s) = child.stdout.take() {
         output.collect(s);
@@ -151,12 +156,12 @@ impl NatsServer {
         ];
         let (mut child, output) = spawn_child(&bin, &args, &[])?;
         let program = bin.display().to_string();
-        let line = output.wait_for(&mut child, &program, "Listening for client connections on", Duration::from_secs(30)).await?;
-        let port = line
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.trim().parse::<u16>().ok())
-            .ok_or_else(|| HarnessError::NotReady { program: program.clone(), timeout: Duration::ZERO, logs: line.clone() })?;
+        let line = output
+            .wait_for(&mut child, &program, "Listening for client connections on", Duration::from_secs(30))
+            .await?;
+        let port = line.rsplit(':').next().and_then(|p| p.trim().parse::<u16>().ok()).ok_or_else(|| {
+            HarnessError::NotReady { program: program.clone(), timeout: Duration::ZERO, logs: line.clone() }
+        })?;
         output.wait_for(&mut child, &program, "Server is ready", Duration::from_secs(30)).await?;
         Ok((child, output, port))
     }

@@ -74,9 +74,15 @@ pub async fn run(
             ..Default::default()
         };
         let mut probe_stop = stop_tx.subscribe();
-        tokio::spawn(corral_health_probe::HealthProbe::run(log.clone(), key.clone(), probe_config, corral_health_probe::Membership::solo(), async move {
-            let _ = probe_stop.wait_for(|s| *s).await;
-        }));
+        tokio::spawn(corral_health_probe::HealthProbe::run(
+            log.clone(),
+            key.clone(),
+            probe_config,
+            corral_health_probe::Membership::solo(),
+            async move {
+                let _ = probe_stop.wait_for(|s| *s).await;
+            },
+        ));
     }
     if config.cache_check_seconds > 0.0 {
         let cache_config = corral_cache_invalidation::CacheConfig {
@@ -94,7 +100,8 @@ pub async fn run(
             },
         ));
     }
-    let registry = corral_registry::start(log.clone(), &db, key.clone(), RegistryConfig::default(), projection_stop).await?;
+    let registry =
+        corral_registry::start(log.clone(), &db, key.clone(), RegistryConfig::default(), projection_stop).await?;
     let api: Arc<dyn RegistryApi> = registry;
     let rotation_config = corral_auth_rotation::RotationConfig {
         grace: std::time::Duration::from_secs_f64(config.rotation_grace_seconds.max(0.0)),
@@ -112,7 +119,12 @@ pub async fn run(
         },
     )
     .await?;
-    let app = corral_gateway::app(api, rotation, auth, &corral_gateway::GatewayConfig { max_body_bytes: config.max_body_bytes });
+    let app = corral_gateway::app(
+        api,
+        rotation,
+        auth,
+        &corral_gateway::GatewayConfig { max_body_bytes: config.max_body_bytes },
+    );
     let addr = listener.local_addr()?;
     println!("listening on {addr}");
     tracing::info!(%addr, embedded, "control plane listening");

@@ -59,7 +59,11 @@ pub struct RotationConfig {
 
 impl Default for RotationConfig {
     fn default() -> Self {
-        RotationConfig { grace: Duration::from_secs(300), timeout: Duration::from_secs(5), check_interval: Duration::from_secs(1) }
+        RotationConfig {
+            grace: Duration::from_secs(300),
+            timeout: Duration::from_secs(5),
+            check_interval: Duration::from_secs(1),
+        }
     }
 }
 
@@ -86,7 +90,10 @@ impl RotationError {
             RotationError::Unavailable(_) => Code::Unavailable,
         };
         Reply {
-            result: Some(reply::Result::Error(corral_proto::registry::Error { code: code as i32, message: self.to_string() })),
+            result: Some(reply::Result::Error(corral_proto::registry::Error {
+                code: code as i32,
+                message: self.to_string(),
+            })),
             ..Default::default()
         }
     }
@@ -107,7 +114,8 @@ fn now_unix() -> i64 {
 }
 
 fn service_account_of(t: &Target) -> (String, String) {
-    let annotation = t.record.spec.as_ref().and_then(|s| s.annotations.get(SERVICE_ACCOUNT_ANNOTATION).cloned()).unwrap_or_default();
+    let annotation =
+        t.record.spec.as_ref().and_then(|s| s.annotations.get(SERVICE_ACCOUNT_ANNOTATION).cloned()).unwrap_or_default();
     match annotation.split_once('/') {
         Some((ns, name)) if !ns.is_empty() && !name.is_empty() => (ns.to_string(), name.to_string()),
         _ if !annotation.is_empty() => ("kube-system".into(), annotation),
@@ -133,14 +141,15 @@ fn token_request_of(t: &Target) -> Result<Option<i64>, RotationError> {
         None | Some("") | Some("secret") => Ok(None),
         Some("token-request") => match get(EXPIRATION_ANNOTATION) {
             None => Ok(Some(DEFAULT_TOKEN_REQUEST_SECONDS)),
-            Some(v) => v
-                .parse::<i64>()
-                .ok()
-                .filter(|s| *s >= 600)
-                .map(Some)
-                .ok_or_else(|| RotationError::Precondition(format!("{EXPIRATION_ANNOTATION}: expected a number of seconds, at least 600, got {v:?}"))),
+            Some(v) => v.parse::<i64>().ok().filter(|s| *s >= 600).map(Some).ok_or_else(|| {
+                RotationError::Precondition(format!(
+                    "{EXPIRATION_ANNOTATION}: expected a number of seconds, at least 600, got {v:?}"
+                ))
+            }),
         },
-        Some(other) => Err(RotationError::Precondition(format!("{METHOD_ANNOTATION}: expected secret or token-request, got {other:?}"))),
+        Some(other) => Err(RotationError::Precondition(format!(
+            "{METHOD_ANNOTATION}: expected secret or token-request, got {other:?}"
+        ))),
     }
 }
 
@@ -158,7 +167,8 @@ impl AuthRotation {
         membership: Membership,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<Arc<AuthRotation>, LogError> {
-        let (fleet, _changed, follower) = corral_cluster_access::load_fleet(log.clone(), key, AUTH_SUBJECT_PREFIX).await?;
+        let (fleet, _changed, follower) =
+            corral_cluster_access::load_fleet(log.clone(), key, AUTH_SUBJECT_PREFIX).await?;
         let svc = Arc::new(AuthRotation {
             log,
             registry,
@@ -199,7 +209,10 @@ impl AuthRotation {
     }
 
     async fn client(&self, id: &str, server: &str, config: &Arc<ClusterConfig>) -> Result<kube::Client, RotationError> {
-        self.clients.get(id, server, config, self.config.timeout).await.map_err(|e| RotationError::Cluster(corral_cluster_access::redact(e.to_string(), config)))
+        self.clients
+            .get(id, server, config, self.config.timeout)
+            .await
+            .map_err(|e| RotationError::Cluster(corral_cluster_access::redact(e.to_string(), config)))
     }
 
     async fn rotate_inner(&self, req: RotateAuth) -> Result<(), RotationError> {
@@ -207,9 +220,22 @@ impl AuthRotation {
         let id = corral_domain::cluster_id(&req.server);
         let (server, config, version, created, sa, token_request) = {
             let fleet = lock(&self.fleet);
-            let t = fleet.targets.get(&id).ok_or_else(|| RotationError::NotFound(format!("cluster \"{}\" not found", req.server)))?;
-            let config = t.config.clone().ok_or_else(|| RotationError::Precondition("the cluster's credentials cannot be opened".into()))?;
-            (t.server(), config, t.record.version, t.record.created_at_unix_nanos, service_account_of(t), token_request_of(t)?)
+            let t = fleet
+                .targets
+                .get(&id)
+                .ok_or_else(|| RotationError::NotFound(format!("cluster \"{}\" not found", req.server)))?;
+            let config = t
+                .config
+                .clone()
+                .ok_or_else(|| RotationError::Precondition("the cluster's credentials cannot be opened".into()))?;
+            (
+                t.server(),
+                config,
+                t.record.version,
+                t.record.created_at_unix_nanos,
+                service_account_of(t),
+                token_request_of(t)?,
+            )
         };
         if req.expected_version != 0 && req.expected_version != version {
             return Err(RotationError::Changed);
@@ -229,14 +255,18 @@ impl AuthRotation {
             .map_err(describe)?
             .items
             .into_iter()
-            .find(|s| s.type_.as_deref() == Some(SA_TOKEN_TYPE) && token_of(s).as_deref() == Some(config.bearer_token.as_str()))
+            .find(|s| {
+                s.type_.as_deref() == Some(SA_TOKEN_TYPE)
+                    && token_of(s).as_deref() == Some(config.bearer_token.as_str())
+            })
             .and_then(|s| s.metadata.name);
         if let Some(expiration_seconds) = token_request {
             let request = TokenRequest {
                 spec: Some(TokenRequestSpec { expiration_seconds: Some(expiration_seconds), ..Default::default() }),
                 ..Default::default()
             };
-            let issued = accounts.create_token_request(&sa_name, &PostParams::default(), &request).await.map_err(describe)?;
+            let issued =
+                accounts.create_token_request(&sa_name, &PostParams::default(), &request).await.map_err(describe)?;
             let token = issued
                 .status
                 .and_then(|s| s.token)
@@ -292,7 +322,9 @@ impl AuthRotation {
             side_seq,
         )
         .await
-        .map_err(|e| RotationError::Unavailable(format!("rotated, but the retirement of the old token was not recorded: {e}")))?;
+        .map_err(|e| {
+            RotationError::Unavailable(format!("rotated, but the retirement of the old token was not recorded: {e}"))
+        })?;
         Ok(())
     }
 
@@ -312,7 +344,9 @@ impl AuthRotation {
                 break t;
             }
             if tokio::time::Instant::now() > deadline {
-                return Err(RotationError::Cluster("the cluster did not issue a token for the new Secret in time".into()));
+                return Err(RotationError::Cluster(
+                    "the cluster did not issue a token for the new Secret in time".into(),
+                ));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
@@ -320,25 +354,42 @@ impl AuthRotation {
     }
 
     /// Checks the new token works and records it in the cluster's config through the registry.
-    async fn record_token(&self, server: &str, config: &Arc<ClusterConfig>, token: String, version: u64) -> Result<(), RotationError> {
+    async fn record_token(
+        &self,
+        server: &str,
+        config: &Arc<ClusterConfig>,
+        token: String,
+        version: u64,
+    ) -> Result<(), RotationError> {
         let mut new_config = (**config).clone();
         new_config.bearer_token = token;
         let check = corral_cluster_access::client::build(server, &new_config, self.config.timeout)
             .await
             .map_err(|e| RotationError::Cluster(e.to_string()))?;
-        check.apiserver_version().await.map_err(|e| RotationError::Cluster(format!("the new token does not work: {}", corral_cluster_access::describe(&e, &new_config))))?;
+        check.apiserver_version().await.map_err(|e| {
+            RotationError::Cluster(format!(
+                "the new token does not work: {}",
+                corral_cluster_access::describe(&e, &new_config)
+            ))
+        })?;
         let update = Command {
             context: Some(RequestContext { actor: "auth-rotation".into(), ..Default::default() }),
             expected_version: version,
             kind: Some(command::Kind::Update(ClusterUpdateRequest {
-                cluster: Some(v1alpha1::Cluster { server: server.to_string(), config: Some(new_config), ..Default::default() }),
+                cluster: Some(v1alpha1::Cluster {
+                    server: server.to_string(),
+                    config: Some(new_config),
+                    ..Default::default()
+                }),
                 updated_fields: vec!["config".into()],
                 id: Some(ClusterId { r#type: "server".into(), value: server.to_string() }),
             })),
         };
         match self.registry.command(update).await.result {
             Some(reply::Result::Error(e)) if Code::from(e.code) == Code::Aborted => Err(RotationError::Changed),
-            Some(reply::Result::Error(e)) => Err(RotationError::Unavailable(format!("the registry did not record the new token: {}", e.message))),
+            Some(reply::Result::Error(e)) => {
+                Err(RotationError::Unavailable(format!("the registry did not record the new token: {}", e.message)))
+            }
             _ => Ok(()),
         }
     }
@@ -370,7 +421,11 @@ impl AuthRotation {
                 .get(&id)
                 .and_then(|t| t.side.as_ref().map(|(_, env)| env.occurred_at_unix_nanos / 1_000_000_000))
                 .unwrap_or_else(now_unix);
-            let done = OldCredentialsRetired { namespace: r.namespace.clone(), old_secret: r.old_secret.clone(), rotated_at_unix: rotated_at };
+            let done = OldCredentialsRetired {
+                namespace: r.namespace.clone(),
+                old_secret: r.old_secret.clone(),
+                rotated_at_unix: rotated_at,
+            };
             if let Err(e) = corral_cluster_access::append_side(
                 self.log.as_ref(),
                 format!("{AUTH_SUBJECT_PREFIX}{id}"),
@@ -395,7 +450,9 @@ fn last_rotation_unix(t: &Target) -> i64 {
     let Some((_, env)) = &t.side else { return created };
     let at = match env.event_type.as_str() {
         CLUSTER_CREDENTIALS_ROTATED => env.occurred_at_unix_nanos / 1_000_000_000,
-        OLD_CREDENTIALS_RETIRED => OldCredentialsRetired::decode(env.payload.as_slice()).map(|e| e.rotated_at_unix).unwrap_or(0),
+        OLD_CREDENTIALS_RETIRED => {
+            OldCredentialsRetired::decode(env.payload.as_slice()).map(|e| e.rotated_at_unix).unwrap_or(0)
+        }
         _ => 0,
     };
     at.max(created)
@@ -419,7 +476,8 @@ impl AuthRotation {
             .map(|(_, t)| t.server())
             .collect();
         for server in due {
-            let recently_failed = lock(&self.schedule_failures).get(&server).is_some_and(|at| at.elapsed() < SCHEDULE_RETRY);
+            let recently_failed =
+                lock(&self.schedule_failures).get(&server).is_some_and(|at| at.elapsed() < SCHEDULE_RETRY);
             if recently_failed {
                 continue;
             }
@@ -470,9 +528,15 @@ pub struct ServiceConfig {
     pub registry_timeout_ms: u64,
 }
 
-pub async fn run(config: ServiceConfig, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(
+    config: ServiceConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let (client, log, key) = config.nats.connect().await?;
-    let registry = Arc::new(corral_registry::nats_rpc::NatsRegistryClient::new(client.clone(), Duration::from_millis(config.registry_timeout_ms)));
+    let registry = Arc::new(corral_registry::nats_rpc::NatsRegistryClient::new(
+        client.clone(),
+        Duration::from_millis(config.registry_timeout_ms),
+    ));
     let rotation_config = RotationConfig {
         grace: Duration::from_secs_f64(config.grace_seconds.max(0.0)),
         timeout: Duration::from_secs_f64(config.timeout_seconds.max(0.05)),

@@ -35,7 +35,11 @@ pub struct CacheConfig {
 
 impl Default for CacheConfig {
     fn default() -> Self {
-        CacheConfig { check_interval: Duration::from_secs(5), resync: Duration::from_secs(3600), timeout: Duration::from_secs(5) }
+        CacheConfig {
+            check_interval: Duration::from_secs(5),
+            resync: Duration::from_secs(3600),
+            timeout: Duration::from_secs(5),
+        }
     }
 }
 
@@ -103,7 +107,8 @@ impl CacheInvalidation {
         membership: Membership,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), LogError> {
-        let (fleet, mut changed_rx, follower) = corral_cluster_access::load_fleet(log.clone(), key, CACHE_SUBJECT_PREFIX).await?;
+        let (fleet, mut changed_rx, follower) =
+            corral_cluster_access::load_fleet(log.clone(), key, CACHE_SUBJECT_PREFIX).await?;
         let svc = Arc::new(CacheInvalidation {
             log,
             fleet,
@@ -139,7 +144,11 @@ impl CacheInvalidation {
 
     fn check(self: &Arc<Self>, live: &[String], id: &str) {
         let due = match lock(&self.fleet).targets.get(id) {
-            Some(t) => corral_cluster_access::reachable(id) && self.membership.owns(live, id, t.shard()) && needs_sync(t, &self.config),
+            Some(t) => {
+                corral_cluster_access::reachable(id)
+                    && self.membership.owns(live, id, t.shard())
+                    && needs_sync(t, &self.config)
+            }
             None => false,
         };
         if !due || !lock(&self.syncing).insert(id.to_string()) {
@@ -154,10 +163,20 @@ impl CacheInvalidation {
     }
 
     async fn sync(&self, id: &str) {
-        let Some((server, config, created, refresh, side_seq, refreshing)) = lock(&self.fleet).targets.get(id).map(|t| {
-            let refreshing = last_sync(t).is_some_and(|e| t.record.refresh_requested_at_unix_nanos > e.refresh_requested_at_unix_nanos);
-            (t.server(), t.config.clone(), t.record.created_at_unix_nanos, t.record.refresh_requested_at_unix_nanos, t.side_seq(), refreshing)
-        }) else {
+        let Some((server, config, created, refresh, side_seq, refreshing)) =
+            lock(&self.fleet).targets.get(id).map(|t| {
+                let refreshing = last_sync(t)
+                    .is_some_and(|e| t.record.refresh_requested_at_unix_nanos > e.refresh_requested_at_unix_nanos);
+                (
+                    t.server(),
+                    t.config.clone(),
+                    t.record.created_at_unix_nanos,
+                    t.record.refresh_requested_at_unix_nanos,
+                    t.side_seq(),
+                    refreshing,
+                )
+            })
+        else {
             return;
         };
         if refreshing {
@@ -233,7 +252,10 @@ impl ServiceConfig {
     }
 }
 
-pub async fn run(config: ServiceConfig, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(
+    config: ServiceConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let (client, log, key) = config.nats.connect().await?;
     let cache_config = config.cache_config();
     let membership = Membership::join(client, HEARTBEAT_SUBJECT, cache_config.check_interval / 3).await?;

@@ -14,7 +14,9 @@ use corral_proto::account::{
     EmptyResponse, GetAccountRequest, ListAccountRequest, UpdatePasswordRequest, UpdatePasswordResponse,
 };
 use corral_proto::session::session_service_server::SessionService;
-use corral_proto::session::{GetUserInfoRequest, GetUserInfoResponse, SessionCreateRequest, SessionDeleteRequest, SessionResponse};
+use corral_proto::session::{
+    GetUserInfoRequest, GetUserInfoResponse, SessionCreateRequest, SessionDeleteRequest, SessionResponse,
+};
 use serde::Deserialize;
 use tonic::{Code, Request, Response as GrpcResponse, Status};
 
@@ -80,7 +82,11 @@ impl Accounts {
         Ok(CanIResponse { value: if yes { "yes" } else { "no" }.into() })
     }
 
-    pub async fn update_password(&self, ctx: &CallContext, req: UpdatePasswordRequest) -> Result<UpdatePasswordResponse, ApiError> {
+    pub async fn update_password(
+        &self,
+        ctx: &CallContext,
+        req: UpdatePasswordRequest,
+    ) -> Result<UpdatePasswordResponse, ApiError> {
         self.auth.update_password(principal(ctx)?, &req.name, &req.current_password, &req.new_password).await?;
         Ok(UpdatePasswordResponse {})
     }
@@ -93,7 +99,11 @@ impl Accounts {
         Ok(self.auth.get_account(principal(ctx)?, name).await?)
     }
 
-    pub async fn create_token(&self, ctx: &CallContext, req: CreateTokenRequest) -> Result<CreateTokenResponse, ApiError> {
+    pub async fn create_token(
+        &self,
+        ctx: &CallContext,
+        req: CreateTokenRequest,
+    ) -> Result<CreateTokenResponse, ApiError> {
         let token = self.auth.create_token(principal(ctx)?, &req.name, req.expires_in, &req.id).await?;
         Ok(CreateTokenResponse { token })
     }
@@ -117,7 +127,10 @@ impl AccountService for GrpcAccounts {
         Ok(GrpcResponse::new(self.0.can_i(&c, req.into_inner())?))
     }
 
-    async fn update_password(&self, req: Request<UpdatePasswordRequest>) -> Result<GrpcResponse<UpdatePasswordResponse>, Status> {
+    async fn update_password(
+        &self,
+        req: Request<UpdatePasswordRequest>,
+    ) -> Result<GrpcResponse<UpdatePasswordResponse>, Status> {
         let c = ctx(&req);
         Ok(GrpcResponse::new(self.0.update_password(&c, req.into_inner()).await?))
     }
@@ -131,7 +144,10 @@ impl AccountService for GrpcAccounts {
         Ok(GrpcResponse::new(self.0.get(&c, &req.into_inner().name).await?))
     }
 
-    async fn create_token(&self, req: Request<CreateTokenRequest>) -> Result<GrpcResponse<CreateTokenResponse>, Status> {
+    async fn create_token(
+        &self,
+        req: Request<CreateTokenRequest>,
+    ) -> Result<GrpcResponse<CreateTokenResponse>, Status> {
         let c = ctx(&req);
         Ok(GrpcResponse::new(self.0.create_token(&c, req.into_inner()).await?))
     }
@@ -147,7 +163,10 @@ pub struct GrpcSessions(pub Accounts);
 
 #[tonic::async_trait]
 impl SessionService for GrpcSessions {
-    async fn get_user_info(&self, req: Request<GetUserInfoRequest>) -> Result<GrpcResponse<GetUserInfoResponse>, Status> {
+    async fn get_user_info(
+        &self,
+        req: Request<GetUserInfoRequest>,
+    ) -> Result<GrpcResponse<GetUserInfoResponse>, Status> {
         Ok(GrpcResponse::new(self.0.user_info(&ctx(&req))?))
     }
 
@@ -193,8 +212,7 @@ async fn json_body<T: for<'de> Deserialize<'de> + Default>(body: Body, limit: us
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::invalid(format!("request body: {e}")).into_response())
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::invalid(format!("request body: {e}")).into_response())
 }
 
 // Go-style JSON bodies with Argo CD's field names; unknown keys are ignored as grpc-gateway does.
@@ -310,16 +328,25 @@ async fn rest_list(State(s): State<RestAccounts>, Extension(ctx): Extension<Call
     }))
 }
 
-async fn rest_get(State(s): State<RestAccounts>, Extension(ctx): Extension<CallContext>, Path(name): Path<String>) -> Response {
+async fn rest_get(
+    State(s): State<RestAccounts>,
+    Extension(ctx): Extension<CallContext>,
+    Path(name): Path<String>,
+) -> Response {
     respond(s.accounts.get(&ctx, &name).await.map(|a| account_json(&a)))
 }
 
-async fn rest_update_password(State(s): State<RestAccounts>, Extension(ctx): Extension<CallContext>, body: Body) -> Response {
+async fn rest_update_password(
+    State(s): State<RestAccounts>,
+    Extension(ctx): Extension<CallContext>,
+    body: Body,
+) -> Response {
     let b: PasswordBody = match json_body(body, s.max_body_bytes).await {
         Ok(b) => b,
         Err(r) => return r,
     };
-    let req = UpdatePasswordRequest { new_password: b.new_password, current_password: b.current_password, name: b.name };
+    let req =
+        UpdatePasswordRequest { new_password: b.new_password, current_password: b.current_password, name: b.name };
     respond(s.accounts.update_password(&ctx, req).await.map(|_| serde_json::json!({})))
 }
 
@@ -328,7 +355,11 @@ async fn rest_can_i(
     Extension(ctx): Extension<CallContext>,
     Path((resource, action, subresource)): Path<(String, String, String)>,
 ) -> Response {
-    respond(s.accounts.can_i(&ctx, CanIRequest { resource, action, subresource }).map(|r| serde_json::json!({"value": r.value})))
+    respond(
+        s.accounts
+            .can_i(&ctx, CanIRequest { resource, action, subresource })
+            .map(|r| serde_json::json!({"value": r.value})),
+    )
 }
 
 async fn rest_create_token(

@@ -92,7 +92,12 @@ impl Clusters {
     /// The stored cluster `q` names and its version, if the caller may see it and may `action`
     /// it; otherwise NotFound exactly as for a missing cluster, or PermissionDenied when it may
     /// only see it.
-    async fn authorised_target(&self, ctx: &CallContext, q: &ClusterQuery, action: &str) -> Result<(Cluster, u64), ApiError> {
+    async fn authorised_target(
+        &self,
+        ctx: &CallContext,
+        q: &ClusterQuery,
+        action: &str,
+    ) -> Result<(Cluster, u64), ApiError> {
         let who = Self::principal(ctx)?;
         let reply = self.query(ctx, query::Kind::Get(q.clone())).await?;
         let version = reply.cluster_version;
@@ -130,7 +135,12 @@ impl Clusters {
     }
 
     /// A command that only applies if the cluster is still at `expected_version` (0: any).
-    async fn command_expecting(&self, ctx: &CallContext, kind: command::Kind, expected_version: u64) -> Result<Reply, ApiError> {
+    async fn command_expecting(
+        &self,
+        ctx: &CallContext,
+        kind: command::Kind,
+        expected_version: u64,
+    ) -> Result<Reply, ApiError> {
         let cmd = Command { context: Some(ctx.request_context()), kind: Some(kind), expected_version };
         let reply = self.api.command(cmd).await;
         match reply_error(&reply) {
@@ -204,11 +214,19 @@ impl Clusters {
     pub async fn update(&self, ctx: &CallContext, req: ClusterUpdateRequest) -> Result<Cluster, ApiError> {
         let who = Self::principal(ctx)?;
         let body = req.cluster.clone().unwrap_or_default();
-        let q = ClusterQuery { server: body.server.clone(), name: body.name.clone(), id: req.id.clone(), selector: String::new() };
+        let q = ClusterQuery {
+            server: body.server.clone(),
+            name: body.name.clone(),
+            id: req.id.clone(),
+            selector: String::new(),
+        };
         // Moving a cluster into another project needs update there too.
         let moves = req.updated_fields.is_empty() || req.updated_fields.iter().any(|f| f == "project");
         let into_project = |stored: &Cluster| {
-            if moves && body.project != stored.project && !self.auth.enforce(who, RESOURCE, "update", &rbac_object(&body.project, &stored.server)) {
+            if moves
+                && body.project != stored.project
+                && !self.auth.enforce(who, RESOURCE, "update", &rbac_object(&body.project, &stored.server))
+            {
                 return Err(denied());
             }
             Ok(())
@@ -222,7 +240,9 @@ impl Clusters {
 
     /// Needs `update`, as in Argo CD.
     pub async fn invalidate_cache(&self, ctx: &CallContext, q: ClusterQuery) -> Result<Cluster, ApiError> {
-        Self::cluster(self.authorised_command(ctx, &q, "update", |_| Ok(()), command::Kind::InvalidateCache(q.clone())).await?)
+        Self::cluster(
+            self.authorised_command(ctx, &q, "update", |_| Ok(()), command::Kind::InvalidateCache(q.clone())).await?,
+        )
     }
 
     /// Needs `update`, as in Argo CD; the auth-rotation service does the work.
@@ -230,7 +250,8 @@ impl Clusters {
         let mut last = None;
         for _ in 0..AUTHORISE_ATTEMPTS {
             let (stored, version) = self.authorised_target(ctx, &q, "update").await?;
-            let request = RotateAuth { context: Some(ctx.request_context()), server: stored.server, expected_version: version };
+            let request =
+                RotateAuth { context: Some(ctx.request_context()), server: stored.server, expected_version: version };
             match reply_error(&self.rotation.rotate(request).await) {
                 None => return Ok(()),
                 Some(e) if e.code == Code::Aborted => last = Some(e),

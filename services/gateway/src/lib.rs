@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::middleware::{Next, from_fn, from_fn_with_state};
+use axum::response::{IntoResponse, Response};
 use corral_auth::Auth;
 use corral_proto::account::account_service_server::AccountServiceServer;
-use axum::response::{IntoResponse, Response};
 use corral_proto::cluster::cluster_service_server::ClusterServiceServer;
 use corral_proto::session::session_service_server::SessionServiceServer;
 use corral_registry::RegistryApi;
@@ -182,14 +182,21 @@ async fn not_found() -> Response {
 }
 
 /// The whole public API as one router: REST routes, gRPC services, and the shared layers.
-pub fn app(api: Arc<dyn RegistryApi>, rotation: Arc<dyn corral_registry::RotationApi>, auth: Arc<Auth>, config: &GatewayConfig) -> Router {
+pub fn app(
+    api: Arc<dyn RegistryApi>,
+    rotation: Arc<dyn corral_registry::RotationApi>,
+    auth: Arc<Auth>,
+    config: &GatewayConfig,
+) -> Router {
     let clusters = Clusters::new(api, rotation, auth.clone());
     let accounts = accounts::Accounts { auth: auth.clone() };
     let limit = config.max_body_bytes;
     let grpc_clusters =
         ClusterServiceServer::new(grpc::GrpcClusters { clusters: clusters.clone() }).max_decoding_message_size(limit);
-    let grpc_accounts = AccountServiceServer::new(accounts::GrpcAccounts(accounts.clone())).max_decoding_message_size(limit);
-    let grpc_sessions = SessionServiceServer::new(accounts::GrpcSessions(accounts.clone())).max_decoding_message_size(limit);
+    let grpc_accounts =
+        AccountServiceServer::new(accounts::GrpcAccounts(accounts.clone())).max_decoding_message_size(limit);
+    let grpc_sessions =
+        SessionServiceServer::new(accounts::GrpcSessions(accounts.clone())).max_decoding_message_size(limit);
     let grpc_router = tonic::service::Routes::new(grpc_clusters)
         .add_service(grpc_accounts)
         .add_service(grpc_sessions)
@@ -300,15 +307,23 @@ fn write_owner_only(path: &std::path::Path, content: &str) -> std::io::Result<()
 }
 
 /// Runs the gateway against NATS until `shutdown` resolves.
-pub async fn run(config: ServiceConfig, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(
+    config: ServiceConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let client = async_nats::connect(&config.nats_url).await?;
     let timeout = Duration::from_millis(config.registry_timeout_ms);
     let commands = Arc::new(corral_registry::nats_rpc::NatsRegistryClient::new(client.clone(), timeout));
     let rotation: Arc<dyn corral_registry::RotationApi> = commands.clone();
     // Reads are answered from this replica's own view of the log: no hop to a registry.
     let log_config = corral_registry::NatsLogConfig { stream: config.stream.clone(), ..Default::default() };
-    let log: Arc<dyn corral_registry::EventLog> = Arc::new(corral_registry::NatsLog::new(client.clone(), log_config).await?);
-    let key = Arc::new(corral_secrets::SealingKey::load(corral_registry::SEAL_KEY_ENV, config.seal_key_file.as_deref(), false)?);
+    let log: Arc<dyn corral_registry::EventLog> =
+        Arc::new(corral_registry::NatsLog::new(client.clone(), log_config).await?);
+    let key = Arc::new(corral_secrets::SealingKey::load(
+        corral_registry::SEAL_KEY_ENV,
+        config.seal_key_file.as_deref(),
+        false,
+    )?);
     let auth = start_auth(log.clone(), key, &config.auth).await?;
     // API tokens are issued and revoked by the auth-rotation service; the gateway authorises.
     auth.delegate_tokens(Arc::new(corral_auth::nats::NatsTokenIssuer::new(client.clone(), timeout)));
@@ -323,7 +338,8 @@ pub async fn run(config: ServiceConfig, shutdown: impl std::future::Future<Outpu
     let addr = listener.local_addr()?;
     println!("listening on {addr}");
     tracing::info!(%addr, "gateway listening");
-    serve(listener, app(api, rotation, auth, &GatewayConfig { max_body_bytes: config.max_body_bytes }), shutdown).await?;
+    serve(listener, app(api, rotation, auth, &GatewayConfig { max_body_bytes: config.max_body_bytes }), shutdown)
+        .await?;
     let _ = stop_tx.send(true);
     Ok(())
 }

@@ -42,7 +42,9 @@ impl Params {
         self.0
             .iter()
             .filter(|(k, _)| k == key)
-            .flat_map(|(_, v)| v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect::<Vec<_>>())
+            .flat_map(|(_, v)| {
+                v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect::<Vec<_>>()
+            })
             .collect()
     }
 
@@ -91,7 +93,12 @@ async fn list(State(s): State<RestState>, Extension(ctx): Extension<CallContext>
     }
 }
 
-async fn create(State(s): State<RestState>, Extension(ctx): Extension<CallContext>, RawQuery(raw): RawQuery, body: Body) -> Response {
+async fn create(
+    State(s): State<RestState>,
+    Extension(ctx): Extension<CallContext>,
+    RawQuery(raw): RawQuery,
+    body: Body,
+) -> Response {
     let p = Params::parse(raw);
     let bytes = match read_body(body, s.max_body_bytes).await {
         Ok(b) => b,
@@ -108,7 +115,12 @@ async fn create(State(s): State<RestState>, Extension(ctx): Extension<CallContex
     }
 }
 
-async fn get_one(State(s): State<RestState>, Extension(ctx): Extension<CallContext>, Path(id): Path<String>, RawQuery(raw): RawQuery) -> Response {
+async fn get_one(
+    State(s): State<RestState>,
+    Extension(ctx): Extension<CallContext>,
+    Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Response {
     let q = Params::parse(raw).query_for(Some(id));
     match s.clusters.get(&ctx, q).await {
         Ok(c) => json(corral_api_json::cluster_to_json(&c)),
@@ -134,9 +146,10 @@ async fn update(
         updated_fields.extend(parsed.updated_fields);
         let mut id_type = p.first("id.type");
         if id_type.is_empty()
-            && let Some((t, _)) = &parsed.id {
-                id_type = t.clone();
-            }
+            && let Some((t, _)) = &parsed.id
+        {
+            id_type = t.clone();
+        }
         let req = ClusterUpdateRequest {
             cluster: Some(parsed.cluster),
             updated_fields,
@@ -150,7 +163,12 @@ async fn update(
     }
 }
 
-async fn delete(State(s): State<RestState>, Extension(ctx): Extension<CallContext>, Path(id): Path<String>, RawQuery(raw): RawQuery) -> Response {
+async fn delete(
+    State(s): State<RestState>,
+    Extension(ctx): Extension<CallContext>,
+    Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Response {
     let q = Params::parse(raw).query_for(Some(id));
     match s.clusters.delete(&ctx, q).await {
         Ok(()) => json(serde_json::json!({})),
@@ -158,7 +176,12 @@ async fn delete(State(s): State<RestState>, Extension(ctx): Extension<CallContex
     }
 }
 
-async fn rotate_auth(State(s): State<RestState>, Extension(ctx): Extension<CallContext>, Path(id): Path<String>, RawQuery(raw): RawQuery) -> Response {
+async fn rotate_auth(
+    State(s): State<RestState>,
+    Extension(ctx): Extension<CallContext>,
+    Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Response {
     let q = Params::parse(raw).query_for(Some(id));
     match s.clusters.rotate_auth(&ctx, q).await {
         Ok(()) => json(serde_json::json!({})),
@@ -166,7 +189,12 @@ async fn rotate_auth(State(s): State<RestState>, Extension(ctx): Extension<CallC
     }
 }
 
-async fn invalidate_cache(State(s): State<RestState>, Extension(ctx): Extension<CallContext>, Path(id): Path<String>, RawQuery(raw): RawQuery) -> Response {
+async fn invalidate_cache(
+    State(s): State<RestState>,
+    Extension(ctx): Extension<CallContext>,
+    Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Response {
     let q = Params::parse(raw).query_for(Some(id));
     match s.clusters.invalidate_cache(&ctx, q).await {
         Ok(c) => json(corral_api_json::cluster_to_json(&c)),

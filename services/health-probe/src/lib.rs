@@ -66,8 +66,11 @@ fn recorded(t: &corral_cluster_access::Target) -> Option<Observed> {
         return None;
     }
     let e = ClusterConnectionObserved::decode(env.payload.as_slice()).ok()?;
-    (e.cluster_created_at_unix_nanos == t.record.created_at_unix_nanos)
-        .then_some(Observed { status: e.status, message: e.message, server_version: e.server_version })
+    (e.cluster_created_at_unix_nanos == t.record.created_at_unix_nanos).then_some(Observed {
+        status: e.status,
+        message: e.message,
+        server_version: e.server_version,
+    })
 }
 
 impl HealthProbe {
@@ -79,7 +82,8 @@ impl HealthProbe {
         membership: Membership,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), LogError> {
-        let (fleet, mut changed_rx, follower) = corral_cluster_access::load_fleet(log.clone(), key, STATE_SUBJECT_PREFIX).await?;
+        let (fleet, mut changed_rx, follower) =
+            corral_cluster_access::load_fleet(log.clone(), key, STATE_SUBJECT_PREFIX).await?;
         let probe = Arc::new(HealthProbe { log, fleet, config, clients: Clients::default(), membership });
         println!("health-probe ready (replica {})", probe.membership.me());
         tracing::info!(clusters = lock(&probe.fleet).targets.len(), "health probe ready");
@@ -124,7 +128,8 @@ impl HealthProbe {
 
     async fn round(self: Arc<Self>) {
         let live = self.membership.live();
-        let all: Vec<(String, Option<i64>)> = lock(&self.fleet).targets.iter().map(|(id, t)| (id.clone(), t.shard())).collect();
+        let all: Vec<(String, Option<i64>)> =
+            lock(&self.fleet).targets.iter().map(|(id, t)| (id.clone(), t.shard())).collect();
         let ids: Vec<String> = all
             .into_iter()
             .filter(|(id, shard)| corral_cluster_access::reachable(id) && self.membership.owns(&live, id, *shard))
@@ -153,14 +158,21 @@ impl HealthProbe {
         else {
             return;
         };
-        let attempted_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or_default();
+        let attempted_at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or_default();
         let failed = |message: String| Observed { status: "Failed".into(), message, server_version: String::new() };
         let observed = match config {
             None => failed("the cluster's credentials cannot be opened".into()),
             Some(config) => match self.clients.get(&id, &server, &config, self.config.timeout).await {
                 Err(e) => failed(corral_cluster_access::redact(e.to_string(), &config)),
                 Ok(c) => match tokio::time::timeout(self.config.timeout, c.apiserver_version()).await {
-                    Ok(Ok(info)) => Observed { status: "Successful".into(), message: String::new(), server_version: major_minor(&info) },
+                    Ok(Ok(info)) => Observed {
+                        status: "Successful".into(),
+                        message: String::new(),
+                        server_version: major_minor(&info),
+                    },
                     Ok(Err(e)) => failed(corral_cluster_access::describe(&e, &config)),
                     Err(_) => failed(format!("the API server did not answer within {:?}", self.config.timeout)),
                 },
@@ -225,7 +237,10 @@ impl ServiceConfig {
     }
 }
 
-pub async fn run(config: ServiceConfig, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(
+    config: ServiceConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let (client, log, key) = config.nats.connect().await?;
     let probe_config = config.probe_config();
     let membership = Membership::join(client, HEARTBEAT_SUBJECT, probe_config.interval / 3).await?;

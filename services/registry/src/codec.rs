@@ -73,11 +73,7 @@ pub fn open_config(
     Ok(ClusterConfig::decode(clear.as_slice())?)
 }
 
-pub fn open_spec(
-    spec: &events::ClusterSpec,
-    cluster_id: &str,
-    key: &SealingKey,
-) -> Result<ClusterSpec, RegistryError> {
+pub fn open_spec(spec: &events::ClusterSpec, cluster_id: &str, key: &SealingKey) -> Result<ClusterSpec, RegistryError> {
     Ok(ClusterSpec {
         server: spec.server.clone(),
         name: spec.name.clone(),
@@ -106,10 +102,9 @@ pub fn encode_event(event: &ClusterEvent, cluster_id: &str, key: &SealingKey) ->
             }
             .encode_to_vec(),
         ),
-        ClusterEvent::Deleted { server, name } => (
-            CLUSTER_DELETED,
-            events::ClusterDeleted { server: server.clone(), name: name.clone() }.encode_to_vec(),
-        ),
+        ClusterEvent::Deleted { server, name } => {
+            (CLUSTER_DELETED, events::ClusterDeleted { server: server.clone(), name: name.clone() }.encode_to_vec())
+        }
         ClusterEvent::RefreshRequested { at } => (
             CLUSTER_REFRESH_REQUESTED,
             events::ClusterRefreshRequested { requested_at_unix_nanos: unix_nanos(at) }.encode_to_vec(),

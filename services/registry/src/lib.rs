@@ -3,10 +3,10 @@
 
 pub mod api;
 mod barrier;
-pub mod queries;
 pub mod codec;
 pub mod error;
 pub mod nats_rpc;
+pub mod queries;
 pub mod read_model;
 pub mod selector;
 pub mod service;
@@ -116,7 +116,10 @@ pub struct ServiceConfig {
 pub const SEAL_KEY_ENV: &str = "CORRAL_SEAL_KEY";
 
 /// Runs the registry against NATS until `shutdown` resolves.
-pub async fn run(config: ServiceConfig, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(
+    config: ServiceConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let key = Arc::new(SealingKey::load(SEAL_KEY_ENV, config.seal_key_file.as_deref(), false)?);
     let client = async_nats::connect(&config.nats_url).await?;
     let log_config = corral_event_log::NatsLogConfig {

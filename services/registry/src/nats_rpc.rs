@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
-use futures::StreamExt;
 use corral_proto::registry::{Command, Query, Reply, reply};
+use futures::StreamExt;
 use prost::Message;
 use tonic::Code;
 
@@ -22,7 +22,10 @@ pub const ROTATION_QUEUE_GROUP: &str = "corral-auth-rotation";
 fn error_reply(code: Code, message: impl Into<String>) -> Reply {
     Reply {
         revision: 0,
-        result: Some(reply::Result::Error(corral_proto::registry::Error { code: code as i32, message: message.into() })),
+        result: Some(reply::Result::Error(corral_proto::registry::Error {
+            code: code as i32,
+            message: message.into(),
+        })),
         cluster_version: 0,
     }
 }

@@ -83,13 +83,12 @@ impl Queries {
     }
 
     pub fn not_found(q: &ClusterQuery) -> RegistryError {
-        let what = q
-            .id
-            .as_ref()
-            .map(|i| i.value.clone())
-            .filter(|v| !v.is_empty())
-            .or_else(|| (!q.server.is_empty()).then(|| q.server.clone()))
-            .unwrap_or_else(|| q.name.clone());
+        let what =
+            q.id.as_ref()
+                .map(|i| i.value.clone())
+                .filter(|v| !v.is_empty())
+                .or_else(|| (!q.server.is_empty()).then(|| q.server.clone()))
+                .unwrap_or_else(|| q.name.clone());
         RegistryError::NotFound(format!("cluster \"{what}\" not found"))
     }
 
@@ -117,10 +116,12 @@ impl Queries {
     fn all_rendered(&self) -> Result<Arc<Vec<v1alpha1::Cluster>>, RegistryError> {
         let applied = self.projection.last_applied();
         if let Some((seq, all)) = self.list_cache.lock().unwrap_or_else(|p| p.into_inner()).clone()
-            && seq == applied {
-                return Ok(all);
-            }
-        let mut items: Vec<v1alpha1::Cluster> = read_model::live_clusters(&self.projection)?.iter().map(read_model::render).collect();
+            && seq == applied
+        {
+            return Ok(all);
+        }
+        let mut items: Vec<v1alpha1::Cluster> =
+            read_model::live_clusters(&self.projection)?.iter().map(read_model::render).collect();
         items.sort_by(|a, b| a.server.cmp(&b.server));
         let all = Arc::new(items);
         // Cache only a snapshot nothing was applied during, so it matches `applied` exactly.

@@ -17,9 +17,9 @@ use prost::Message;
 use tracing::{Instrument, info_span};
 
 use crate::api::RegistryApi;
-use crate::queries::Queries;
 use crate::codec::{self, EVENT_TYPE_HEADER, EnvelopeFields, from_unix_nanos};
 use crate::error::RegistryError;
+use crate::queries::Queries;
 use crate::read_model::{self, cluster_record, name_record};
 
 #[derive(Clone, Debug)]
@@ -131,7 +131,8 @@ impl Registry {
             return Ok((None, rec.subject_seq, Some(rec)));
         }
         let spec = codec::open_spec(&rec.spec.clone().unwrap_or_default(), id, &self.key)?;
-        let refresh = (rec.refresh_requested_at_unix_nanos != 0).then(|| from_unix_nanos(rec.refresh_requested_at_unix_nanos));
+        let refresh =
+            (rec.refresh_requested_at_unix_nanos != 0).then(|| from_unix_nanos(rec.refresh_requested_at_unix_nanos));
         let state = ClusterState { spec, refresh_requested_at: refresh };
         Ok((Some(state), rec.subject_seq, Some(rec)))
     }
@@ -153,7 +154,10 @@ impl Registry {
             let events = domain::decide(&state, command())?;
             if events.is_empty() {
                 let rec = cluster_record(&self.projection, id)?;
-                return Ok((self.projection.last_applied(), rec.filter(|r| !r.deleted).map(|r| read_model::render(&r))));
+                return Ok((
+                    self.projection.last_applied(),
+                    rec.filter(|r| !r.deleted).map(|r| read_model::render(&r)),
+                ));
             }
             match self.commit(origin, id, &state, (subject_seq, version), &events).await {
                 Ok((revision, appended)) => {
@@ -189,9 +193,10 @@ impl Registry {
         }
         let new_name = state.as_ref().map(|s| s.spec.name.clone());
         if let Some(name) = &new_name
-            && old_name.as_deref() != Some(name.as_str()) {
-                self.claim_name(origin, name, id).await?;
-            }
+            && old_name.as_deref() != Some(name.as_str())
+        {
+            self.claim_name(origin, name, id).await?;
+        }
         let mut expected = subject_seq;
         let mut revision = 0;
         let mut version = version;
@@ -200,16 +205,25 @@ impl Registry {
             let (event_type, payload) = codec::encode_event(e, id, &self.key);
             version += 1;
             let (seq, env) = self
-                .append(origin, domain::cluster_subject(id), format!("cluster/{id}"), version, expected, event_type, payload)
+                .append(
+                    origin,
+                    domain::cluster_subject(id),
+                    format!("cluster/{id}"),
+                    version,
+                    expected,
+                    event_type,
+                    payload,
+                )
                 .await?;
             revision = seq;
             expected = seq;
             appended.push((seq, env));
         }
         if let Some(old) = old_name
-            && new_name.as_deref() != Some(old.as_str()) {
-                self.release_name(origin, &old, id).await;
-            }
+            && new_name.as_deref() != Some(old.as_str())
+        {
+            self.release_name(origin, &old, id).await;
+        }
         Ok((revision, appended))
     }
 
@@ -259,9 +273,11 @@ impl Registry {
             return Ok(false);
         }
         if let Some(rec) = cluster_record(&self.projection, &claim.cluster_id)?
-            && !rec.deleted && rec.spec.as_ref().is_some_and(|s| s.name == name) {
-                return Ok(true);
-            }
+            && !rec.deleted
+            && rec.spec.as_ref().is_some_and(|s| s.name == name)
+        {
+            return Ok(true);
+        }
         let age = Utc::now() - from_unix_nanos(claim.claimed_at_unix_nanos);
         Ok(age.to_std().map(|a| a < self.config.name_claim_lease).unwrap_or(true))
     }
@@ -279,8 +295,16 @@ impl Registry {
         }
         let (expected, version) = claim.map(|c| (c.subject_seq, c.version)).unwrap_or((0, 0));
         let payload = events::ClusterNameClaimed { cluster_id: id.to_string() }.encode_to_vec();
-        self.append(origin, domain::name_subject(&key), format!("clustername/{key}"), version + 1, expected, codec::CLUSTER_NAME_CLAIMED, payload)
-            .await?;
+        self.append(
+            origin,
+            domain::name_subject(&key),
+            format!("clustername/{key}"),
+            version + 1,
+            expected,
+            codec::CLUSTER_NAME_CLAIMED,
+            payload,
+        )
+        .await?;
         Ok(())
     }
 
@@ -294,36 +318,63 @@ impl Registry {
         }
         let payload = events::ClusterNameReleased { cluster_id: id.to_string() }.encode_to_vec();
         if let Err(e) = self
-            .append(origin, domain::name_subject(&key), format!("clustername/{key}"), claim.version + 1, claim.subject_seq, codec::CLUSTER_NAME_RELEASED, payload)
+            .append(
+                origin,
+                domain::name_subject(&key),
+                format!("clustername/{key}"),
+                claim.version + 1,
+                claim.subject_seq,
+                codec::CLUSTER_NAME_RELEASED,
+                payload,
+            )
             .await
         {
             tracing::debug!(error = %e, "name release skipped");
         }
     }
 
-    async fn create(&self, origin: &Origin, req: ClusterCreateRequest) -> Result<(u64, v1alpha1::Cluster), RegistryError> {
+    async fn create(
+        &self,
+        origin: &Origin,
+        req: ClusterCreateRequest,
+    ) -> Result<(u64, v1alpha1::Cluster), RegistryError> {
         let api = req.cluster.ok_or_else(|| RegistryError::InvalidArgument("cluster: required".into()))?;
         let spec = ClusterSpec::from_api(&api);
         domain::validate(&spec)?;
         let id = domain::cluster_id(&spec.server);
         let upsert = req.upsert;
-        let (rev, cluster) = self.run_command(origin, &id, || ClusterCommand::Create { spec: spec.clone(), upsert }).await?;
-        let cluster = cluster.ok_or_else(|| RegistryError::Internal("created cluster missing from projection".into()))?;
+        let (rev, cluster) =
+            self.run_command(origin, &id, || ClusterCommand::Create { spec: spec.clone(), upsert }).await?;
+        let cluster =
+            cluster.ok_or_else(|| RegistryError::Internal("created cluster missing from projection".into()))?;
         Ok((rev, cluster))
     }
 
-    async fn update(&self, origin: &Origin, req: ClusterUpdateRequest) -> Result<(u64, v1alpha1::Cluster), RegistryError> {
+    async fn update(
+        &self,
+        origin: &Origin,
+        req: ClusterUpdateRequest,
+    ) -> Result<(u64, v1alpha1::Cluster), RegistryError> {
         let api = req.cluster.ok_or_else(|| RegistryError::InvalidArgument("cluster: required".into()))?;
-        let query = ClusterQuery { server: api.server.clone(), name: api.name.clone(), id: req.id.clone(), selector: String::new() };
+        let query = ClusterQuery {
+            server: api.server.clone(),
+            name: api.name.clone(),
+            id: req.id.clone(),
+            selector: String::new(),
+        };
         let id = self.live_id(&query)?;
         let mut patch = ClusterSpec::from_api(&api);
         if patch.server.is_empty()
-            && let Some(spec) = cluster_record(&self.projection, &id)?.and_then(|r| r.spec) {
-                patch.server = spec.server;
-            }
+            && let Some(spec) = cluster_record(&self.projection, &id)?.and_then(|r| r.spec)
+        {
+            patch.server = spec.server;
+        }
         let fields = req.updated_fields.clone();
         let (rev, cluster) = self
-            .run_command(origin, &id, || ClusterCommand::Update { patch: patch.clone(), updated_fields: fields.clone() })
+            .run_command(origin, &id, || ClusterCommand::Update {
+                patch: patch.clone(),
+                updated_fields: fields.clone(),
+            })
             .await?;
         Ok((rev, cluster.ok_or_else(|| Self::not_found(&query))?))
     }
@@ -334,7 +385,11 @@ impl Registry {
         Ok(rev)
     }
 
-    async fn invalidate_cache(&self, origin: &Origin, q: ClusterQuery) -> Result<(u64, v1alpha1::Cluster), RegistryError> {
+    async fn invalidate_cache(
+        &self,
+        origin: &Origin,
+        q: ClusterQuery,
+    ) -> Result<(u64, v1alpha1::Cluster), RegistryError> {
         let id = self.live_id(&q)?;
         let at = Utc::now();
         let (rev, cluster) = self.run_command(origin, &id, || ClusterCommand::RequestRefresh { at }).await?;
@@ -364,7 +419,6 @@ impl Registry {
             }
         }
     }
-
 }
 
 pub(crate) fn to_reply(result: Result<(u64, reply::Result), RegistryError>) -> Reply {

@@ -141,7 +141,9 @@ impl Embedded {
         let password = loop {
             match std::fs::read_to_string(&file) {
                 Ok(p) if !p.trim().is_empty() => break p,
-                _ => assert!(tokio::time::Instant::now() < deadline, "no generated admin password in {}", file.display()),
+                _ => {
+                    assert!(tokio::time::Instant::now() < deadline, "no generated admin password in {}", file.display())
+                }
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
@@ -217,7 +219,8 @@ pub fn new_seal_key() -> String {
 }
 
 fn rand_byte() -> u8 {
-    (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(7) & 0xff) as u8
+    (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(7) & 0xff)
+        as u8
 }
 
 /// Gateways and registries as separate processes on their own nats-server.
@@ -283,7 +286,14 @@ impl Deployment {
     pub async fn spawn_gateway(&self) -> (ServiceProcess, SocketAddr) {
         let p = ServiceProcess::spawn(
             &workspace_bin("corral-gateway"),
-            &["--nats-url".into(), self.nats.url(), "--listen".into(), "127.0.0.1:0".into(), "--max-body-bytes".into(), "65536".into()],
+            &[
+                "--nats-url".into(),
+                self.nats.url(),
+                "--listen".into(),
+                "127.0.0.1:0".into(),
+                "--max-body-bytes".into(),
+                "65536".into(),
+            ],
             &self.gateway_env(),
             "listening on",
             Duration::from_secs(60),
@@ -300,7 +310,12 @@ impl Deployment {
     }
 
     /// A health-probe process with extra environment variables.
-    pub async fn spawn_health_probe_with(&self, interval_seconds: f64, timeout_seconds: f64, extra_env: &[(&str, &str)]) -> ServiceProcess {
+    pub async fn spawn_health_probe_with(
+        &self,
+        interval_seconds: f64,
+        timeout_seconds: f64,
+        extra_env: &[(&str, &str)],
+    ) -> ServiceProcess {
         let mut env: Vec<(String, String)> = vec![
             ("CORRAL_SEAL_KEY".into(), self.seal_key.clone()),
             // Example credentials for clusters with AWS IAM authentication (never sent to AWS:
@@ -332,7 +347,14 @@ impl Deployment {
     pub async fn spawn_cache_invalidation(&self, check_seconds: f64) -> ServiceProcess {
         ServiceProcess::spawn(
             &workspace_bin("corral-cache-invalidation"),
-            &["--nats-url".into(), self.nats.url(), "--check-seconds".into(), check_seconds.to_string(), "--timeout-seconds".into(), "2".into()],
+            &[
+                "--nats-url".into(),
+                self.nats.url(),
+                "--check-seconds".into(),
+                check_seconds.to_string(),
+                "--timeout-seconds".into(),
+                "2".into(),
+            ],
             &[("CORRAL_SEAL_KEY".into(), self.seal_key.clone())],
             "cache-invalidation ready",
             Duration::from_secs(60),
@@ -390,9 +412,10 @@ pub fn files_containing(dir: &std::path::Path, needle: &[u8]) -> Vec<String> {
             if p.is_dir() {
                 stack.push(p);
             } else if let Ok(bytes) = std::fs::read(&p)
-                && bytes.windows(needle.len()).any(|w| w == needle) {
-                    hits.push(p.display().to_string());
-                }
+                && bytes.windows(needle.len()).any(|w| w == needle)
+            {
+                hits.push(p.display().to_string());
+            }
         }
     }
     hits

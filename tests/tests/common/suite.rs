@@ -103,7 +103,10 @@ fn assert_no_secrets(v: &Value) {
 }
 
 fn servers(list: &Value) -> Vec<String> {
-    list["items"].as_array().map(|a| a.iter().filter_map(|c| c["server"].as_str().map(String::from)).collect()).unwrap_or_default()
+    list["items"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|c| c["server"].as_str().map(String::from)).collect())
+        .unwrap_or_default()
 }
 
 /// Runs every check on a fresh deployment.
@@ -122,7 +125,10 @@ pub async fn run_all(api: &Api) {
 pub async fn in_cluster_is_built_in(api: &Api) {
     let (s, list) = rest_get(api, "/api/v1/clusters").await;
     assert_eq!(s, StatusCode::OK, "{list}");
-    let item = list["items"].as_array().and_then(|a| a.iter().find(|c| c["server"] == "https://kubernetes.default.svc")).cloned();
+    let item = list["items"]
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["server"] == "https://kubernetes.default.svc"))
+        .cloned();
     let item = item.unwrap_or_else(|| panic!("in-cluster entry missing from {list}"));
     assert_eq!(item["name"], "in-cluster");
 
@@ -231,8 +237,10 @@ pub async fn grpc_calls(api: &Api) {
     assert!(cfg.bearer_token.is_empty(), "bearer token redacted");
     assert!(cfg.tls_client_config.unwrap_or_default().insecure);
 
-    let by_server = ClusterQuery { id: Some(ClusterId { r#type: "server".into(), value: server.into() }), ..Default::default() };
-    let by_name = ClusterQuery { id: Some(ClusterId { r#type: "name".into(), value: "grpc-1".into() }), ..Default::default() };
+    let by_server =
+        ClusterQuery { id: Some(ClusterId { r#type: "server".into(), value: server.into() }), ..Default::default() };
+    let by_name =
+        ClusterQuery { id: Some(ClusterId { r#type: "name".into(), value: "grpc-1".into() }), ..Default::default() };
     assert_eq!(g.get(by_server.clone()).await.expect("get").into_inner().name, "grpc-1");
     assert_eq!(g.get(by_name.clone()).await.expect("get by name").into_inner().server, server);
     let list = g.list(ClusterQuery::default()).await.expect("list").into_inner();
@@ -241,7 +249,11 @@ pub async fn grpc_calls(api: &Api) {
     let mut patch = grpc_cluster(server, "grpc-1-renamed");
     patch.labels = [("env".to_string(), "qa".to_string())].into();
     let updated = g
-        .update(ClusterUpdateRequest { cluster: Some(patch), updated_fields: vec!["name".into()], id: Some(ClusterId { r#type: "server".into(), value: server.into() }) })
+        .update(ClusterUpdateRequest {
+            cluster: Some(patch),
+            updated_fields: vec!["name".into()],
+            id: Some(ClusterId { r#type: "server".into(), value: server.into() }),
+        })
         .await
         .expect("update")
         .into_inner();
@@ -252,9 +264,12 @@ pub async fn grpc_calls(api: &Api) {
     g.delete(by_server.clone()).await.expect("delete");
     assert_eq!(g.get(by_server).await.expect_err("deleted").code(), Code::NotFound);
     // The freed name can be taken by another cluster.
-    g.create(ClusterCreateRequest { cluster: Some(grpc_cluster("https://grpc-2.example.com", "grpc-1-renamed")), upsert: false })
-        .await
-        .expect("name reuse after delete");
+    g.create(ClusterCreateRequest {
+        cluster: Some(grpc_cluster("https://grpc-2.example.com", "grpc-1-renamed")),
+        upsert: false,
+    })
+    .await
+    .expect("name reuse after delete");
 }
 
 pub async fn updated_fields(api: &Api) {
@@ -293,10 +308,19 @@ pub async fn invalid_input_is_rejected_and_changes_nothing(api: &Api) {
         (json!({"server": "not a url", "name": "bad-1"}), "server"),
         (json!({"server": "ftp://x.example.com", "name": "bad-2"}), "server"),
         (json!({"server": "https://bad-3.example.com", "name": ""}), "name"),
-        (json!({"server": "https://bad-4.example.com", "name": "bad-4", "config": {"tlsClientConfig": {"caData": "%%%not-base64"}}}), "caData"),
-        (json!({"server": "https://bad-5.example.com", "name": "bad-5", "config": {"tlsClientConfig": {"caData": b64("not pem at all")}}}), "caData"),
+        (
+            json!({"server": "https://bad-4.example.com", "name": "bad-4", "config": {"tlsClientConfig": {"caData": "%%%not-base64"}}}),
+            "caData",
+        ),
+        (
+            json!({"server": "https://bad-5.example.com", "name": "bad-5", "config": {"tlsClientConfig": {"caData": b64("not pem at all")}}}),
+            "caData",
+        ),
         (json!({"server": "https://bad-6.example.com", "name": "bad-6", "labels": {"bad key!": "v"}}), "labels"),
-        (json!({"server": "https://bad-7.example.com", "name": "bad-7", "labels": {"k": "bad value with spaces"}}), "labels"),
+        (
+            json!({"server": "https://bad-7.example.com", "name": "bad-7", "labels": {"k": "bad value with spaces"}}),
+            "labels",
+        ),
         (json!({"server": "https://bad-8.example.com", "name": "bad-8", "shard": "one"}), "shard"),
     ];
     for (body, field) in cases {
@@ -304,9 +328,21 @@ pub async fn invalid_input_is_rejected_and_changes_nothing(api: &Api) {
         assert_error(s, &err, 400, Code::InvalidArgument, field);
     }
     // Malformed JSON, unknown keys ignored.
-    let resp = api.http.post(api.url("/api/v1/clusters")).header("content-type", "application/json").body("{not json").send().await.expect("send");
+    let resp = api
+        .http
+        .post(api.url("/api/v1/clusters"))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .expect("send");
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
-    let (s, ok) = rest_post(api, "/api/v1/clusters", json!({"server": "https://unknown-keys.example.com", "name": "uk", "someFutureField": 1})).await;
+    let (s, ok) = rest_post(
+        api,
+        "/api/v1/clusters",
+        json!({"server": "https://unknown-keys.example.com", "name": "uk", "someFutureField": 1}),
+    )
+    .await;
     assert_eq!(s, StatusCode::OK, "{ok}");
     rest_delete(api, &format!("/api/v1/clusters/{}", escape("https://unknown-keys.example.com"))).await;
 
@@ -325,7 +361,8 @@ pub async fn invalid_input_is_rejected_and_changes_nothing(api: &Api) {
 pub async fn names_are_unique(api: &Api) {
     let (s, _) = rest_post(api, "/api/v1/clusters", cluster_json("https://unique-a.example.com", "shared-name")).await;
     assert_eq!(s, StatusCode::OK);
-    let (s, body) = rest_post(api, "/api/v1/clusters", cluster_json("https://unique-b.example.com", "shared-name")).await;
+    let (s, body) =
+        rest_post(api, "/api/v1/clusters", cluster_json("https://unique-b.example.com", "shared-name")).await;
     assert_error(s, &body, 409, Code::AlreadyExists, "shared-name");
     let (s, _) = rest_get(api, &format!("/api/v1/clusters/{}", escape("https://unique-b.example.com"))).await;
     assert_eq!(s, StatusCode::NOT_FOUND, "nothing stored for the refused create");
@@ -334,12 +371,18 @@ pub async fn names_are_unique(api: &Api) {
 pub async fn oversized_bodies_are_refused(api: &Api) {
     // The test deployments use a 64 KiB limit.
     let big = "x".repeat(80 * 1024);
-    let (s, body) = rest_post(api, "/api/v1/clusters", json!({"server": "https://big.example.com", "name": "big", "annotations": {"blob": big}})).await;
+    let (s, body) = rest_post(
+        api,
+        "/api/v1/clusters",
+        json!({"server": "https://big.example.com", "name": "big", "annotations": {"blob": big}}),
+    )
+    .await;
     assert_eq!(s.as_u16(), 413, "{body}");
     assert_eq!(body["code"], json!(Code::ResourceExhausted as i32));
     let mut c = grpc_cluster("https://big.example.com", "big");
     c.annotations.insert("blob".into(), big);
-    let err = api.grpc.clone().create(ClusterCreateRequest { cluster: Some(c), upsert: false }).await.expect_err("too big");
+    let err =
+        api.grpc.clone().create(ClusterCreateRequest { cluster: Some(c), upsert: false }).await.expect_err("too big");
     assert_eq!(err.code(), Code::ResourceExhausted);
     let (s, _) = rest_get(api, &format!("/api/v1/clusters/{}", escape("https://big.example.com"))).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
@@ -370,6 +413,8 @@ pub async fn invalidate_cache_and_rotate_auth(api: &Api) {
     assert_error(s, &body, 400, Code::FailedPrecondition, "no bearer token");
     let q = ClusterQuery { server: bare.into(), ..Default::default() };
     assert_eq!(g.rotate_auth(q).await.expect_err("nothing to rotate").code(), Code::FailedPrecondition);
-    let (s, body) = rest_post(api, &format!("/api/v1/clusters/{}/rotate-auth", escape("https://nowhere.example.com")), json!({})).await;
+    let (s, body) =
+        rest_post(api, &format!("/api/v1/clusters/{}/rotate-auth", escape("https://nowhere.example.com")), json!({}))
+            .await;
     assert_error(s, &body, 404, Code::NotFound, "not found");
 }

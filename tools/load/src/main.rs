@@ -194,9 +194,8 @@ fn cluster(i: usize) -> Cluster {
 }
 
 fn report(stats: &Stats, floor: Option<(&str, Duration)>) {
-    let ratio = floor
-        .map(|(n, f)| format!("  p50/{n} = {:.2}x", us(stats.pct(0.5)) / us(f).max(0.001)))
-        .unwrap_or_default();
+    let ratio =
+        floor.map(|(n, f)| format!("  p50/{n} = {:.2}x", us(stats.pct(0.5)) / us(f).max(0.001))).unwrap_or_default();
     println!(
         "{:<28} n={:<8} p50={:>9.1}us p99={:>9.1}us {:>10.0} ops/s errors={}{}",
         stats.name,
@@ -274,7 +273,11 @@ async fn main() -> anyhow::Result<()> {
     let create_floor = echo.pct(0.5) + publish.pct(0.5);
 
     // A gateway running --disable-auth needs no login; one that requires it gets the session.
-    let gw_auth = if args.password.is_empty() { BearerToken::default() } else { login(args.gateway, &args.username, &args.password).await? };
+    let gw_auth = if args.password.is_empty() {
+        BearerToken::default()
+    } else {
+        login(args.gateway, &args.username, &args.password).await?
+    };
     let gw = Arc::new(clients(args.gateway, c, gw_auth).await?);
     let mut registered = 0usize;
     let mut results = Vec::new();
@@ -284,11 +287,14 @@ async fn main() -> anyhow::Result<()> {
         }
         let base = registered;
         let cl = gw.clone();
-        let create = drive(&format!("Create (to {size})"), c, Some(size - base), 0, move |i| {
-            let mut g = cl[i % cl.len()].clone();
-            async move { g.create(ClusterCreateRequest { cluster: Some(cluster(base + i)), upsert: false }).await.is_ok() }
-        })
-        .await;
+        let create =
+            drive(&format!("Create (to {size})"), c, Some(size - base), 0, move |i| {
+                let mut g = cl[i % cl.len()].clone();
+                async move {
+                    g.create(ClusterCreateRequest { cluster: Some(cluster(base + i)), upsert: false }).await.is_ok()
+                }
+            })
+            .await;
         registered = size;
         report(&create, Some(("(echo+pub)", create_floor)));
         let cl = gw.clone();
@@ -327,8 +333,22 @@ async fn main() -> anyhow::Result<()> {
             let mut plain = Vec::new();
             let mut auth = Vec::new();
             for round in 0..3 {
-                let p = run_get(&format!("Get, no auth, {clients} client(s) #{round}"), gw.clone(), clients, n, args.seconds.min(3)).await;
-                let a = run_get(&format!("Get, authenticated, {clients} client(s) #{round}"), authed.clone(), clients, n, args.seconds.min(3)).await;
+                let p = run_get(
+                    &format!("Get, no auth, {clients} client(s) #{round}"),
+                    gw.clone(),
+                    clients,
+                    n,
+                    args.seconds.min(3),
+                )
+                .await;
+                let a = run_get(
+                    &format!("Get, authenticated, {clients} client(s) #{round}"),
+                    authed.clone(),
+                    clients,
+                    n,
+                    args.seconds.min(3),
+                )
+                .await;
                 report(&p, Some(("echo", echo_p50)));
                 report(&a, Some(("echo", echo_p50)));
                 plain.push(us(p.pct(0.5)));
@@ -353,10 +373,12 @@ async fn run_get(name: &str, cl: Arc<Vec<Client>>, clients: usize, n: usize, sec
     drive(name, clients, None, seconds, move |i| {
         let mut g = cl[i % cl.len()].clone();
         async move {
-            let q = ClusterQuery { id: Some(ClusterId { r#type: "server".into(), value: server_url(i % n) }), ..Default::default() };
+            let q = ClusterQuery {
+                id: Some(ClusterId { r#type: "server".into(), value: server_url(i % n) }),
+                ..Default::default()
+            };
             g.get(q).await.is_ok()
         }
     })
     .await
 }
-

@@ -48,7 +48,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
         .map(|kib| kib / 1024.0)
         .unwrap_or(0.0)
 }
@@ -76,7 +78,8 @@ async fn run_size(args: &Args, n: usize) -> anyhow::Result<()> {
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let registry = corral_registry::start(log.clone(), &db, key.clone(), Default::default(), stopped(stop_rx.clone())).await?;
+    let registry =
+        corral_registry::start(log.clone(), &db, key.clone(), Default::default(), stopped(stop_rx.clone())).await?;
 
     let started = Instant::now();
     let configs: Vec<ClusterConfig> = fakes
@@ -91,10 +94,19 @@ async fn run_size(args: &Args, n: usize) -> anyhow::Result<()> {
     let urls: Vec<String> = fakes.servers.iter().map(|(u, _)| u.clone()).collect();
     let created = futures::stream::iter(0..n)
         .map(|i| {
-            let (registry, config, url) = (registry.clone(), configs[i % configs.len()].clone(), urls[i % urls.len()].clone());
+            let (registry, config, url) =
+                (registry.clone(), configs[i % configs.len()].clone(), urls[i % urls.len()].clone());
             async move {
-                let cluster = Cluster { server: format!("{url}/k/c{i}"), name: format!("c{i}"), config: Some(config), ..Default::default() };
-                let cmd = Command { kind: Some(command::Kind::Create(ClusterCreateRequest { cluster: Some(cluster), upsert: false })), ..Default::default() };
+                let cluster = Cluster {
+                    server: format!("{url}/k/c{i}"),
+                    name: format!("c{i}"),
+                    config: Some(config),
+                    ..Default::default()
+                };
+                let cmd = Command {
+                    kind: Some(command::Kind::Create(ClusterCreateRequest { cluster: Some(cluster), upsert: false })),
+                    ..Default::default()
+                };
                 !matches!(registry.command(cmd).await.result, Some(reply::Result::Error(_)))
             }
         })
@@ -110,14 +122,24 @@ async fn run_size(args: &Args, n: usize) -> anyhow::Result<()> {
     let mut memberships = Vec::new();
     for _ in 0..args.replicas.max(1) {
         let c = async_nats::connect(nats.url()).await?;
-        memberships.push((c.clone(), corral_cluster_access::Membership::join(c, corral_health_probe::HEARTBEAT_SUBJECT, interval / 3).await?));
+        memberships.push((
+            c.clone(),
+            corral_cluster_access::Membership::join(c, corral_health_probe::HEARTBEAT_SUBJECT, interval / 3).await?,
+        ));
     }
     tokio::time::sleep(interval / 2).await;
-    let probe_config = corral_health_probe::ProbeConfig { interval, concurrency: args.concurrency, timeout: Duration::from_secs(5) };
+    let probe_config =
+        corral_health_probe::ProbeConfig { interval, concurrency: args.concurrency, timeout: Duration::from_secs(5) };
     let round_started = Instant::now();
     for (c, m) in memberships {
         let log: Arc<dyn EventLog> = Arc::new(NatsLog::new(c, Default::default()).await?);
-        tokio::spawn(corral_health_probe::HealthProbe::run(log, key.clone(), probe_config.clone(), m, stopped(stop_rx.clone())));
+        tokio::spawn(corral_health_probe::HealthProbe::run(
+            log,
+            key.clone(),
+            probe_config.clone(),
+            m,
+            stopped(stop_rx.clone()),
+        ));
     }
     let reader = NatsLog::new(client.clone(), Default::default()).await?;
     loop {
@@ -125,7 +147,10 @@ async fn run_size(args: &Args, n: usize) -> anyhow::Result<()> {
         if observed(&reader).await? >= n {
             break;
         }
-        anyhow::ensure!(round_started.elapsed() < Duration::from_secs(600), "the first round did not finish in 10 minutes");
+        anyhow::ensure!(
+            round_started.elapsed() < Duration::from_secs(600),
+            "the first round did not finish in 10 minutes"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let round = round_started.elapsed();
@@ -154,7 +179,9 @@ async fn run_size(args: &Args, n: usize) -> anyhow::Result<()> {
             if let Ok(env) = corral_proto::events::EventEnvelope::decode(e.payload.as_ref())
                 && let Ok(o) = corral_proto::events::ClusterConnectionObserved::decode(env.payload.as_slice())
             {
-                *kinds.entry(format!("{} {}", o.status, o.message.chars().take(120).collect::<String>())).or_default() += 1;
+                *kinds
+                    .entry(format!("{} {}", o.status, o.message.chars().take(120).collect::<String>()))
+                    .or_default() += 1;
             }
         }
         for (k, v) in kinds {
