@@ -4,11 +4,10 @@
 
 mod common;
 
-use common::suite::escape as enc;
+use common::suite::{b64, escape as enc, rest_post};
 
 use std::time::{Duration, Instant};
 
-use base64::Engine;
 use common::{Api, Deployment};
 use corral_fake_kube::{FakeKube, GroupVersion};
 use serde_json::{Value, json};
@@ -38,15 +37,9 @@ async fn invalidate_cache_resyncs_the_discovery_counts() {
     let _cache = d.spawn_cache_invalidation(0.5).await;
     let api = d.api(0).await;
     let server = fake.url();
-    let ca = base64::engine::general_purpose::STANDARD.encode(fake.ca_pem());
-    let resp = api
-        .http
-        .post(api.url("/api/v1/clusters"))
-        .json(&json!({"server": server, "name": "cached", "config": {"bearerToken": "cache-token", "tlsClientConfig": {"caData": ca}}}))
-        .send()
-        .await
-        .expect("send");
-    assert_eq!(resp.status().as_u16(), 200);
+    let ca = b64(fake.ca_pem());
+    let (s, b) = rest_post(&api, "/api/v1/clusters", json!({"server": server, "name": "cached", "config": {"bearerToken": "cache-token", "tlsClientConfig": {"caData": ca}}})).await;
+    assert_eq!(s.as_u16(), 200, "{b}");
 
     // First sight: core/v1 (6 kinds), apps/v1 (3), batch/v1 (2).
     let c = wait_cache(&api, &server, Duration::from_secs(3), |ci| ci["apisCount"] == 3).await;

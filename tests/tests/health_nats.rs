@@ -5,11 +5,10 @@
 
 mod common;
 
-use common::suite::escape as enc;
+use common::suite::{b64, escape as enc, rest_post};
 
 use std::time::{Duration, Instant};
 
-use base64::Engine;
 use common::{Api, Deployment};
 use corral_event_log::EventLog;
 use corral_fake_kube::{FakeKube, Mode};
@@ -18,10 +17,6 @@ use serde_json::{Value, json};
 const INTERVAL: f64 = 0.5;
 const TIMEOUT: f64 = 1.0;
 
-fn b64(s: &str) -> String {
-    base64::engine::general_purpose::STANDARD.encode(s)
-}
-
 async fn get(api: &Api, server: &str) -> Value {
     let resp = api.http.get(api.url(&format!("/api/v1/clusters/{}", enc(server)))).send().await.expect("send");
     assert_eq!(resp.status().as_u16(), 200);
@@ -29,9 +24,8 @@ async fn get(api: &Api, server: &str) -> Value {
 }
 
 async fn create(api: &Api, body: Value) {
-    let resp = api.http.post(api.url("/api/v1/clusters")).json(&body).send().await.expect("send");
-    let status = resp.status().as_u16();
-    assert_eq!(status, 200, "{}", resp.text().await.unwrap_or_default());
+    let (s, b) = rest_post(api, "/api/v1/clusters", body).await;
+    assert_eq!(s.as_u16(), 200, "{b}");
 }
 
 /// Waits until the cluster's state satisfies `want`; the cluster as last seen and how long it took.

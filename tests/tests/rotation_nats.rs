@@ -5,11 +5,10 @@
 
 mod common;
 
-use common::suite::escape as enc;
+use common::suite::{b64, escape as enc, rest_post};
 
 use std::time::{Duration, Instant};
 
-use base64::Engine;
 use common::Deployment;
 use corral_event_log::EventLog;
 use corral_fake_kube::FakeKube;
@@ -27,15 +26,9 @@ async fn rotate_auth_swaps_the_token_and_retires_the_old_one_after_the_grace_per
     fake.add_service_account_token("kube-system", "argocd-manager", "argocd-manager-token-first", "first-token");
     let api = d.api(0).await;
     let server = fake.url();
-    let ca = base64::engine::general_purpose::STANDARD.encode(fake.ca_pem());
-    let resp = api
-        .http
-        .post(api.url("/api/v1/clusters"))
-        .json(&json!({"server": server, "name": "rotating", "config": {"bearerToken": "first-token", "tlsClientConfig": {"caData": ca}}}))
-        .send()
-        .await
-        .expect("send");
-    assert_eq!(resp.status().as_u16(), 200);
+    let ca = b64(fake.ca_pem());
+    let (s, b) = rest_post(&api, "/api/v1/clusters", json!({"server": server, "name": "rotating", "config": {"bearerToken": "first-token", "tlsClientConfig": {"caData": ca}}})).await;
+    assert_eq!(s.as_u16(), 200, "{b}");
 
     let resp =
         api.http.post(api.url(&format!("/api/v1/clusters/{}/rotate-auth", enc(&server)))).send().await.expect("send");
@@ -90,16 +83,10 @@ async fn rotate_auth_swaps_the_token_and_retires_the_old_one_after_the_grace_per
     // A rotation the cluster refuses leaves the old credentials in place, with a clear error.
     let other = FakeKube::start(&["kept-token"]).await;
     let other_server = other.url();
-    let other_ca = base64::engine::general_purpose::STANDARD.encode(other.ca_pem());
-    let resp = api
-        .http
-        .post(api.url("/api/v1/clusters"))
-        .json(&json!({"server": other_server, "name": "no-sa", "annotations": {"corral.io/rotation-service-account": "kube-system/missing"},
-            "config": {"bearerToken": "kept-token", "tlsClientConfig": {"caData": other_ca}}}))
-        .send()
-        .await
-        .expect("send");
-    assert_eq!(resp.status().as_u16(), 200);
+    let other_ca = b64(other.ca_pem());
+    let (s, b) = rest_post(&api, "/api/v1/clusters", json!({"server": other_server, "name": "no-sa", "annotations": {"corral.io/rotation-service-account": "kube-system/missing"},
+            "config": {"bearerToken": "kept-token", "tlsClientConfig": {"caData": other_ca}}})).await;
+    assert_eq!(s.as_u16(), 200, "{b}");
     let resp = api
         .http
         .post(api.url(&format!("/api/v1/clusters/{}/rotate-auth", enc(&other_server))))
@@ -122,17 +109,16 @@ async fn a_cluster_can_ask_for_scheduled_rotation() {
     let fake = FakeKube::start(&[]).await;
     fake.add_service_account_token("kube-system", "argocd-manager", "argocd-manager-token-first", "first-token");
     let api = d.api(0).await;
-    let ca = base64::engine::general_purpose::STANDARD.encode(fake.ca_pem());
+    let ca = b64(fake.ca_pem());
     // Every 0.0006 h = 2.16 s.
-    let resp = api
-        .http
-        .post(api.url("/api/v1/clusters"))
-        .json(&json!({"server": fake.url(), "name": "scheduled", "annotations": {"corral.io/rotate-every-hours": "0.0006"},
-            "config": {"bearerToken": "first-token", "tlsClientConfig": {"caData": ca}}}))
-        .send()
-        .await
-        .expect("send");
-    assert_eq!(resp.status().as_u16(), 200);
+    let (s, b) = rest_post(
+        &api,
+        "/api/v1/clusters",
+        json!({"server": fake.url(), "name": "scheduled", "annotations": {"corral.io/rotate-every-hours": "0.0006"},
+            "config": {"bearerToken": "first-token", "tlsClientConfig": {"caData": ca}}}),
+    )
+    .await;
+    assert_eq!(s.as_u16(), 200, "{b}");
     let started = Instant::now();
     // Two rotations without anyone asking: the first token retired, a second new one issued.
     while fake.accepts("first-token") || fake.service_account_tokens("kube-system", "argocd-manager").len() < 2 {
@@ -153,17 +139,11 @@ async fn rotation_through_the_token_request_api() {
     let fake = FakeKube::start(&[]).await;
     fake.add_service_account_token("kube-system", "argocd-manager", "argocd-manager-token-first", "first-token");
     let api = d.api(0).await;
-    let ca = base64::engine::general_purpose::STANDARD.encode(fake.ca_pem());
+    let ca = b64(fake.ca_pem());
     let server = fake.url();
-    let resp = api
-        .http
-        .post(api.url("/api/v1/clusters"))
-        .json(&json!({"server": server, "name": "bound", "annotations": {"corral.io/rotation-method": "token-request", "corral.io/token-expiration-seconds": "86400"},
-            "config": {"bearerToken": "first-token", "tlsClientConfig": {"caData": ca}}}))
-        .send()
-        .await
-        .expect("send");
-    assert_eq!(resp.status().as_u16(), 200);
+    let (s, b) = rest_post(&api, "/api/v1/clusters", json!({"server": server, "name": "bound", "annotations": {"corral.io/rotation-method": "token-request", "corral.io/token-expiration-seconds": "86400"},
+            "config": {"bearerToken": "first-token", "tlsClientConfig": {"caData": ca}}})).await;
+    assert_eq!(s.as_u16(), 200, "{b}");
     let resp =
         api.http.post(api.url(&format!("/api/v1/clusters/{}/rotate-auth", enc(&server)))).send().await.expect("send");
     assert_eq!(resp.status().as_u16(), 200, "{}", resp.text().await.unwrap_or_default());

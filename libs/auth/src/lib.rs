@@ -56,6 +56,22 @@ pub enum AuthError {
     Internal(String),
 }
 
+impl AuthError {
+    /// The gRPC status code (its number) this error answers with, on every transport.
+    pub fn grpc_code(&self) -> i32 {
+        match self {
+            AuthError::Unauthenticated(_) => 16,
+            AuthError::PermissionDenied => 7,
+            AuthError::InvalidArgument(_) => 3,
+            AuthError::NotFound(_) => 5,
+            AuthError::AlreadyExists(_) => 6,
+            AuthError::TooManyAttempts => 8,
+            AuthError::Unavailable(_) => 14,
+            AuthError::Config(_) | AuthError::Internal(_) => 13,
+        }
+    }
+}
+
 impl From<LogError> for AuthError {
     fn from(e: LogError) -> Self {
         match e {
@@ -113,6 +129,23 @@ struct Claims {
     /// every older session at once, even one issued in the same second.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pwv: Option<u64>,
+}
+
+/// A caller's RBAC decisions; `None` policy: authentication is off and everything is allowed.
+pub struct Enforcer<'a> {
+    who: &'a Principal,
+    policy: Option<Arc<corral_rbac::Policy>>,
+}
+
+impl Enforcer<'_> {
+    /// True when every decision is yes, so callers can skip building objects.
+    pub fn unrestricted(&self) -> bool {
+        self.policy.is_none()
+    }
+
+    pub fn allows(&self, resource: &str, action: &str, object: &str) -> bool {
+        self.policy.as_ref().is_none_or(|p| p.enforce(&self.who.account, resource, action, object))
+    }
 }
 
 /// Where the admin's first password comes from.
@@ -215,6 +248,9 @@ impl Auth {
             disabled,
             issuer: RwLock::new(None),
         });
+        // Ready before the first login of an unknown user, whose refusal must take no longer
+        // than a wrong password's.
+        tokio::task::spawn_blocking(dummy_hash);
         auth.barrier().await?;
         auth.ensure_signing_key().await?;
         Ok(auth)
@@ -456,8 +492,14 @@ impl Auth {
                 let known = |s: &AuthState| {
                     s.accounts.get(&principal.account).is_some_and(|a| a.tokens.contains_key(&claims.jti))
                 };
-                if known(&self.read()) {
-                    return Ok(principal);
+                {
+                    let s = self.read();
+                    if known(&s) {
+                        return Ok(principal);
+                    }
+                    if s.accounts.get(&principal.account).is_some_and(|a| a.revoked_tokens.contains(&claims.jti)) {
+                        return Err(invalid_token());
+                    }
                 }
                 // Issued moments ago through another replica? Catch up once before refusing.
                 self.barrier().await?;
@@ -502,15 +544,14 @@ impl Auth {
                 None => (None, 0),
             }
         };
-        let (hash_to_check, known) = match hash {
-            Some(h) => (h, true),
-            None => (dummy_hash().to_string(), false),
-        };
+        let known = hash.is_some();
         let password = Secret::new(password.to_string());
-        let matches =
-            tokio::task::spawn_blocking(move || bcrypt::verify(password.expose(), &hash_to_check).unwrap_or(false))
-                .await
-                .map_err(|e| AuthError::Internal(e.to_string()))?;
+        let matches = tokio::task::spawn_blocking(move || {
+            let hash = hash.as_deref().unwrap_or_else(|| dummy_hash());
+            bcrypt::verify(password.expose(), hash).unwrap_or(false)
+        })
+        .await
+        .map_err(|e| AuthError::Internal(e.to_string()))?;
         let login_subject = state::login_subject(username);
         if !(matches && known) {
             let failed = ev::LoginFailed { username: username.to_string(), source: source.to_string() };
@@ -544,7 +585,12 @@ impl Auth {
     }
 
     pub fn enforce(&self, who: &Principal, resource: &str, action: &str, object: &str) -> bool {
-        who.kind == TokenKind::AuthDisabled || self.config().policy.enforce(&who.account, resource, action, object)
+        self.enforcer(who).allows(resource, action, object)
+    }
+
+    /// One caller's decisions against the configuration in force now, for many objects (a List).
+    pub fn enforcer<'a>(&self, who: &'a Principal) -> Enforcer<'a> {
+        Enforcer { who, policy: (who.kind != TokenKind::AuthDisabled).then(|| self.config().policy.clone()) }
     }
 
     /// An account may always act on itself; on others it needs `accounts, <action>, <name>`.

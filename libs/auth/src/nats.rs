@@ -14,19 +14,8 @@ pub const ISSUE_SUBJECT: &str = "corralrpc.auth-rotation.token.issue";
 pub const REVOKE_SUBJECT: &str = "corralrpc.auth-rotation.token.revoke";
 pub const QUEUE_GROUP: &str = "corral-auth-rotation-tokens";
 
-// Wire codes: the gRPC code numbers the gateway maps them to.
 fn to_wire(e: &AuthError) -> WireError {
-    let code = match e {
-        AuthError::Unauthenticated(_) => 16,
-        AuthError::PermissionDenied => 7,
-        AuthError::InvalidArgument(_) => 3,
-        AuthError::NotFound(_) => 5,
-        AuthError::AlreadyExists(_) => 6,
-        AuthError::TooManyAttempts => 8,
-        AuthError::Unavailable(_) => 14,
-        AuthError::Config(_) | AuthError::Internal(_) => 13,
-    };
-    WireError { code, message: e.to_string() }
+    WireError { code: e.grpc_code(), message: e.to_string() }
 }
 
 fn from_wire(e: WireError) -> AuthError {

@@ -59,6 +59,8 @@ pub struct AccountState {
     /// Log sequence of the last password change; session tokens carry it and die with it.
     pub password_seq: u64,
     pub tokens: BTreeMap<String, TokenMeta>,
+    /// Ids of revoked API tokens: refused at once, without catching up with the log first.
+    pub revoked_tokens: std::collections::BTreeSet<String>,
 }
 
 /// Failure timestamps kept per user or source: enough to decide a lockout, bounded.
@@ -138,6 +140,7 @@ impl AuthState {
                 let a = self.accounts.entry(e.account).or_default();
                 a.subject_seq = ev.seq;
                 a.tokens.remove(&e.token_id);
+                a.revoked_tokens.insert(e.token_id);
             }
             SESSION_REVOKED => {
                 let e = auth::SessionRevoked::decode(env.payload.as_slice()).map_err(bad)?;

@@ -56,18 +56,25 @@ impl Target {
 pub struct Fleet {
     pub targets: HashMap<String, Target>,
     pub applied: u64,
+    applied_tx: tokio::sync::watch::Sender<u64>,
     side_prefix: &'static str,
 }
 
 impl Fleet {
     /// A fleet whose targets also track events on `<side_prefix><cluster-id>`.
     pub fn new(side_prefix: &'static str) -> Fleet {
-        Fleet { targets: HashMap::new(), applied: 0, side_prefix }
+        Fleet { targets: HashMap::new(), applied: 0, applied_tx: tokio::sync::watch::Sender::new(0), side_prefix }
+    }
+
+    /// Follows `applied`, to wait for a revision without polling.
+    pub fn applied_watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.applied_tx.subscribe()
     }
 
     /// Applies one logged event; answers the cluster id when a cluster appeared or changed.
     pub fn apply(&mut self, ev: &RecordedEvent, key: &SealingKey) -> Option<String> {
         self.applied = self.applied.max(ev.seq);
+        self.applied_tx.send_replace(self.applied);
         if let Some(id) = ev.subject.strip_prefix(CLUSTER_SUBJECT_PREFIX) {
             let env = EventEnvelope::decode(ev.payload.as_ref()).ok()?;
             let previous = self.targets.remove(id);
@@ -150,17 +157,24 @@ pub async fn load_fleet(
     let fleet = Arc::new(Mutex::new(Fleet::new(side_prefix)));
     let (tx, rx) = mpsc::unbounded_channel();
     let last = log.last_seq().await?;
+    let mut applied = lock(&fleet).applied_watch();
     let task = tokio::spawn(follow(log, key, fleet.clone(), tx, last));
-    while lock(&fleet).applied < last {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let _ = applied.wait_for(|a| *a >= last).await;
     Ok((fleet, rx, task))
+}
+
+/// Waits up to `limit` for the fleet to apply `seq`; whether it did.
+pub async fn wait_applied(fleet: &Mutex<Fleet>, seq: u64, limit: Duration) -> bool {
+    let mut applied = lock(fleet).applied_watch();
+    matches!(tokio::time::timeout(limit, applied.wait_for(|a| *a >= seq)).await, Ok(Ok(_)))
 }
 
 /// The in-cluster entry is reached only from inside a Kubernetes pod; elsewhere its URL means
 /// nothing (and resolving it would send DNS queries off the machine).
 pub fn reachable(id: &str) -> bool {
-    id != corral_domain::cluster_id(IN_CLUSTER_SERVER) || std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
+    static IN_CLUSTER_ID: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| corral_domain::cluster_id(IN_CLUSTER_SERVER));
+    id != *IN_CLUSTER_ID || std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
 }
 
 /// Kubernetes clients per cluster, rebuilt when the cluster's config changes (and, for AWS IAM

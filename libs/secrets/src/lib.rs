@@ -124,7 +124,7 @@ impl SealingKey {
             return Err(missing());
         }
         let key = SealingKey::generate();
-        match write_new_key_file(file, &key.to_base64()) {
+        match write_new_private_file(file, &key.to_base64()) {
             Ok(()) => Ok(key),
             // Another process created the file between our read and our write: use its key.
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
@@ -170,8 +170,8 @@ impl SealingKey {
 
 /// Writes `contents` to a new file at `path` readable by the owner only, never replacing an
 /// existing file (fails with `AlreadyExists`). Written to a temporary file first and then
-/// hard-linked into place, so a crash never leaves a half-written key behind.
-fn write_new_key_file(path: &Path, contents: &str) -> std::io::Result<()> {
+/// hard-linked into place, so a crash never leaves a half-written secret behind.
+pub fn write_new_private_file(path: &Path, contents: &str) -> std::io::Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
         _ => PathBuf::from("."),

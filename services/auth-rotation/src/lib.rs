@@ -199,13 +199,11 @@ impl AuthRotation {
     /// Waits until the fleet has applied everything logged before the call.
     async fn catch_up(&self) -> Result<(), RotationError> {
         let last = self.log.last_seq().await.map_err(|e| RotationError::Unavailable(e.to_string()))?;
-        for _ in 0..500 {
-            if lock(&self.fleet).applied >= last {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        if corral_cluster_access::wait_applied(&self.fleet, last, Duration::from_secs(5)).await {
+            Ok(())
+        } else {
+            Err(RotationError::Unavailable("the rotation service is behind the log; retry".into()))
         }
-        Err(RotationError::Unavailable("the rotation service is behind the log; retry".into()))
     }
 
     async fn client(&self, id: &str, server: &str, config: &Arc<ClusterConfig>) -> Result<kube::Client, RotationError> {

@@ -7,7 +7,7 @@ use axum::body::Body;
 use axum::extract::{Extension, Path, RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
-use corral_auth::{Auth, AuthError, ISSUER, Principal};
+use corral_auth::{Auth, AuthError, ISSUER};
 use corral_proto::account::account_service_server::AccountService;
 use corral_proto::account::{
     Account, AccountsList, CanIRequest, CanIResponse, CreateTokenRequest, CreateTokenResponse, DeleteTokenRequest,
@@ -28,16 +28,7 @@ pub const TOKEN_COOKIE: &str = "argocd.token";
 
 impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> ApiError {
-        let code = match &e {
-            AuthError::Unauthenticated(_) => Code::Unauthenticated,
-            AuthError::PermissionDenied => Code::PermissionDenied,
-            AuthError::InvalidArgument(_) => Code::InvalidArgument,
-            AuthError::NotFound(_) => Code::NotFound,
-            AuthError::AlreadyExists(_) => Code::AlreadyExists,
-            AuthError::TooManyAttempts => Code::ResourceExhausted,
-            AuthError::Unavailable(_) => Code::Unavailable,
-            AuthError::Config(_) | AuthError::Internal(_) => Code::Internal,
-        };
+        let code = Code::from(e.grpc_code());
         if code == Code::Internal {
             tracing::error!(error = %e, "auth failure");
             return ApiError::new(code, "internal error");
@@ -52,10 +43,6 @@ pub struct Accounts {
     pub auth: Arc<Auth>,
 }
 
-fn principal(ctx: &CallContext) -> Result<&Principal, ApiError> {
-    ctx.principal.as_ref().ok_or_else(|| ApiError::new(Code::Unauthenticated, "no session information"))
-}
-
 impl Accounts {
     pub async fn login(&self, ctx: &CallContext, req: SessionCreateRequest) -> Result<SessionResponse, ApiError> {
         if req.username.is_empty() || req.password.is_empty() {
@@ -67,17 +54,17 @@ impl Accounts {
     }
 
     pub async fn logout(&self, ctx: &CallContext) -> Result<SessionResponse, ApiError> {
-        self.auth.logout(principal(ctx)?).await?;
+        self.auth.logout(ctx.principal()?).await?;
         Ok(SessionResponse { token: String::new() })
     }
 
     pub fn user_info(&self, ctx: &CallContext) -> Result<GetUserInfoResponse, ApiError> {
-        let who = principal(ctx)?;
+        let who = ctx.principal()?;
         Ok(GetUserInfoResponse { logged_in: true, username: who.account.clone(), iss: ISSUER.into(), groups: vec![] })
     }
 
     pub fn can_i(&self, ctx: &CallContext, req: CanIRequest) -> Result<CanIResponse, ApiError> {
-        let who = principal(ctx)?;
+        let who = ctx.principal()?;
         let yes = self.auth.enforce(who, &req.resource, &req.action, &req.subresource);
         Ok(CanIResponse { value: if yes { "yes" } else { "no" }.into() })
     }
@@ -87,16 +74,16 @@ impl Accounts {
         ctx: &CallContext,
         req: UpdatePasswordRequest,
     ) -> Result<UpdatePasswordResponse, ApiError> {
-        self.auth.update_password(principal(ctx)?, &req.name, &req.current_password, &req.new_password).await?;
+        self.auth.update_password(ctx.principal()?, &req.name, &req.current_password, &req.new_password).await?;
         Ok(UpdatePasswordResponse {})
     }
 
     pub async fn list(&self, ctx: &CallContext) -> Result<AccountsList, ApiError> {
-        Ok(self.auth.list_accounts(principal(ctx)?).await?)
+        Ok(self.auth.list_accounts(ctx.principal()?).await?)
     }
 
     pub async fn get(&self, ctx: &CallContext, name: &str) -> Result<Account, ApiError> {
-        Ok(self.auth.get_account(principal(ctx)?, name).await?)
+        Ok(self.auth.get_account(ctx.principal()?, name).await?)
     }
 
     pub async fn create_token(
@@ -104,18 +91,14 @@ impl Accounts {
         ctx: &CallContext,
         req: CreateTokenRequest,
     ) -> Result<CreateTokenResponse, ApiError> {
-        let token = self.auth.create_token(principal(ctx)?, &req.name, req.expires_in, &req.id).await?;
+        let token = self.auth.create_token(ctx.principal()?, &req.name, req.expires_in, &req.id).await?;
         Ok(CreateTokenResponse { token })
     }
 
     pub async fn delete_token(&self, ctx: &CallContext, name: &str, id: &str) -> Result<EmptyResponse, ApiError> {
-        self.auth.delete_token(principal(ctx)?, name, id).await?;
+        self.auth.delete_token(ctx.principal()?, name, id).await?;
         Ok(EmptyResponse {})
     }
-}
-
-fn ctx<T>(req: &Request<T>) -> CallContext {
-    req.extensions().get::<CallContext>().cloned().unwrap_or_default()
 }
 
 pub struct GrpcAccounts(pub Accounts);
@@ -123,7 +106,7 @@ pub struct GrpcAccounts(pub Accounts);
 #[tonic::async_trait]
 impl AccountService for GrpcAccounts {
     async fn can_i(&self, req: Request<CanIRequest>) -> Result<GrpcResponse<CanIResponse>, Status> {
-        let c = ctx(&req);
+        let c = CallContext::of(&req);
         Ok(GrpcResponse::new(self.0.can_i(&c, req.into_inner())?))
     }
 
@@ -131,16 +114,16 @@ impl AccountService for GrpcAccounts {
         &self,
         req: Request<UpdatePasswordRequest>,
     ) -> Result<GrpcResponse<UpdatePasswordResponse>, Status> {
-        let c = ctx(&req);
+        let c = CallContext::of(&req);
         Ok(GrpcResponse::new(self.0.update_password(&c, req.into_inner()).await?))
     }
 
     async fn list_accounts(&self, req: Request<ListAccountRequest>) -> Result<GrpcResponse<AccountsList>, Status> {
-        Ok(GrpcResponse::new(self.0.list(&ctx(&req)).await?))
+        Ok(GrpcResponse::new(self.0.list(&CallContext::of(&req)).await?))
     }
 
     async fn get_account(&self, req: Request<GetAccountRequest>) -> Result<GrpcResponse<Account>, Status> {
-        let c = ctx(&req);
+        let c = CallContext::of(&req);
         Ok(GrpcResponse::new(self.0.get(&c, &req.into_inner().name).await?))
     }
 
@@ -148,12 +131,12 @@ impl AccountService for GrpcAccounts {
         &self,
         req: Request<CreateTokenRequest>,
     ) -> Result<GrpcResponse<CreateTokenResponse>, Status> {
-        let c = ctx(&req);
+        let c = CallContext::of(&req);
         Ok(GrpcResponse::new(self.0.create_token(&c, req.into_inner()).await?))
     }
 
     async fn delete_token(&self, req: Request<DeleteTokenRequest>) -> Result<GrpcResponse<EmptyResponse>, Status> {
-        let c = ctx(&req);
+        let c = CallContext::of(&req);
         let r = req.into_inner();
         Ok(GrpcResponse::new(self.0.delete_token(&c, &r.name, &r.id).await?))
     }
@@ -167,16 +150,16 @@ impl SessionService for GrpcSessions {
         &self,
         req: Request<GetUserInfoRequest>,
     ) -> Result<GrpcResponse<GetUserInfoResponse>, Status> {
-        Ok(GrpcResponse::new(self.0.user_info(&ctx(&req))?))
+        Ok(GrpcResponse::new(self.0.user_info(&CallContext::of(&req))?))
     }
 
     async fn create(&self, req: Request<SessionCreateRequest>) -> Result<GrpcResponse<SessionResponse>, Status> {
-        let c = ctx(&req);
+        let c = CallContext::of(&req);
         Ok(GrpcResponse::new(self.0.login(&c, req.into_inner()).await?))
     }
 
     async fn delete(&self, req: Request<SessionDeleteRequest>) -> Result<GrpcResponse<SessionResponse>, Status> {
-        Ok(GrpcResponse::new(self.0.logout(&ctx(&req)).await?))
+        Ok(GrpcResponse::new(self.0.logout(&CallContext::of(&req)).await?))
     }
 }
 

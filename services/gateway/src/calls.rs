@@ -31,6 +31,16 @@ pub struct CallContext {
 }
 
 impl CallContext {
+    /// The context the middleware established for a gRPC call.
+    pub fn of<T>(req: &tonic::Request<T>) -> CallContext {
+        req.extensions().get::<CallContext>().cloned().unwrap_or_default()
+    }
+
+    /// Who is calling; every authenticated call has one.
+    pub fn principal(&self) -> Result<&Principal, ApiError> {
+        self.principal.as_ref().ok_or_else(|| ApiError::new(Code::Unauthenticated, "no session information"))
+    }
+
     fn request_context(&self) -> RequestContext {
         RequestContext {
             actor: self.actor.clone(),
@@ -49,6 +59,13 @@ pub struct Clusters {
 
 const RESOURCE: &str = "clusters";
 const AUTHORISE_ATTEMPTS: usize = 3;
+
+/// What a call sends once the stored cluster is authorised.
+enum Outgoing {
+    // Boxed: a command holds a whole cluster, and the enum is built on every call.
+    Command(Box<command::Kind>),
+    Rotate,
+}
 
 /// Argo CD's RBAC object for a cluster: `PROJECT/SERVER`, or the server alone outside a project.
 pub fn rbac_object(project: &str, server: &str) -> String {
@@ -81,10 +98,6 @@ impl Clusters {
         Clusters { api, rotation, auth }
     }
 
-    fn principal(ctx: &CallContext) -> Result<&Principal, ApiError> {
-        ctx.principal.as_ref().ok_or_else(|| ApiError::new(Code::Unauthenticated, "no session information"))
-    }
-
     fn may(&self, who: &Principal, action: &str, c: &Cluster) -> bool {
         self.auth.enforce(who, RESOURCE, action, &rbac_object(&c.project, &c.server))
     }
@@ -98,7 +111,7 @@ impl Clusters {
         q: &ClusterQuery,
         action: &str,
     ) -> Result<(Cluster, u64), ApiError> {
-        let who = Self::principal(ctx)?;
+        let who = ctx.principal()?;
         let reply = self.query(ctx, query::Kind::Get(q.clone())).await?;
         let version = reply.cluster_version;
         let stored = Self::cluster(reply)?;
@@ -111,22 +124,33 @@ impl Clusters {
         Ok((stored, version))
     }
 
-    /// Authorises `action` on the stored cluster, then runs the command only if the cluster is
-    /// still the one that was authorised (a concurrent move to another project cannot slip
-    /// through); if it changed in between, authorises again.
-    async fn authorised_command(
+    /// Authorises `action` on the stored cluster, then sends what `prepare` makes of it, which
+    /// applies only if the cluster is still the version that was authorised, so a concurrent move
+    /// to another project cannot slip through; if it changed in between (Aborted), authorises
+    /// again.
+    async fn authorised(
         &self,
         ctx: &CallContext,
         q: &ClusterQuery,
         action: &str,
-        extra_check: impl Fn(&Cluster) -> Result<(), ApiError>,
-        kind: command::Kind,
+        prepare: impl Fn(&Cluster) -> Result<Outgoing, ApiError>,
     ) -> Result<Reply, ApiError> {
         let mut last = None;
         for _ in 0..AUTHORISE_ATTEMPTS {
             let (stored, version) = self.authorised_target(ctx, q, action).await?;
-            extra_check(&stored)?;
-            match self.command_expecting(ctx, kind.clone(), version).await {
+            let sent = match prepare(&stored)? {
+                Outgoing::Command(kind) => self.command_expecting(ctx, *kind, version).await,
+                Outgoing::Rotate => {
+                    let request = RotateAuth {
+                        context: Some(ctx.request_context()),
+                        server: stored.server.clone(),
+                        expected_version: version,
+                    };
+                    let reply = self.rotation.rotate(request).await;
+                    reply_error(&reply).map_or(Ok(reply), Err)
+                }
+            };
+            match sent {
                 Err(e) if e.code == Code::Aborted => last = Some(e),
                 other => return other,
             }
@@ -168,10 +192,14 @@ impl Clusters {
     }
 
     pub async fn list(&self, ctx: &CallContext, q: ClusterQuery) -> Result<ClusterList, ApiError> {
-        let who = Self::principal(ctx)?;
+        let who = ctx.principal()?;
         match self.query(ctx, query::Kind::List(q)).await?.result {
             Some(reply::Result::List(mut l)) => {
-                l.items.retain(|c| self.may(who, "get", c));
+                // One look at the configuration for the whole fleet, and no work when unrestricted.
+                let can = self.auth.enforcer(who);
+                if !can.unrestricted() {
+                    l.items.retain(|c| can.allows(RESOURCE, "get", &rbac_object(&c.project, &c.server)));
+                }
                 Ok(l)
             }
             _ => Err(unexpected()),
@@ -183,7 +211,7 @@ impl Clusters {
     }
 
     pub async fn create(&self, ctx: &CallContext, req: ClusterCreateRequest) -> Result<Cluster, ApiError> {
-        let who = Self::principal(ctx)?;
+        let who = ctx.principal()?;
         let body = req.cluster.clone().unwrap_or_default();
         if !self.may(who, "create", &body) {
             return Err(denied());
@@ -212,7 +240,7 @@ impl Clusters {
     }
 
     pub async fn update(&self, ctx: &CallContext, req: ClusterUpdateRequest) -> Result<Cluster, ApiError> {
-        let who = Self::principal(ctx)?;
+        let who = ctx.principal()?;
         let body = req.cluster.clone().unwrap_or_default();
         let q = ClusterQuery {
             server: body.server.clone(),
@@ -222,42 +250,38 @@ impl Clusters {
         };
         // Moving a cluster into another project needs update there too.
         let moves = req.updated_fields.is_empty() || req.updated_fields.iter().any(|f| f == "project");
-        let into_project = |stored: &Cluster| {
-            if moves
-                && body.project != stored.project
-                && !self.auth.enforce(who, RESOURCE, "update", &rbac_object(&body.project, &stored.server))
-            {
-                return Err(denied());
-            }
-            Ok(())
-        };
-        Self::cluster(self.authorised_command(ctx, &q, "update", into_project, command::Kind::Update(req)).await?)
+        let reply = self
+            .authorised(ctx, &q, "update", |stored| {
+                if moves
+                    && body.project != stored.project
+                    && !self.auth.enforce(who, RESOURCE, "update", &rbac_object(&body.project, &stored.server))
+                {
+                    return Err(denied());
+                }
+                Ok(Outgoing::Command(Box::new(command::Kind::Update(req.clone()))))
+            })
+            .await?;
+        Self::cluster(reply)
     }
 
     pub async fn delete(&self, ctx: &CallContext, q: ClusterQuery) -> Result<(), ApiError> {
-        self.authorised_command(ctx, &q, "delete", |_| Ok(()), command::Kind::Delete(q.clone())).await.map(|_| ())
+        self.authorised(ctx, &q, "delete", |_| Ok(Outgoing::Command(Box::new(command::Kind::Delete(q.clone())))))
+            .await
+            .map(|_| ())
     }
 
     /// Needs `update`, as in Argo CD.
     pub async fn invalidate_cache(&self, ctx: &CallContext, q: ClusterQuery) -> Result<Cluster, ApiError> {
-        Self::cluster(
-            self.authorised_command(ctx, &q, "update", |_| Ok(()), command::Kind::InvalidateCache(q.clone())).await?,
-        )
+        let reply = self
+            .authorised(ctx, &q, "update", |_| {
+                Ok(Outgoing::Command(Box::new(command::Kind::InvalidateCache(q.clone()))))
+            })
+            .await?;
+        Self::cluster(reply)
     }
 
     /// Needs `update`, as in Argo CD; the auth-rotation service does the work.
     pub async fn rotate_auth(&self, ctx: &CallContext, q: ClusterQuery) -> Result<(), ApiError> {
-        let mut last = None;
-        for _ in 0..AUTHORISE_ATTEMPTS {
-            let (stored, version) = self.authorised_target(ctx, &q, "update").await?;
-            let request =
-                RotateAuth { context: Some(ctx.request_context()), server: stored.server, expected_version: version };
-            match reply_error(&self.rotation.rotate(request).await) {
-                None => return Ok(()),
-                Some(e) if e.code == Code::Aborted => last = Some(e),
-                Some(e) => return Err(e),
-            }
-        }
-        Err(last.unwrap_or_else(|| ApiError::new(Code::Aborted, "the cluster keeps changing; retry")))
+        self.authorised(ctx, &q, "update", |_| Ok(Outgoing::Rotate)).await.map(|_| ())
     }
 }

@@ -279,7 +279,12 @@ pub async fn start_auth(
     let auth = Auth::start(log, key, config, options.disable_auth).await?;
     if let Some(password) = auth.ensure_admin_password(corral_auth::InitialAdminPassword::from_env()?).await? {
         if let Some(path) = &options.admin_password_out {
-            write_owner_only(path, password.expose())?;
+            // A file left from an earlier data folder holds a password that no longer works.
+            match std::fs::remove_file(path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                _ => {}
+            }
+            corral_secrets::write_new_private_file(path, password.expose())?;
             println!("admin password generated; it is in {} (readable by its owner only)", path.display());
         } else {
             println!("admin password (shown once): {}", password.expose());
@@ -292,18 +297,6 @@ pub async fn start_auth(
         tracing::warn!("authentication is disabled: every caller acts as the admin");
     }
     Ok(auth)
-}
-
-fn write_owner_only(path: &std::path::Path, content: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut f = options.open(path)?;
-    f.write_all(content.as_bytes())?;
-    f.write_all(b"\n")?;
-    f.sync_all()
 }
 
 /// Runs the gateway against NATS until `shutdown` resolves.

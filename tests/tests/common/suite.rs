@@ -14,7 +14,7 @@ pub const TOKEN: &str = "s3cr3t-bearer-token-never-shown";
 pub const PASSWORD: &str = "hunter2-password-never-shown";
 const PEM: &str = "-----BEGIN CERTIFICATE-----\naGVsbG8gd29ybGQgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n";
 
-fn b64(s: &str) -> String {
+pub fn b64(s: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(s)
 }
 
