@@ -274,7 +274,7 @@ pub async fn append_side(
         event_id: event_id.clone(),
         event_type: event_type.into(),
         aggregate_id: subject.clone(),
-        occurred_at_unix_nanos: chrono_now_nanos(),
+        occurred_at_unix_nanos: chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default(),
         schema_version: 1,
         actor,
         payload,
@@ -291,10 +291,6 @@ pub async fn append_side(
         Ok(_) | Err(LogError::Conflict { .. }) => Ok(()),
         Err(e) => Err(e),
     }
-}
-
-fn chrono_now_nanos() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or_default()
 }
 
 /// The settings every observing service needs in NATS mode.
