@@ -31,6 +31,7 @@ where
     subscribe_from_a_sequence_then_live(make().await.as_ref()).await;
     headers_and_payload_round_trip(make().await.as_ref()).await;
     racing_appenders_on_one_subject_one_wins(make().await).await;
+    batches_are_atomic(make().await.as_ref()).await;
 }
 
 pub async fn append_assigns_increasing_sequences(log: &dyn EventLog) {
@@ -152,4 +153,39 @@ pub async fn racing_appenders_on_one_subject_one_wins(log: Arc<dyn EventLog>) {
         assert_eq!(wins, 1, "round {round}: exactly one appender wins");
     }
     assert_eq!(log.last_seq().await.expect("last"), base + 3);
+}
+
+pub async fn batches_are_atomic(log: &dyn EventLog) {
+    log.append(ev("t.b1", "pre", None, "pre")).await.expect("append");
+    let mut sub = log.subscribe(1).await.expect("subscribe");
+    let batch =
+        || vec![ev("t.b1", "b-1", Some(1), "one"), ev("t.b2", "b-2", Some(0), "two"), ev("t.b3", "b-3", None, "three")];
+    let out = log.append_batch(batch()).await.expect("batch");
+    assert_eq!(out.iter().map(|o| (o.seq, o.duplicate)).collect::<Vec<_>>(), vec![(2, false), (3, false), (4, false)]);
+    assert_eq!(log.last_subject_seq("t.b1").await.expect("subject"), 2);
+    assert_eq!(log.last_subject_seq("t.b2").await.expect("subject"), 3);
+    for want in 1..=4 {
+        assert_eq!(next_event(&mut sub).await.seq, want, "subscribers see the whole batch, in order");
+    }
+
+    let again = log.append_batch(batch()).await.expect_err("a retried batch");
+    assert!(matches!(again, LogError::DuplicateBatch), "{again:?}");
+    assert_eq!(log.last_seq().await.expect("last"), 4, "a retried batch is stored once");
+    let one = log.append_batch(vec![ev("t.b1", "b-1", None, "again")]).await.expect("a batch of one");
+    assert_eq!(one.iter().map(|o| (o.seq, o.duplicate)).collect::<Vec<_>>(), vec![(2, true)], "as append");
+
+    // One stale expectation refuses the whole batch, whichever event carries it.
+    let stale = vec![ev("t.b4", "s-1", Some(0), "fresh"), ev("t.b2", "s-2", Some(0), "stale")];
+    let err = log.append_batch(stale).await.expect_err("stale expectation");
+    assert!(matches!(err, LogError::Conflict { .. }), "{err:?}");
+    assert_eq!(log.last_seq().await.expect("last"), 4, "nothing of a refused batch is stored");
+    assert_eq!(log.last_subject_seq("t.b4").await.expect("subject"), 0);
+
+    let fresh = vec![ev("t.b4", "f-1", Some(0), "fresh"), ev("t.b2", "f-2", Some(3), "next")];
+    let out = log.append_batch(fresh).await.expect("batch");
+    assert_eq!(out.iter().map(|o| o.seq).collect::<Vec<_>>(), vec![5, 6]);
+    let payloads: Vec<_> =
+        log.read(1, 100).await.expect("read").iter().map(|e| String::from_utf8_lossy(&e.payload).to_string()).collect();
+    assert_eq!(payloads, vec!["pre", "one", "two", "three", "fresh", "next"]);
+    assert!(log.append_batch(Vec::new()).await.expect("empty batch").is_empty());
 }

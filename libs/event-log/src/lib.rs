@@ -52,6 +52,8 @@ pub struct RecordedEvent {
 pub enum LogError {
     #[error("append conflict on {subject}: expected last sequence {expected}")]
     Conflict { subject: String, expected: u64 },
+    #[error("batch repeats an event id already stored: nothing stored")]
+    DuplicateBatch,
     #[error("event log unavailable: {0}")]
     Unavailable(String),
     #[error("event log storage error: {0}")]
@@ -65,6 +67,13 @@ pub type EventStream = futures::stream::BoxStream<'static, Result<RecordedEvent,
 #[async_trait::async_trait]
 pub trait EventLog: Send + Sync + 'static {
     async fn append(&self, event: NewEvent) -> Result<AppendOutcome, LogError>;
+    /// Appends `events` atomically, in order, on consecutive sequences: all are stored or none.
+    /// Every expectation is checked against the log as it was before the batch, so two events of
+    /// one batch must not share a subject when either carries an expectation. A conflict on any
+    /// event refuses the whole batch. A batch of several events that repeats an id stored within
+    /// the duplicate window is refused whole with [`LogError::DuplicateBatch`]; a batch of one
+    /// behaves as [`EventLog::append`].
+    async fn append_batch(&self, events: Vec<NewEvent>) -> Result<Vec<AppendOutcome>, LogError>;
     /// Sequence of the last stored event (0 if none). Reflects every append acknowledged
     /// before the call.
     async fn last_seq(&self) -> Result<u64, LogError>;

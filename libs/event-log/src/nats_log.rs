@@ -58,6 +58,34 @@ fn recorded(m: &jetstream::Message) -> Result<RecordedEvent, LogError> {
     })
 }
 
+fn publish_headers(event: &NewEvent) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for (k, v) in &event.headers {
+        headers.insert(k.as_str(), v.as_str());
+    }
+    if !event.msg_id.is_empty() {
+        headers.insert("Nats-Msg-Id", event.msg_id.as_str());
+    }
+    if let Some(expected) = event.expected_subject_seq {
+        headers.insert("Nats-Expected-Last-Subject-Sequence", expected.to_string());
+    }
+    headers
+}
+
+fn publish_error(e: jetstream::context::PublishError, subject: &str, expected: Option<u64>) -> LogError {
+    /// The server's code for an atomic batch holding an id it has already stored.
+    const BATCH_DUPLICATE_MSG_ID: u64 = 10201;
+    let code =
+        std::error::Error::source(&e).and_then(|s| s.downcast_ref::<jetstream::Error>()).map(|j| j.error_code().0);
+    if e.kind() == PublishErrorKind::WrongLastSequence {
+        LogError::Conflict { subject: subject.to_string(), expected: expected.unwrap_or_default() }
+    } else if code == Some(BATCH_DUPLICATE_MSG_ID) {
+        LogError::DuplicateBatch
+    } else {
+        unavailable(e)
+    }
+}
+
 impl NatsLog {
     pub async fn connect(url: &str, config: NatsLogConfig) -> Result<NatsLog, LogError> {
         let client = async_nats::connect(url).await.map_err(unavailable)?;
@@ -65,10 +93,10 @@ impl NatsLog {
     }
 
     /// Opens the stream, creating it if missing: file storage, the configured replicas, a
-    /// 2-minute duplicate window and direct gets.
+    /// 2-minute duplicate window, direct gets and atomic batches.
     pub async fn new(client: async_nats::Client, config: NatsLogConfig) -> Result<NatsLog, LogError> {
         let js = jetstream::new(client);
-        let stream = js
+        let mut stream = js
             .get_or_create_stream(stream::Config {
                 name: config.stream.clone(),
                 subjects: config.subjects.clone(),
@@ -76,10 +104,18 @@ impl NatsLog {
                 num_replicas: config.replicas,
                 duplicate_window: Duration::from_secs(120),
                 allow_direct: true,
+                allow_atomic_publish: true,
                 ..Default::default()
             })
             .await
             .map_err(unavailable)?;
+        // A stream made before atomic batches were used gets them switched on.
+        if !stream.cached_info().config.allow_atomic_publish {
+            let mut updated = stream.cached_info().config.clone();
+            updated.allow_atomic_publish = true;
+            js.update_stream(updated).await.map_err(unavailable)?;
+            stream = js.get_stream(&config.stream).await.map_err(unavailable)?;
+        }
         Ok(NatsLog { js, stream })
     }
 
@@ -100,30 +136,56 @@ impl NatsLog {
 impl EventLog for NatsLog {
     async fn append(&self, event: NewEvent) -> Result<AppendOutcome, LogError> {
         check_subject(&event.subject)?;
-        let mut headers = HeaderMap::new();
-        for (k, v) in &event.headers {
-            headers.insert(k.as_str(), v.as_str());
-        }
-        if !event.msg_id.is_empty() {
-            headers.insert("Nats-Msg-Id", event.msg_id.as_str());
-        }
-        if let Some(expected) = event.expected_subject_seq {
-            headers.insert("Nats-Expected-Last-Subject-Sequence", expected.to_string());
-        }
+        let headers = publish_headers(&event);
         let ack = self
             .js
             .publish_with_headers(event.subject.clone(), headers, event.payload)
             .await
             .map_err(unavailable)?
             .await;
-        match ack {
-            Ok(a) => Ok(AppendOutcome { seq: a.sequence, duplicate: a.duplicate }),
-            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Err(LogError::Conflict {
-                subject: event.subject,
-                expected: event.expected_subject_seq.unwrap_or_default(),
-            }),
-            Err(e) => Err(unavailable(e)),
+        ack.map(|a| AppendOutcome { seq: a.sequence, duplicate: a.duplicate })
+            .map_err(|e| publish_error(e, &event.subject, event.expected_subject_seq))
+    }
+
+    async fn append_batch(&self, events: Vec<NewEvent>) -> Result<Vec<AppendOutcome>, LogError> {
+        if events.len() <= 1 {
+            let mut out = Vec::with_capacity(1);
+            for e in events {
+                out.push(self.append(e).await?);
+            }
+            return Ok(out);
         }
+        for e in &events {
+            check_subject(&e.subject)?;
+        }
+        // An atomic batch (ADR-50): the server stages every message and answers only the commit,
+        // with the sequence of the last one. Earlier messages go out as plain publishes on the
+        // same connection, which keeps them in order ahead of the commit.
+        let batch_id = uuid::Uuid::new_v4().simple().to_string();
+        let count = events.len();
+        let client = self.js.client();
+        let (first_subject, first_expected) = (events[0].subject.clone(), events[0].expected_subject_seq);
+        let mut ack = None;
+        for (i, event) in events.into_iter().enumerate() {
+            let mut headers = publish_headers(&event);
+            headers.insert("Nats-Batch-Id", batch_id.as_str());
+            headers.insert("Nats-Batch-Sequence", (i + 1).to_string());
+            if i + 1 < count {
+                client.publish_with_headers(event.subject, headers, event.payload).await.map_err(unavailable)?;
+            } else {
+                headers.insert("Nats-Batch-Commit", "1");
+                let pending =
+                    self.js.publish_with_headers(event.subject, headers, event.payload).await.map_err(unavailable)?;
+                ack = Some(pending.await.map_err(|e| publish_error(e, &first_subject, first_expected))?);
+            }
+        }
+        let ack = ack.ok_or_else(|| LogError::Invalid("empty batch".into()))?;
+        let stored = ack.batch_size.unwrap_or(count as u64);
+        if stored != count as u64 && !ack.duplicate {
+            return Err(LogError::Storage(format!("batch of {count} stored as {stored}")));
+        }
+        let first = ack.sequence + 1 - count as u64;
+        Ok((0..count as u64).map(|i| AppendOutcome { seq: first + i, duplicate: ack.duplicate }).collect())
     }
 
     async fn last_seq(&self) -> Result<u64, LogError> {

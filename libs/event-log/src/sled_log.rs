@@ -113,7 +113,7 @@ fn decode(seq: u64, raw: &[u8]) -> Result<RecordedEvent, LogError> {
 }
 
 enum Refused {
-    Conflict(u64),
+    Conflict(String, u64),
     Duplicate(u64),
 }
 
@@ -161,57 +161,77 @@ impl SledLog {
 #[async_trait::async_trait]
 impl EventLog for SledLog {
     async fn append(&self, event: NewEvent) -> Result<AppendOutcome, LogError> {
-        check_subject(&event.subject)?;
+        self.append_batch(vec![event]).await?.pop().ok_or_else(|| LogError::Invalid("empty batch".into()))
+    }
+
+    async fn append_batch(&self, batch: Vec<NewEvent>) -> Result<Vec<AppendOutcome>, LogError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        for e in &batch {
+            check_subject(&e.subject)?;
+        }
         let inner = &self.inner;
         let mut last = inner.write_lock.lock().await;
         let now = Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
-        let seq = *last + 1;
-        let record = encode(&event.subject, &event.headers, now, &event.payload);
-        let mut id_value = be(seq).to_vec();
-        id_value.extend_from_slice(&be(now as u64));
+        let first = *last + 1;
+        let records: Vec<Vec<u8>> = batch.iter().map(|e| encode(&e.subject, &e.headers, now, &e.payload)).collect();
         let result = (&inner.events, &inner.subjects, &inner.msg_ids).transaction(|(events, subjects, ids)| {
-            if !event.msg_id.is_empty()
-                && let Some(v) = ids.get(event.msg_id.as_bytes())?
-            {
-                let at = from_be(&v[8.min(v.len())..]) as i64;
-                if now - at < DUPLICATE_WINDOW.as_nanos() as i64 {
-                    return Err(ConflictableTransactionError::Abort(Refused::Duplicate(from_be(&v))));
+            for e in batch.iter().filter(|e| !e.msg_id.is_empty()) {
+                if let Some(v) = ids.get(e.msg_id.as_bytes())? {
+                    let at = from_be(&v[8.min(v.len())..]) as i64;
+                    if now - at < DUPLICATE_WINDOW.as_nanos() as i64 {
+                        return Err(ConflictableTransactionError::Abort(Refused::Duplicate(from_be(&v))));
+                    }
                 }
             }
-            let current = subjects.get(event.subject.as_bytes())?.map(|v| from_be(&v)).unwrap_or(0);
-            if let Some(expected) = event.expected_subject_seq
-                && expected != current
-            {
-                return Err(ConflictableTransactionError::Abort(Refused::Conflict(expected)));
+            // Every expectation against the log as it was before the batch.
+            for e in &batch {
+                let current = subjects.get(e.subject.as_bytes())?.map(|v| from_be(&v)).unwrap_or(0);
+                if let Some(expected) = e.expected_subject_seq
+                    && expected != current
+                {
+                    return Err(ConflictableTransactionError::Abort(Refused::Conflict(e.subject.clone(), expected)));
+                }
             }
-            events.insert(&be(seq), record.as_slice())?;
-            subjects.insert(event.subject.as_bytes(), &be(seq))?;
-            if !event.msg_id.is_empty() {
-                ids.insert(event.msg_id.as_bytes(), id_value.as_slice())?;
+            for (i, (e, record)) in batch.iter().zip(&records).enumerate() {
+                let seq = first + i as u64;
+                events.insert(&be(seq), record.as_slice())?;
+                subjects.insert(e.subject.as_bytes(), &be(seq))?;
+                if !e.msg_id.is_empty() {
+                    let mut id_value = be(seq).to_vec();
+                    id_value.extend_from_slice(&be(now as u64));
+                    ids.insert(e.msg_id.as_bytes(), id_value)?;
+                }
             }
             Ok(())
         });
+        let count = batch.len() as u64;
         match result {
             Ok(()) => {}
-            Err(TransactionError::Abort(Refused::Duplicate(seq))) => return Ok(AppendOutcome { seq, duplicate: true }),
-            Err(TransactionError::Abort(Refused::Conflict(expected))) => {
-                return Err(LogError::Conflict { subject: event.subject, expected });
+            Err(TransactionError::Abort(Refused::Duplicate(seq))) if count == 1 => {
+                return Ok(vec![AppendOutcome { seq, duplicate: true }]);
+            }
+            Err(TransactionError::Abort(Refused::Duplicate(_))) => return Err(LogError::DuplicateBatch),
+            Err(TransactionError::Abort(Refused::Conflict(subject, expected))) => {
+                return Err(LogError::Conflict { subject, expected });
             }
             Err(TransactionError::Storage(e)) => return Err(storage(e)),
         }
-        *last = seq;
+        let end = first + count - 1;
+        *last = end;
         drop(last);
-        if seq % PRUNE_EVERY == 0 {
+        if end / PRUNE_EVERY != (first - 1) / PRUNE_EVERY {
             self.prune_msg_ids(now);
         }
         // Acknowledged means durable: flush before answering. Concurrent appenders share flushes.
         inner.db.flush_async().await.map_err(storage)?;
         inner.durable.send_if_modified(|d| {
-            let grew = seq > *d;
-            *d = (*d).max(seq);
+            let grew = end > *d;
+            *d = (*d).max(end);
             grew
         });
-        Ok(AppendOutcome { seq, duplicate: false })
+        Ok((0..count).map(|i| AppendOutcome { seq: first + i, duplicate: false }).collect())
     }
 
     async fn last_seq(&self) -> Result<u64, LogError> {

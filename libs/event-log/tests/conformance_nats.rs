@@ -49,6 +49,16 @@ impl EventLog for Prefixed {
         event.subject = self.map(&event.subject);
         self.inner.append(event).await
     }
+    async fn append_batch(
+        &self,
+        events: Vec<corral_event_log::NewEvent>,
+    ) -> Result<Vec<corral_event_log::AppendOutcome>, corral_event_log::LogError> {
+        let events = events.into_iter().map(|mut e| {
+            e.subject = self.map(&e.subject);
+            e
+        });
+        self.inner.append_batch(events.collect()).await
+    }
     async fn last_seq(&self) -> Result<u64, corral_event_log::LogError> {
         self.inner.last_seq().await
     }

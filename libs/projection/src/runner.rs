@@ -154,6 +154,13 @@ mod tests {
             Ok(AppendOutcome { seq, duplicate: false })
         }
 
+        async fn append_batch(&self, events: Vec<NewEvent>) -> Result<Vec<AppendOutcome>, LogError> {
+            Ok(events
+                .iter()
+                .map(|e| AppendOutcome { seq: self.append(&String::from_utf8_lossy(&e.payload)), duplicate: false })
+                .collect())
+        }
+
         async fn last_seq(&self) -> Result<u64, LogError> {
             Ok(self.events.lock().unwrap().len() as u64)
         }

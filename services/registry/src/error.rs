@@ -64,7 +64,8 @@ impl From<DomainError> for RegistryError {
 impl From<LogError> for RegistryError {
     fn from(e: LogError) -> Self {
         match e {
-            LogError::Conflict { .. } => Self::Conflict,
+            // A repeated batch is retried on fresh state, like a lost race.
+            LogError::Conflict { .. } | LogError::DuplicateBatch => Self::Conflict,
             LogError::Unavailable(m) => Self::Unavailable(format!("event log unavailable: {m}")),
             other => Self::Internal(other.to_string()),
         }

@@ -178,6 +178,8 @@ impl Registry {
         Err(RegistryError::Conflict)
     }
 
+    /// Appends the command's events as one atomic batch, with the name claim and release that a
+    /// new or changed name needs: either the whole change is in the log or none of it is.
     async fn commit(
         &self,
         origin: &Origin,
@@ -192,52 +194,58 @@ impl Registry {
             domain::apply(&mut state, e);
         }
         let new_name = state.as_ref().map(|s| s.spec.name.clone());
+        let mut batch = Vec::with_capacity(events.len() + 2);
         if let Some(name) = &new_name
             && old_name.as_deref() != Some(name.as_str())
+            && let Some(claim) = self.name_claim(origin, name, id)?
         {
-            self.claim_name(origin, name, id).await?;
+            batch.push(claim);
         }
-        let mut expected = subject_seq;
-        let mut revision = 0;
+        let first_cluster_event = batch.len();
         let mut version = version;
-        let mut appended = Vec::with_capacity(events.len());
-        for e in events {
+        for (i, e) in events.iter().enumerate() {
             let (event_type, payload) = codec::encode_event(e, id, &self.key);
             version += 1;
-            let (seq, env) = self
-                .append(
-                    origin,
-                    domain::cluster_subject(id),
-                    format!("cluster/{id}"),
-                    version,
-                    expected,
-                    event_type,
-                    payload,
-                )
-                .await?;
-            revision = seq;
-            expected = seq;
-            appended.push((seq, env));
+            // The batch is atomic, so the subject's expectation goes on its first event only.
+            let expected = (i == 0).then_some(subject_seq);
+            batch.push(Self::event(
+                origin,
+                domain::cluster_subject(id),
+                format!("cluster/{id}"),
+                version,
+                expected,
+                event_type,
+                payload,
+            ));
         }
+        let cluster_events = first_cluster_event..batch.len();
         if let Some(old) = old_name
             && new_name.as_deref() != Some(old.as_str())
+            && let Some(release) = self.name_release(origin, &old, id)?
         {
-            self.release_name(origin, &old, id).await;
+            batch.push(release);
         }
+        let (new_events, envelopes): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+        let outcomes = self.log.append_batch(new_events).await?;
+        let revision = outcomes.last().map(|o| o.seq).unwrap_or(0);
+        let appended = outcomes[cluster_events.clone()]
+            .iter()
+            .map(|o| o.seq)
+            .zip(envelopes[cluster_events].iter().cloned())
+            .collect();
         Ok((revision, appended))
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn append(
-        &self,
+    /// An event ready for the log, and its envelope.
+    fn event(
         origin: &Origin,
         subject: String,
         aggregate_id: String,
         version: u64,
-        expected: u64,
+        expected: Option<u64>,
         event_type: &str,
         payload: Vec<u8>,
-    ) -> Result<(u64, events::EventEnvelope), RegistryError> {
+    ) -> (NewEvent, events::EventEnvelope) {
         let env = codec::envelope(EnvelopeFields {
             event_type,
             aggregate_id,
@@ -253,18 +261,10 @@ impl Registry {
             headers.push(("traceparent".to_string(), origin.traceparent.clone()));
         }
         // A retried request re-sends the same id for the same step, so the log drops the copy.
-        let msg_id = format!("{}:{}:{}", origin.correlation_id, subject, expected);
-        let outcome = self
-            .log
-            .append(NewEvent {
-                subject,
-                msg_id,
-                expected_subject_seq: Some(expected),
-                headers,
-                payload: env.encode_to_vec().into(),
-            })
-            .await?;
-        Ok((outcome.seq, env))
+        let msg_id = format!("{}:{}:{}", origin.correlation_id, subject, version);
+        let event =
+            NewEvent { subject, msg_id, expected_subject_seq: expected, headers, payload: env.encode_to_vec().into() };
+        (event, env)
     }
 
     /// A claim holds while its cluster holds the name, or while a create may still be in flight.
@@ -282,12 +282,19 @@ impl Registry {
         Ok(age.to_std().map(|a| a < self.config.name_claim_lease).unwrap_or(true))
     }
 
-    async fn claim_name(&self, origin: &Origin, name: &str, id: &str) -> Result<(), RegistryError> {
+    /// The event claiming `name` for cluster `id`: None when the cluster holds it already,
+    /// AlreadyExists when another cluster does.
+    fn name_claim(
+        &self,
+        origin: &Origin,
+        name: &str,
+        id: &str,
+    ) -> Result<Option<(NewEvent, events::EventEnvelope)>, RegistryError> {
         let key = domain::name_key(name);
         let claim = name_record(&self.projection, &key)?;
         if let Some(c) = &claim {
             if c.cluster_id == id && !c.released {
-                return Ok(());
+                return Ok(None);
             }
             if self.claim_is_live(c, name)? {
                 return Err(RegistryError::AlreadyExists(format!("cluster with name \"{name}\" already exists")));
@@ -295,42 +302,39 @@ impl Registry {
         }
         let (expected, version) = claim.map(|c| (c.subject_seq, c.version)).unwrap_or((0, 0));
         let payload = events::ClusterNameClaimed { cluster_id: id.to_string() }.encode_to_vec();
-        self.append(
+        Ok(Some(Self::event(
             origin,
             domain::name_subject(&key),
             format!("clustername/{key}"),
             version + 1,
-            expected,
+            Some(expected),
             codec::CLUSTER_NAME_CLAIMED,
             payload,
-        )
-        .await?;
-        Ok(())
+        )))
     }
 
-    /// Best effort: a claim left behind is harmless, as it stops counting once its cluster no
-    /// longer holds the name.
-    async fn release_name(&self, origin: &Origin, name: &str, id: &str) {
+    /// The event releasing `name` from cluster `id`, if `id` holds the claim.
+    fn name_release(
+        &self,
+        origin: &Origin,
+        name: &str,
+        id: &str,
+    ) -> Result<Option<(NewEvent, events::EventEnvelope)>, RegistryError> {
         let key = domain::name_key(name);
-        let Ok(Some(claim)) = name_record(&self.projection, &key) else { return };
+        let Some(claim) = name_record(&self.projection, &key)? else { return Ok(None) };
         if claim.cluster_id != id || claim.released {
-            return;
+            return Ok(None);
         }
         let payload = events::ClusterNameReleased { cluster_id: id.to_string() }.encode_to_vec();
-        if let Err(e) = self
-            .append(
-                origin,
-                domain::name_subject(&key),
-                format!("clustername/{key}"),
-                claim.version + 1,
-                claim.subject_seq,
-                codec::CLUSTER_NAME_RELEASED,
-                payload,
-            )
-            .await
-        {
-            tracing::debug!(error = %e, "name release skipped");
-        }
+        Ok(Some(Self::event(
+            origin,
+            domain::name_subject(&key),
+            format!("clustername/{key}"),
+            claim.version + 1,
+            Some(claim.subject_seq),
+            codec::CLUSTER_NAME_RELEASED,
+            payload,
+        )))
     }
 
     async fn create(
