@@ -74,6 +74,11 @@ pub trait EventLog: Send + Sync + 'static {
     /// the duplicate window is refused whole with [`LogError::DuplicateBatch`]; a batch of one
     /// behaves as [`EventLog::append`].
     async fn append_batch(&self, events: Vec<NewEvent>) -> Result<Vec<AppendOutcome>, LogError>;
+    /// Whether a batch costs about what one append does. Where it costs more, a writer may
+    /// prefer appending step by step when it can live with a partial write.
+    fn batches_are_cheap(&self) -> bool {
+        true
+    }
     /// Sequence of the last stored event (0 if none). Reflects every append acknowledged
     /// before the call.
     async fn last_seq(&self) -> Result<u64, LogError>;

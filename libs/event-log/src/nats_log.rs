@@ -188,6 +188,13 @@ impl EventLog for NatsLog {
         Ok((0..count as u64).map(|i| AppendOutcome { seq: first + i, duplicate: ack.duplicate }).collect())
     }
 
+    /// The server stages an atomic batch in memory, except on a one-replica file stream, where
+    /// it makes a file store per batch: a few milliseconds each.
+    fn batches_are_cheap(&self) -> bool {
+        let config = &self.stream.cached_info().config;
+        config.num_replicas > 1 || config.storage == stream::StorageType::Memory
+    }
+
     async fn last_seq(&self) -> Result<u64, LogError> {
         Ok(self.stream.get_info().await.map_err(unavailable)?.state.last_sequence)
     }

@@ -59,6 +59,9 @@ impl EventLog for Prefixed {
         });
         self.inner.append_batch(events.collect()).await
     }
+    fn batches_are_cheap(&self) -> bool {
+        self.inner.batches_are_cheap()
+    }
     async fn last_seq(&self) -> Result<u64, corral_event_log::LogError> {
         self.inner.last_seq().await
     }

@@ -98,9 +98,47 @@ impl Changes {
         self.ops.get(key).map(|v| v.as_deref())
     }
 
+    /// Adds `later`'s writes, which win over these for the same key.
+    pub fn extend(&mut self, later: Changes) {
+        self.ops.extend(later.ops);
+    }
+
     /// Each pending write in key order; `None` is a delete.
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], Option<&[u8]>)> {
         self.ops.iter().map(|(k, v)| (k.as_slice(), v.as_deref()))
+    }
+}
+
+/// Read access to a read model, as a fold sees it.
+pub trait Read {
+    fn get(&self, key: &[u8]) -> Result<Option<sled::IVec>, ProjectionError>;
+}
+
+impl Read for Projection {
+    fn get(&self, key: &[u8]) -> Result<Option<sled::IVec>, ProjectionError> {
+        Projection::get(self, key)
+    }
+}
+
+/// The projection as applied, seen through the changes of the events staged before this one in
+/// the same write: what a fold reads while several events are applied at once.
+pub struct Staged<'a> {
+    projection: &'a Projection,
+    pending: &'a Changes,
+}
+
+impl<'a> Staged<'a> {
+    pub fn new(projection: &'a Projection, pending: &'a Changes) -> Staged<'a> {
+        Staged { projection, pending }
+    }
+}
+
+impl Read for Staged<'_> {
+    fn get(&self, key: &[u8]) -> Result<Option<sled::IVec>, ProjectionError> {
+        match self.pending.get(key) {
+            Some(staged) => Ok(staged.map(sled::IVec::from)),
+            None => self.projection.get(key),
+        }
     }
 }
 

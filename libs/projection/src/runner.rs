@@ -3,16 +3,26 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use corral_event_log::{EventLog, RecordedEvent};
-use futures::StreamExt as _;
+use futures::{FutureExt as _, StreamExt as _};
 
-use crate::{Changes, Projection, ProjectionError};
+use crate::{Changes, Projection, ProjectionError, Staged};
 
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+const MAX_EVENTS_PER_WRITE: usize = 512;
+
+fn log_stream_end(projection: &Projection, end: Option<Result<RecordedEvent, corral_event_log::LogError>>) {
+    match end {
+        Some(Err(e)) => {
+            tracing::warn!(projection = projection.name(), error = %e, "event stream failed; resubscribing")
+        }
+        _ => tracing::debug!(projection = projection.name(), "event stream ended; resubscribing"),
+    }
+}
 
 /// Follows the log from last_applied+1 and applies each event through `fold` until `shutdown`
-/// resolves. `fold(&Projection, &RecordedEvent) -> Result<Changes, E>` reads current state and
-/// returns the changes.
+/// resolves. `fold(&Staged, &RecordedEvent) -> Result<Changes, E>` reads current state and
+/// returns the changes; events delivered together are written together.
 ///
 /// Log trouble (a failed subscribe, a stream error or end) is retried with backoff from the
 /// last applied event, since the log may come back. A fold error or a storage error ends the
@@ -28,7 +38,7 @@ pub async fn run<F, E>(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ProjectionError>
 where
-    F: FnMut(&Projection, &RecordedEvent) -> Result<Changes, E>,
+    F: FnMut(&Staged<'_>, &RecordedEvent) -> Result<Changes, E>,
     E: std::error::Error + Send + Sync + 'static,
 {
     let shutdown = async {
@@ -54,29 +64,55 @@ where
                     () = &mut shutdown => return Ok(()),
                     item = stream.next() => item,
                 };
-                match item {
-                    Some(Ok(event)) => {
-                        backoff = MIN_BACKOFF;
-                        // Redelivery after a resubscribe: already in the read model.
-                        if event.seq <= projection.last_applied() {
-                            continue;
+                let Some(Ok(first)) = item else {
+                    log_stream_end(&projection, item);
+                    break;
+                };
+                backoff = MIN_BACKOFF;
+                // Everything already delivered goes into one write: under a stream of appends
+                // the per-write cost of the store is paid once per burst, not once per event.
+                let mut pending = Changes::new();
+                let mut staged_upto = projection.last_applied();
+                let mut staged = 0;
+                let mut next = Some(first);
+                let mut stream_end = None;
+                let mut failed = None;
+                while let Some(event) = next.take() {
+                    // Redelivery after a resubscribe: already in the read model.
+                    if event.seq > staged_upto {
+                        match fold(&Staged::new(&projection, &pending), &event) {
+                            Ok(changes) => pending.extend(changes),
+                            Err(e) => {
+                                failed = Some(ProjectionError::Fold { seq: event.seq, source: Box::new(e) });
+                                break;
+                            }
                         }
-                        let changes = fold(&projection, &event)
-                            .map_err(|e| ProjectionError::Fold { seq: event.seq, source: Box::new(e) })?;
-                        match projection.apply(event.seq, changes) {
-                            Ok(_) => {}
-                            Err(ProjectionError::Retired(_)) => return Ok(()),
-                            Err(e) => return Err(e),
-                        }
+                        staged_upto = event.seq;
+                        staged += 1;
                     }
-                    Some(Err(e)) => {
-                        tracing::warn!(projection = projection.name(), error = %e, "event stream failed; resubscribing");
+                    if staged >= MAX_EVENTS_PER_WRITE {
                         break;
                     }
-                    None => {
-                        tracing::debug!(projection = projection.name(), "event stream ended; resubscribing");
-                        break;
+                    match stream.next().now_or_never() {
+                        Some(Some(Ok(e))) => next = Some(e),
+                        Some(end) => stream_end = Some(end),
+                        None => {}
                     }
+                }
+                if staged > 0 {
+                    match projection.apply(staged_upto, pending) {
+                        Ok(_) => {}
+                        Err(ProjectionError::Retired(_)) => return Ok(()),
+                        Err(e) => return Err(e),
+                    }
+                }
+                // The events before a refused one are kept; the run stops at the refused one.
+                if let Some(e) = failed {
+                    return Err(e);
+                }
+                if let Some(end) = stream_end {
+                    log_stream_end(&projection, end);
+                    break;
                 }
             },
             Err(e) => {
@@ -212,14 +248,16 @@ mod tests {
     /// Keeps the last payload under "last" and counts events under "count".
     fn counting_fold(
         calls: Arc<AtomicUsize>,
-    ) -> impl FnMut(&Projection, &RecordedEvent) -> Result<Changes, BadEvent> + Send {
+    ) -> impl FnMut(&Staged<'_>, &RecordedEvent) -> Result<Changes, BadEvent> + Send {
         move |p, ev| {
             calls.fetch_add(1, Ordering::SeqCst);
             let payload = String::from_utf8_lossy(&ev.payload).into_owned();
             if payload == "poison" {
                 return Err(BadEvent(payload));
             }
-            let count = p.get(b"count").unwrap().map_or(0, |v| u64::from_be_bytes(v.as_ref().try_into().unwrap()));
+            let count = crate::Read::get(p, b"count")
+                .unwrap()
+                .map_or(0, |v| u64::from_be_bytes(v.as_ref().try_into().unwrap()));
             let mut c = Changes::new();
             c.put(b"count".to_vec(), (count + 1).to_be_bytes().to_vec());
             c.put(b"last".to_vec(), payload.into_bytes());
@@ -246,6 +284,30 @@ mod tests {
         let log: Arc<dyn EventLog> = FakeLog::new();
         let fut = run(log, p, counting_fold(Arc::new(AtomicUsize::new(0))), std::future::ready(()));
         assert_send(&fut);
+    }
+
+    #[tokio::test]
+    async fn a_backlog_applied_in_bursts_folds_each_event_on_the_one_before() {
+        // given a backlog of events, more than one write takes
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let p = Projection::open(&db, "t").unwrap();
+        let log = FakeLog::new();
+        let n = MAX_EVENTS_PER_WRITE as u64 * 2 + 7;
+        for i in 0..n {
+            log.append(&format!("e{i}"));
+        }
+        let mut applied = p.subscribe_applied();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let runner = tokio::spawn(run(log.clone(), p.clone(), counting_fold(calls.clone()), std::future::pending()));
+        // then each fold read the count its predecessors staged, so the total is exact
+        while *applied.borrow_and_update() < n {
+            tokio::time::timeout(WAIT, applied.changed()).await.unwrap().unwrap();
+        }
+        assert_eq!(count(&p), n);
+        assert_eq!(last(&p), format!("e{}", n - 1));
+        assert_eq!(calls.load(Ordering::SeqCst) as u64, n);
+        runner.abort();
     }
 
     #[tokio::test]

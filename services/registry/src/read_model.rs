@@ -2,7 +2,7 @@
 //! log. Records keep credentials sealed; the redacted config is what responses show.
 
 use corral_event_log::RecordedEvent;
-use corral_projection::{Changes, Projection};
+use corral_projection::{Changes, Projection, Read, Staged};
 use corral_proto::events::{self, EventEnvelope};
 use corral_proto::meta::Time;
 use corral_proto::registry::{ClusterRecord, NameRecord};
@@ -35,14 +35,14 @@ fn name_key(key: &str) -> Vec<u8> {
     [NAME_KEY_PREFIX, key.as_bytes()].concat()
 }
 
-pub fn cluster_record(p: &Projection, id: &str) -> Result<Option<ClusterRecord>, RegistryError> {
+pub fn cluster_record(p: &impl Read, id: &str) -> Result<Option<ClusterRecord>, RegistryError> {
     match p.get(&cluster_key(id))? {
         Some(bytes) => Ok(Some(ClusterRecord::decode(bytes.as_ref())?)),
         None => Ok(None),
     }
 }
 
-pub fn name_record(p: &Projection, key: &str) -> Result<Option<NameRecord>, RegistryError> {
+pub fn name_record(p: &impl Read, key: &str) -> Result<Option<NameRecord>, RegistryError> {
     match p.get(&name_key(key))? {
         Some(bytes) => Ok(Some(NameRecord::decode(bytes.as_ref())?)),
         None => Ok(None),
@@ -119,7 +119,7 @@ pub fn fold_cluster(
 }
 
 /// Folds one logged event into the changes it makes to the projection.
-pub fn fold(p: &Projection, ev: &RecordedEvent) -> Result<Changes, RegistryError> {
+pub fn fold(p: &Staged<'_>, ev: &RecordedEvent) -> Result<Changes, RegistryError> {
     let mut changes = Changes::default();
     if let Some(id) = ev.subject.strip_prefix(CLUSTER_SUBJECT_PREFIX) {
         let env = decode_envelope(ev)?;

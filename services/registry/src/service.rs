@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use corral_domain::{self as domain, ClusterCommand, ClusterEvent, ClusterSpec, ClusterState};
-use corral_event_log::{EventLog, NewEvent};
+use corral_event_log::{AppendOutcome, EventLog, NewEvent};
 use corral_projection::Projection;
 use corral_proto::cluster::{ClusterCreateRequest, ClusterQuery, ClusterResponse, ClusterUpdateRequest};
 use corral_proto::events;
@@ -226,7 +226,11 @@ impl Registry {
             batch.push(release);
         }
         let (new_events, envelopes): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-        let outcomes = self.log.append_batch(new_events).await?;
+        let outcomes = if self.log.batches_are_cheap() {
+            self.log.append_batch(new_events).await?
+        } else {
+            self.append_in_steps(new_events, cluster_events.end).await?
+        };
         let revision = outcomes.last().map(|o| o.seq).unwrap_or(0);
         let appended = outcomes[cluster_events.clone()]
             .iter()
@@ -234,6 +238,25 @@ impl Registry {
             .zip(envelopes[cluster_events].iter().cloned())
             .collect();
         Ok((revision, appended))
+    }
+
+    /// The same events one append at a time: the claim first, so that no cluster ever holds a
+    /// name it has not claimed (a claim left behind stops counting after its lease), and the
+    /// release last and best effort (a claim whose cluster moved on counts for nothing).
+    async fn append_in_steps(
+        &self,
+        events: Vec<NewEvent>,
+        releases_from: usize,
+    ) -> Result<Vec<AppendOutcome>, RegistryError> {
+        let mut outcomes = Vec::with_capacity(events.len());
+        for (i, event) in events.into_iter().enumerate() {
+            match self.log.append(event).await {
+                Ok(o) => outcomes.push(o),
+                Err(e) if i >= releases_from => tracing::debug!(error = %e, "name release skipped"),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(outcomes)
     }
 
     /// An event ready for the log, and its envelope.
