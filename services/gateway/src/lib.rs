@@ -77,10 +77,13 @@ fn is_grpc(req: &Request) -> bool {
         .is_some_and(|v| v.starts_with("application/grpc"))
 }
 
-/// Calls anyone may make: logging in.
+/// Calls anyone may make: logging in, and the standard health checks of load balancers and
+/// orchestrators.
 fn is_public(req: &Request) -> bool {
     let path = req.uri().path();
-    path == "/session.SessionService/Create" || (path == "/api/v1/session" && req.method() == http::Method::POST)
+    path == "/session.SessionService/Create"
+        || (path == "/api/v1/session" && req.method() == http::Method::POST)
+        || path.starts_with("/grpc.health.v1.Health/")
 }
 
 fn unauthenticated(grpc: bool, message: &str) -> Response {
@@ -200,16 +203,53 @@ pub fn app(
     let grpc_router = tonic::service::Routes::new(grpc_clusters)
         .add_service(grpc_accounts)
         .add_service(grpc_sessions)
+        .add_service(health_service())
         .into_axum_router()
         .layer(from_fn(grpc_size_limit_status));
     let rest_router = rest::router(rest::RestState { clusters, max_body_bytes: limit })
         .merge(accounts::router(accounts::RestAccounts { accounts, max_body_bytes: limit }));
-    rest_router
+    let app = rest_router
         .merge(grpc_router)
         .fallback(not_found)
         .layer(from_fn_with_state(auth, auth_layer))
-        .layer(from_fn(context_layer))
+        .layer(from_fn(context_layer));
+    with_grpc_web(app)
 }
+
+/// gRPC-web calls (Argo CD's CLI with --grpc-web, browsers) are translated to gRPC before
+/// anything else, so they meet the same authentication and answers; the translator is given
+/// nothing else, as it refuses every other HTTP/1 request.
+fn with_grpc_web(app: Router) -> Router {
+    use tower::ServiceExt as _;
+    let web = tower::Layer::layer(&tonic_web::GrpcWebLayer::new(), app.clone());
+    Router::new().fallback_service(tower::service_fn(move |req: Request| {
+        let (app, web) = (app.clone(), web.clone());
+        async move {
+            let grpc_web = req
+                .headers()
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with("application/grpc-web"));
+            if grpc_web { web.oneshot(req).await.map(IntoResponse::into_response) } else { app.oneshot(req).await }
+        }
+    }))
+}
+
+/// The standard gRPC health service: the server as a whole ("") and each API service answer
+/// SERVING once the gateway is built, which is after its view of the clusters has caught up.
+fn health_service() -> tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health> {
+    let (reporter, service) = tonic_health::server::health_reporter();
+    tokio::spawn(async move {
+        for name in [CLUSTER_SERVICE, ACCOUNT_SERVICE, SESSION_SERVICE] {
+            reporter.set_service_status(name, tonic_health::ServingStatus::Serving).await;
+        }
+    });
+    service
+}
+
+const CLUSTER_SERVICE: &str = "cluster.ClusterService";
+const ACCOUNT_SERVICE: &str = "account.AccountService";
+const SESSION_SERVICE: &str = "session.SessionService";
 
 /// Serves `app` on an already-bound listener until `shutdown` resolves.
 pub async fn serve(
@@ -217,6 +257,14 @@ pub async fn serve(
     app: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    use axum::serve::ListenerExt as _;
+    // Replies go out at once: with Nagle's algorithm a response's last frame waits for the
+    // client's delayed ACK, up to 40 ms, whenever a connection is not busy.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+    });
     // The peer address feeds the per-source login rate limit.
     axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(shutdown)

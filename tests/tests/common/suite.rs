@@ -120,6 +120,7 @@ pub async fn run_all(api: &Api) {
     names_are_unique(api).await;
     oversized_bodies_are_refused(api).await;
     invalidate_cache_and_rotate_auth(api).await;
+    health_service_and_grpc_web(api).await;
 }
 
 pub async fn in_cluster_is_built_in(api: &Api) {
@@ -417,4 +418,80 @@ pub async fn invalidate_cache_and_rotate_auth(api: &Api) {
         rest_post(api, &format!("/api/v1/clusters/{}/rotate-auth", escape("https://nowhere.example.com")), json!({}))
             .await;
     assert_error(s, &body, 404, Code::NotFound, "not found");
+}
+
+/// One gRPC-web frame: flag byte, big-endian length, payload.
+fn grpc_web_frame(flag: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![flag];
+    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Calls `path` as a gRPC-web client does (HTTP/1.1, framed body, trailers in the body); returns
+/// the message frames and the trailer text.
+async fn grpc_web_call(http: &reqwest::Client, url: String, request: &impl prost::Message) -> (Vec<Vec<u8>>, String) {
+    let resp = http
+        .post(url)
+        .header("content-type", "application/grpc-web+proto")
+        .header("x-grpc-web", "1")
+        .body(grpc_web_frame(0, &request.encode_to_vec()))
+        .send()
+        .await
+        .expect("grpc-web request");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let content_type = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    assert!(content_type.starts_with("application/grpc-web"), "{content_type}");
+    // A call refused before any message may answer with its status in the headers alone.
+    let header_status = resp.headers().get("grpc-status").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let mut body = resp.bytes().await.expect("grpc-web body").to_vec();
+    let (mut messages, mut trailers) =
+        (Vec::new(), header_status.map(|s| format!("grpc-status:{s}")).unwrap_or_default());
+    while body.len() >= 5 {
+        let len = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
+        let frame: Vec<u8> = body.drain(..5 + len).collect();
+        if frame[0] & 0x80 != 0 {
+            trailers.push_str(&String::from_utf8_lossy(&frame[5..]));
+        } else {
+            messages.push(frame[5..].to_vec());
+        }
+    }
+    (messages, trailers.to_lowercase())
+}
+
+pub async fn health_service_and_grpc_web(api: &Api) {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+    // The standard health service answers anyone, as load balancers call it without a token.
+    let mut health = HealthClient::new(api.channel.clone());
+    for service in ["", "cluster.ClusterService", "account.AccountService", "session.SessionService"] {
+        let status = health
+            .check(HealthCheckRequest { service: service.into() })
+            .await
+            .unwrap_or_else(|e| panic!("health of {service:?}: {e}"))
+            .into_inner()
+            .status;
+        assert_eq!(status, ServingStatus::Serving as i32, "{service:?}");
+    }
+    let unknown = health.check(HealthCheckRequest { service: "no.such.Service".into() }).await;
+    assert_eq!(unknown.expect_err("unknown service").code(), Code::NotFound);
+
+    // gRPC-web on the same port: a Get answers the cluster and an OK status in the trailers.
+    let query = ClusterQuery { server: "https://kubernetes.default.svc".into(), ..Default::default() };
+    let (messages, trailers) = grpc_web_call(&api.http, api.url("/cluster.ClusterService/Get"), &query).await;
+    assert!(trailers.contains("grpc-status:0"), "{trailers}");
+    assert_eq!(messages.len(), 1);
+    let cluster = <Cluster as prost::Message>::decode(messages[0].as_slice()).expect("a Cluster");
+    assert_eq!(cluster.name, "in-cluster");
+    // An unknown cluster: NotFound (5), as over gRPC.
+    let missing = ClusterQuery { server: "https://missing.grpc-web.example.com".into(), ..Default::default() };
+    let (messages, trailers) = grpc_web_call(&api.http, api.url("/cluster.ClusterService/Get"), &missing).await;
+    assert!(messages.is_empty() && trailers.contains("grpc-status:5"), "{trailers}");
+    // Without a token, where one is needed: Unauthenticated (16), in gRPC-web's own framing.
+    if api.token.is_some() {
+        let (messages, trailers) =
+            grpc_web_call(&reqwest::Client::new(), api.url("/cluster.ClusterService/Get"), &query).await;
+        assert!(messages.is_empty() && trailers.contains("grpc-status:16"), "{trailers}");
+    }
 }

@@ -265,10 +265,25 @@ async fn main() -> anyhow::Result<()> {
         })
         .await
     };
+    let publish_single = {
+        let js = js.clone();
+        drive("floor: jetstream pub+ack (1 client)", 1, None, args.seconds.min(3), move |i| {
+            let js = js.clone();
+            async move {
+                match js.publish(format!("loadfloor.{}", i % 1024), bytes::Bytes::from_static(&[0u8; 256])).await {
+                    Ok(ack) => ack.await.is_ok(),
+                    Err(_) => false,
+                }
+            }
+        })
+        .await
+    };
     let _ = js.delete_stream("LOADFLOOR").await;
     report(&echo, None);
     report(&echo_single, None);
     report(&publish, None);
+    report(&publish_single, None);
+    let single_create_floor = echo_single.pct(0.5) + publish_single.pct(0.5);
     let echo_p50 = echo.pct(0.5);
     let create_floor = echo.pct(0.5) + publish.pct(0.5);
 
@@ -304,6 +319,13 @@ async fn main() -> anyhow::Result<()> {
         })
         .await;
         report(&list, Some(("echo", echo_p50)));
+        let cl = gw.clone();
+        let list_single = drive(&format!("List ({size} clusters, 1 client)"), 1, None, args.seconds, move |_| {
+            let mut g = cl[0].clone();
+            async move { g.list(ClusterQuery::default()).await.is_ok_and(|r| r.into_inner().items.len() > size) }
+        })
+        .await;
+        report(&list_single, Some(("echo 1 client", echo_single.pct(0.5))));
         if round == 0 {
             results.push(create);
         }
@@ -324,6 +346,18 @@ async fn main() -> anyhow::Result<()> {
     })
     .await;
     report(&update, Some(("(echo+pub)", create_floor)));
+
+    // The same calls one at a time: latency without queueing, against the one-client floors.
+    let cl = gw.clone();
+    let base = registered;
+    let create_single = drive("Create (1 client)", 1, Some(500), 0, move |i| {
+        let mut g = cl[0].clone();
+        async move { g.create(ClusterCreateRequest { cluster: Some(cluster(base + i)), upsert: false }).await.is_ok() }
+    })
+    .await;
+    report(&create_single, Some(("(echo+pub, 1 client)", single_create_floor)));
+    let get_single = run_get("Get (1 client)", gw.clone(), 1, n, args.seconds.min(3)).await;
+    report(&get_single, Some(("echo 1 client", echo_single.pct(0.5))));
 
     if let Some(auth_addr) = args.auth_gateway {
         let token = login(auth_addr, &args.username, &args.password).await?;
