@@ -264,6 +264,9 @@ async fn accounts_tokens_and_rbac_across_two_gateways() {
     let mut visible = servers(&b);
     visible.sort();
     assert_eq!(visible, vec![A.to_string(), B.to_string()], "List shows only what alice may get");
+    let grpc_list = alice.grpc.clone().list(ClusterQuery::default()).await.expect("gRPC list").into_inner();
+    let grpc_visible: Vec<String> = grpc_list.items.iter().map(|c| c.server.clone()).collect();
+    assert_eq!(grpc_visible, visible, "gRPC List shows the same, in the same order");
     assert_eq!(get(&alice, &format!("/api/v1/clusters/{}", enc(A))).await.0, 200);
 
     // Update of B carrying A's URL in the body: checked against the stored B → 403.

@@ -13,7 +13,7 @@ use corral_auth::{Auth, Principal};
 use corral_proto::cluster::{ClusterCreateRequest, ClusterQuery, ClusterUpdateRequest};
 use corral_proto::registry::{Command, Query, Reply, RequestContext, RotateAuth, command, query, reply};
 use corral_proto::v1alpha1::{Cluster, ClusterList};
-use corral_registry::{RegistryApi, RotationApi};
+use corral_registry::{EncodedList, RegistryApi, RotationApi};
 use tonic::Code;
 
 use crate::error::ApiError;
@@ -192,18 +192,27 @@ impl Clusters {
     }
 
     pub async fn list(&self, ctx: &CallContext, q: ClusterQuery) -> Result<ClusterList, ApiError> {
+        let items = self.list_encoded(ctx, q).await?.clusters().cloned().collect();
+        Ok(ClusterList { metadata: Some(Default::default()), items })
+    }
+
+    /// The clusters the caller may see among those the query selects, already encoded.
+    pub async fn list_encoded(&self, ctx: &CallContext, q: ClusterQuery) -> Result<EncodedList, ApiError> {
         let who = ctx.principal()?;
-        match self.query(ctx, query::Kind::List(q)).await?.result {
-            Some(reply::Result::List(mut l)) => {
-                // One look at the configuration for the whole fleet, and no work when unrestricted.
-                let can = self.auth.enforcer(who);
-                if !can.unrestricted() {
-                    l.items.retain(|c| can.allows(RESOURCE, "get", &rbac_object(&c.project, &c.server)));
-                }
-                Ok(l)
-            }
-            _ => Err(unexpected()),
+        let query = Query {
+            context: Some(ctx.request_context()),
+            min_revision: 0,
+            linearizable: true,
+            kind: Some(query::Kind::List(q)),
+        };
+        let (_, mut list) =
+            self.api.list_encoded(query).await.map_err(|reply| reply_error(&reply).unwrap_or_else(unexpected))?;
+        // One look at the configuration for the whole fleet, and no work when unrestricted.
+        let can = self.auth.enforcer(who);
+        if !can.unrestricted() {
+            list.retain(|c| can.allows(RESOURCE, "get", &rbac_object(&c.project, &c.server)));
         }
+        Ok(list)
     }
 
     pub async fn get(&self, ctx: &CallContext, q: ClusterQuery) -> Result<Cluster, ApiError> {

@@ -50,3 +50,35 @@ impl ClusterService for GrpcClusters {
         Ok(Response::new(self.clusters.invalidate_cache(&c, req.into_inner()).await?))
     }
 }
+
+/// `List` served with clusters encoded once per change of the fleet: the generated service
+/// would encode every cluster again for every List. Same path, same bytes on the wire.
+#[derive(Clone)]
+pub struct EncodedListService {
+    pub clusters: Clusters,
+}
+
+impl tonic::server::UnaryService<ClusterQuery> for EncodedListService {
+    type Response = corral_registry::EncodedList;
+    type Future = futures::future::BoxFuture<'static, Result<Response<corral_registry::EncodedList>, Status>>;
+
+    fn call(&mut self, req: Request<ClusterQuery>) -> Self::Future {
+        let clusters = self.clusters.clone();
+        Box::pin(async move {
+            let c = CallContext::of(&req);
+            Ok(Response::new(clusters.list_encoded(&c, req.into_inner()).await?))
+        })
+    }
+}
+
+pub const LIST_PATH: &str = "/cluster.ClusterService/List";
+
+/// Serves `LIST_PATH` with [`EncodedListService`].
+pub async fn list(
+    axum::extract::State((clusters, max_body_bytes)): axum::extract::State<(Clusters, usize)>,
+    req: axum::extract::Request,
+) -> axum::response::Response {
+    let codec = tonic_prost::ProstCodec::<corral_registry::EncodedList, ClusterQuery>::default();
+    let mut grpc = tonic::server::Grpc::new(codec).apply_max_message_size_config(Some(max_body_bytes), None);
+    grpc.unary(EncodedListService { clusters }, req).await.map(axum::body::Body::new)
+}

@@ -205,6 +205,9 @@ pub fn app(
         .add_service(grpc_sessions)
         .add_service(health_service())
         .into_axum_router()
+        .merge(
+            Router::new().route(grpc::LIST_PATH, axum::routing::post(grpc::list)).with_state((clusters.clone(), limit)),
+        )
         .layer(from_fn(grpc_size_limit_status));
     let rest_router = rest::router(rest::RestState { clusters, max_body_bytes: limit })
         .merge(accounts::router(accounts::RestAccounts { accounts, max_body_bytes: limit }));

@@ -19,7 +19,7 @@ pub use corral_event_log::{EventLog, NatsLog, NatsLogConfig};
 use corral_projection::Projection;
 use corral_secrets::SealingKey;
 pub use error::RegistryError;
-pub use queries::Queries;
+pub use queries::{EncodedList, Queries};
 pub use service::{Registry, RegistryConfig};
 
 /// Opens the registry's projection in `db` and starts following the log; resolves once the
@@ -89,6 +89,13 @@ impl RegistryApi for SplitApi {
 
     async fn query(&self, query: corral_proto::registry::Query) -> corral_proto::registry::Reply {
         self.queries.query(query).await
+    }
+
+    async fn list_encoded(
+        &self,
+        query: corral_proto::registry::Query,
+    ) -> Result<(u64, queries::EncodedList), corral_proto::registry::Reply> {
+        self.queries.list_encoded(query).await
     }
 }
 

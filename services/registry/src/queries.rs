@@ -23,7 +23,99 @@ pub struct Queries {
     projection: Projection,
     barrier: ReadBarrier,
     read_timeout: Duration,
-    list_cache: std::sync::Mutex<Option<(u64, Arc<Vec<v1alpha1::Cluster>>)>>,
+    list_cache: std::sync::Mutex<Option<(u64, Arc<Vec<Listed>>)>>,
+}
+
+/// A live cluster as List serves it: rendered, and encoded once for every List that follows.
+#[derive(Debug)]
+pub struct Listed {
+    pub cluster: v1alpha1::Cluster,
+    pub encoded: bytes::Bytes,
+}
+
+/// A ClusterList made of clusters encoded beforehand: it encodes to the same bytes as the
+/// `ClusterList` with those items, without copying or re-encoding a single cluster.
+#[derive(Debug, Default)]
+pub struct EncodedList {
+    all: Arc<Vec<Listed>>,
+    selected: Vec<usize>,
+}
+
+impl EncodedList {
+    /// Encodes `clusters`, for a List answered some other way than from a local view.
+    pub fn from_clusters(clusters: Vec<v1alpha1::Cluster>) -> EncodedList {
+        let all: Vec<Listed> = clusters
+            .into_iter()
+            .map(|cluster| Listed { encoded: prost::Message::encode_to_vec(&cluster).into(), cluster })
+            .collect();
+        EncodedList { selected: (0..all.len()).collect(), all: Arc::new(all) }
+    }
+
+    /// The selected clusters, in List order.
+    pub fn clusters(&self) -> impl Iterator<Item = &v1alpha1::Cluster> {
+        self.selected.iter().map(|&i| &self.all[i].cluster)
+    }
+
+    /// Keeps the clusters `keep` accepts.
+    pub fn retain(&mut self, mut keep: impl FnMut(&v1alpha1::Cluster) -> bool) {
+        let all = &self.all;
+        self.selected.retain(|&i| keep(&all[i].cluster));
+    }
+
+    pub fn len(&self) -> usize {
+        self.selected.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.selected.is_empty()
+    }
+
+    /// Field numbers of Argo CD's ClusterList.
+    const METADATA: u32 = 1;
+    const ITEMS: u32 = 2;
+}
+
+impl prost::Message for EncodedList {
+    fn encode_raw(&self, buf: &mut impl bytes::BufMut) {
+        use prost::encoding::{WireType, encode_key, encode_varint};
+        // An empty ListMeta, as a ClusterList built by `list` carries.
+        encode_key(Self::METADATA, WireType::LengthDelimited, buf);
+        encode_varint(0, buf);
+        for &i in &self.selected {
+            let item = &self.all[i].encoded;
+            encode_key(Self::ITEMS, WireType::LengthDelimited, buf);
+            encode_varint(item.len() as u64, buf);
+            buf.put_slice(item);
+        }
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: prost::encoding::WireType,
+        buf: &mut impl bytes::Buf,
+        ctx: prost::encoding::DecodeContext,
+    ) -> Result<(), prost::DecodeError> {
+        // Only ever sent: a decoder should use ClusterList.
+        prost::encoding::skip_field(wire_type, tag, buf, ctx)
+    }
+
+    fn encoded_len(&self) -> usize {
+        use prost::encoding::{encoded_len_varint, key_len};
+        let items: usize = self
+            .selected
+            .iter()
+            .map(|&i| {
+                let n = self.all[i].encoded.len();
+                key_len(Self::ITEMS) + encoded_len_varint(n as u64) + n
+            })
+            .sum();
+        key_len(Self::METADATA) + 1 + items
+    }
+
+    fn clear(&mut self) {
+        self.selected.clear();
+    }
 }
 
 impl Queries {
@@ -111,18 +203,25 @@ impl Queries {
         Ok((read_model::render(&rec), rec.version))
     }
 
-    /// Every live cluster, rendered and sorted by server. Reused while the projection has
-    /// applied nothing new, so repeated Lists of a large fleet skip decoding and rendering.
-    fn all_rendered(&self) -> Result<Arc<Vec<v1alpha1::Cluster>>, RegistryError> {
+    /// Every live cluster, rendered, encoded and sorted by server. Reused while the projection
+    /// has applied nothing new, so repeated Lists of a large fleet skip decoding, rendering and
+    /// encoding.
+    fn all_listed(&self) -> Result<Arc<Vec<Listed>>, RegistryError> {
         let applied = self.projection.last_applied();
         if let Some((seq, all)) = self.list_cache.lock().unwrap_or_else(|p| p.into_inner()).clone()
             && seq == applied
         {
             return Ok(all);
         }
-        let mut items: Vec<v1alpha1::Cluster> =
-            read_model::live_clusters(&self.projection)?.iter().map(read_model::render).collect();
-        items.sort_by(|a, b| a.server.cmp(&b.server));
+        let mut items: Vec<Listed> = read_model::live_clusters(&self.projection)?
+            .iter()
+            .map(|r| {
+                let cluster = read_model::render(r);
+                let encoded = prost::Message::encode_to_vec(&cluster).into();
+                Listed { cluster, encoded }
+            })
+            .collect();
+        items.sort_by(|a, b| a.cluster.server.cmp(&b.cluster.server));
         let all = Arc::new(items);
         // Cache only a snapshot nothing was applied during, so it matches `applied` exactly.
         if self.projection.last_applied() == applied {
@@ -131,22 +230,31 @@ impl Queries {
         Ok(all)
     }
 
-    pub fn list(&self, q: &ClusterQuery) -> Result<ClusterList, RegistryError> {
+    /// The clusters a List query selects, encoded.
+    pub fn list_selected(&self, q: &ClusterQuery) -> Result<EncodedList, RegistryError> {
         let selector = crate::selector::Selector::parse(&q.selector)?;
-        let items = self
-            .all_rendered()?
+        let all = self.all_listed()?;
+        let selected = all
             .iter()
-            .filter(|c| {
+            .enumerate()
+            .filter(|(_, l)| {
+                let c = &l.cluster;
                 (q.server.is_empty() || c.server == q.server)
                     && (q.name.is_empty() || c.name == q.name)
                     && selector.matches(&c.labels)
             })
-            .cloned()
+            .map(|(i, _)| i)
             .collect();
+        Ok(EncodedList { all, selected })
+    }
+
+    pub fn list(&self, q: &ClusterQuery) -> Result<ClusterList, RegistryError> {
+        let items = self.list_selected(q)?.clusters().cloned().collect();
         Ok(ClusterList { metadata: Some(Default::default()), items })
     }
 
-    pub async fn handle_query(&self, q: Query) -> Result<(u64, reply::Result, u64), RegistryError> {
+    /// Waits until the projection holds what `q` must see; the revision it answers at.
+    async fn reach(&self, q: &Query) -> Result<u64, RegistryError> {
         let mut need = q.min_revision;
         if q.linearizable {
             need = need.max(self.barrier.last_seq().await.map_err(RegistryError::Unavailable)?);
@@ -154,7 +262,11 @@ impl Queries {
         if need > self.projection.last_applied() {
             self.wait_for(need).await?;
         }
-        let revision = self.projection.last_applied();
+        Ok(self.projection.last_applied())
+    }
+
+    pub async fn handle_query(&self, q: Query) -> Result<(u64, reply::Result, u64), RegistryError> {
+        let revision = self.reach(&q).await?;
         match q.kind.ok_or_else(|| RegistryError::InvalidArgument("empty query".into()))? {
             query::Kind::Get(cq) => {
                 let (cluster, version) = self.get_versioned(&cq)?;
@@ -171,6 +283,18 @@ impl RegistryApi for Queries {
         to_reply(Err(RegistryError::FailedPrecondition("this view answers queries only".into())))
     }
 
+    async fn list_encoded(&self, query: Query) -> Result<(u64, EncodedList), Reply> {
+        let span = info_span!("registry.list", min_revision = query.min_revision, linearizable = query.linearizable);
+        let listed = async {
+            let revision = self.reach(&query).await?;
+            match &query.kind {
+                Some(query::Kind::List(q)) => Ok((revision, self.list_selected(q)?)),
+                _ => Err(RegistryError::InvalidArgument("not a List query".into())),
+            }
+        };
+        listed.instrument(span).await.map_err(|e| to_reply(Err(e)))
+    }
+
     async fn query(&self, query: Query) -> Reply {
         let span = info_span!("registry.query", min_revision = query.min_revision, linearizable = query.linearizable);
         match self.handle_query(query).instrument(span).await {
@@ -181,5 +305,47 @@ impl RegistryApi for Queries {
             }
             Err(e) => to_reply(Err(e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+
+    use super::*;
+
+    fn cluster(server: &str, project: &str) -> v1alpha1::Cluster {
+        v1alpha1::Cluster {
+            server: server.into(),
+            name: server.replace("https://", ""),
+            project: project.into(),
+            labels: [("env".to_string(), "prod".to_string())].into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_encoded_list_is_byte_for_byte_the_cluster_list() {
+        let clusters = vec![cluster("https://a", "p1"), cluster("https://b", "p2"), cluster("https://c", "p1")];
+        let mut encoded = EncodedList::from_clusters(clusters.clone());
+        let whole = ClusterList { metadata: Some(Default::default()), items: clusters.clone() };
+        assert_eq!(encoded.encode_to_vec(), whole.encode_to_vec());
+        assert_eq!(encoded.encoded_len(), whole.encoded_len());
+
+        encoded.retain(|c| c.project == "p1");
+        let some = ClusterList {
+            metadata: Some(Default::default()),
+            items: clusters.into_iter().filter(|c| c.project == "p1").collect(),
+        };
+        assert_eq!(encoded.len(), 2);
+        assert_eq!(encoded.encode_to_vec(), some.encode_to_vec());
+        assert_eq!(ClusterList::decode(encoded.encode_to_vec().as_slice()).expect("decodes"), some);
+
+        encoded.retain(|_| false);
+        assert!(encoded.is_empty());
+        assert_eq!(
+            encoded.encode_to_vec(),
+            ClusterList { metadata: Some(Default::default()), items: vec![] }.encode_to_vec()
+        );
     }
 }

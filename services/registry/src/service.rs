@@ -480,4 +480,8 @@ impl RegistryApi for Registry {
     async fn query(&self, query: Query) -> Reply {
         self.queries.query(query).await
     }
+
+    async fn list_encoded(&self, query: Query) -> Result<(u64, crate::EncodedList), Reply> {
+        self.queries.list_encoded(query).await
+    }
 }

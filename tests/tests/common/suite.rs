@@ -246,6 +246,24 @@ pub async fn grpc_calls(api: &Api) {
     assert_eq!(g.get(by_name.clone()).await.expect("get by name").into_inner().server, server);
     let list = g.list(ClusterQuery::default()).await.expect("list").into_inner();
     assert!(list.items.iter().any(|c| c.server == server));
+    // The same items as REST, in the same order, and the same filters.
+    let (_, rest) = rest_get(api, "/api/v1/clusters").await;
+    let rest_servers: Vec<&str> =
+        rest["items"].as_array().expect("items").iter().filter_map(|c| c["server"].as_str()).collect();
+    let grpc_servers: Vec<&str> = list.items.iter().map(|c| c.server.as_str()).collect();
+    assert_eq!(grpc_servers, rest_servers);
+    let only = |q: ClusterQuery| {
+        let mut g = g.clone();
+        async move { g.list(q).await.expect("filtered list").into_inner().items }
+    };
+    let listed_by_server = only(ClusterQuery { server: server.into(), ..Default::default() }).await;
+    assert_eq!(listed_by_server.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), vec!["grpc-1"]);
+    let listed_by_name = only(ClusterQuery { name: "grpc-1".into(), ..Default::default() }).await;
+    assert_eq!(listed_by_name.iter().map(|c| c.server.as_str()).collect::<Vec<_>>(), vec![server]);
+    let none = only(ClusterQuery { selector: "no-such-label=x".into(), ..Default::default() }).await;
+    assert!(none.is_empty());
+    let bad = g.list(ClusterQuery { selector: "env in (a".into(), ..Default::default() }).await;
+    assert_eq!(bad.expect_err("a malformed selector").code(), Code::InvalidArgument);
 
     let mut patch = grpc_cluster(server, "grpc-1-renamed");
     patch.labels = [("env".to_string(), "qa".to_string())].into();
