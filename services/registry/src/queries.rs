@@ -9,7 +9,7 @@ use corral_domain as domain;
 use corral_event_log::EventLog;
 use corral_projection::Projection;
 use corral_proto::cluster::ClusterQuery;
-use corral_proto::registry::{Query, Reply, query, reply};
+use corral_proto::registry::{ClusterRecord, Query, Reply, query, reply};
 use corral_proto::v1alpha1::{self, ClusterList};
 use tracing::{Instrument, info_span};
 
@@ -185,9 +185,14 @@ impl Queries {
     }
 
     pub fn live_id(&self, q: &ClusterQuery) -> Result<String, RegistryError> {
+        Ok(self.live_record(q)?.0)
+    }
+
+    /// The id and record of the live cluster `q` names.
+    fn live_record(&self, q: &ClusterQuery) -> Result<(String, ClusterRecord), RegistryError> {
         let id = self.resolve(q)?.ok_or_else(|| Self::not_found(q))?;
         match cluster_record(&self.projection, &id)? {
-            Some(r) if !r.deleted => Ok(id),
+            Some(r) if !r.deleted => Ok((id, r)),
             _ => Err(Self::not_found(q)),
         }
     }
@@ -198,8 +203,7 @@ impl Queries {
 
     /// The cluster and its aggregate version.
     pub fn get_versioned(&self, q: &ClusterQuery) -> Result<(v1alpha1::Cluster, u64), RegistryError> {
-        let id = self.live_id(q)?;
-        let rec = cluster_record(&self.projection, &id)?.ok_or_else(|| Self::not_found(q))?;
+        let (_, rec) = self.live_record(q)?;
         Ok((read_model::render(&rec), rec.version))
     }
 
