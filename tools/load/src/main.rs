@@ -358,6 +358,27 @@ async fn main() -> anyhow::Result<()> {
     report(&create_single, Some(("(echo+pub, 1 client)", single_create_floor)));
     let get_single = run_get("Get (1 client)", gw.clone(), 1, n, args.seconds.min(3)).await;
     report(&get_single, Some(("echo 1 client", echo_single.pct(0.5))));
+    // The registry's share of a Create: the same command sent to it over NATS, past the gateway.
+    let nats = async_nats::connect(&args.nats_url).await?;
+    let base = registered + 500;
+    let direct = drive("Create, registry only (1 client)", 1, Some(500), 0, move |i| {
+        let nats = nats.clone();
+        async move {
+            use prost::Message;
+            let kind = corral_proto::registry::command::Kind::Create(ClusterCreateRequest {
+                cluster: Some(cluster(base + i)),
+                upsert: false,
+            });
+            let command = corral_proto::registry::Command { context: None, kind: Some(kind), expected_version: 0 };
+            match nats.request(corral_registry::nats_rpc::COMMAND_SUBJECT, command.encode_to_vec().into()).await {
+                Ok(m) => corral_proto::registry::Reply::decode(m.payload.as_ref())
+                    .is_ok_and(|r| !matches!(r.result, Some(corral_proto::registry::reply::Result::Error(_)))),
+                Err(_) => false,
+            }
+        }
+    })
+    .await;
+    report(&direct, Some(("(echo+pub, 1 client)", single_create_floor)));
 
     if let Some(auth_addr) = args.auth_gateway {
         let token = login(auth_addr, &args.username, &args.password).await?;
