@@ -241,12 +241,17 @@ fn with_grpc_web(app: Router) -> Router {
 /// The standard gRPC health service: the server as a whole ("") and each API service answer
 /// SERVING once the gateway is built, which is after its view of the clusters has caught up.
 fn health_service() -> tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health> {
+    use futures::FutureExt as _;
     let (reporter, service) = tonic_health::server::health_reporter();
-    tokio::spawn(async move {
-        for name in [CLUSTER_SERVICE, ACCOUNT_SERVICE, SESSION_SERVICE] {
-            reporter.set_service_status(name, tonic_health::ServingStatus::Serving).await;
+    for name in [CLUSTER_SERVICE, ACCOUNT_SERVICE, SESSION_SERVICE] {
+        // The reporter is new and not shared yet, so its lock is free and this completes at once:
+        // the statuses are in place before the first call can arrive.
+        let set = reporter.set_service_status(name, tonic_health::ServingStatus::Serving).now_or_never();
+        if set.is_none() {
+            let reporter = reporter.clone();
+            tokio::spawn(async move { reporter.set_service_status(name, tonic_health::ServingStatus::Serving).await });
         }
-    });
+    }
     service
 }
 
