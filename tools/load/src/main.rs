@@ -252,32 +252,8 @@ async fn main() -> anyhow::Result<()> {
     })
     .await?;
     let js = Arc::new(js);
-    let publish = {
-        let js = js.clone();
-        drive("floor: jetstream pub+ack", c, None, args.seconds, move |i| {
-            let js = js.clone();
-            async move {
-                match js.publish(format!("loadfloor.{}", i % 1024), bytes::Bytes::from_static(&[0u8; 256])).await {
-                    Ok(ack) => ack.await.is_ok(),
-                    Err(_) => false,
-                }
-            }
-        })
-        .await
-    };
-    let publish_single = {
-        let js = js.clone();
-        drive("floor: jetstream pub+ack (1 client)", 1, None, args.seconds.min(3), move |i| {
-            let js = js.clone();
-            async move {
-                match js.publish(format!("loadfloor.{}", i % 1024), bytes::Bytes::from_static(&[0u8; 256])).await {
-                    Ok(ack) => ack.await.is_ok(),
-                    Err(_) => false,
-                }
-            }
-        })
-        .await
-    };
+    let publish = publish_floor("floor: jetstream pub+ack", js.clone(), c, args.seconds).await;
+    let publish_single = publish_floor("floor: jetstream pub+ack (1 client)", js.clone(), 1, args.seconds.min(3)).await;
     let _ = js.delete_stream("LOADFLOOR").await;
     report(&echo, None);
     report(&echo_single, None);
@@ -422,6 +398,20 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Publish-with-ack of 256 bytes from `clients` tasks on the floor stream.
+async fn publish_floor(name: &str, js: Arc<async_nats::jetstream::Context>, clients: usize, seconds: u64) -> Stats {
+    drive(name, clients, None, seconds, move |i| {
+        let js = js.clone();
+        async move {
+            match js.publish(format!("loadfloor.{}", i % 1024), bytes::Bytes::from_static(&[0u8; 256])).await {
+                Ok(ack) => ack.await.is_ok(),
+                Err(_) => false,
+            }
+        }
+    })
+    .await
 }
 
 async fn run_get(name: &str, cl: Arc<Vec<Client>>, clients: usize, n: usize, seconds: u64) -> Stats {
