@@ -248,10 +248,22 @@ impl Registry {
         events: Vec<NewEvent>,
         releases_from: usize,
     ) -> Result<Vec<AppendOutcome>, RegistryError> {
-        let mut outcomes = Vec::with_capacity(events.len());
-        for (i, event) in events.into_iter().enumerate() {
+        let mut outcomes: Vec<AppendOutcome> = Vec::with_capacity(events.len());
+        let mut previous: Option<(String, u64)> = None;
+        for (i, mut event) in events.into_iter().enumerate() {
+            // Out of a batch, a later event on the same subject expects the one before it.
+            if event.expected_subject_seq.is_none()
+                && let Some((subject, seq)) = &previous
+                && *subject == event.subject
+            {
+                event.expected_subject_seq = Some(*seq);
+            }
+            let subject = event.subject.clone();
             match self.log.append(event).await {
-                Ok(o) => outcomes.push(o),
+                Ok(o) => {
+                    previous = Some((subject, o.seq));
+                    outcomes.push(o);
+                }
                 Err(e) if i >= releases_from => tracing::debug!(error = %e, "name release skipped"),
                 Err(e) => return Err(e.into()),
             }
