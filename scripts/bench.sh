@@ -23,16 +23,20 @@ target/release/corral-registry --nats-url "$nats_url" --data-dir "$work/registry
 pids+=($!)
 for _ in $(seq 300); do grep -q "registry ready" "$work/registry.out" && break; sleep 0.1; done
 export CORRAL_ADMIN_PASSWORD="bench-$(head -c 12 /dev/urandom | base64 | tr -dc 'A-Za-z0-9')"
-# Two gateways on the same deployment: one with authentication off (the main figures) and one
-# with it on, to measure what authentication + RBAC add to each request.
+wait_listening() { for _ in $(seq 300); do grep -q "listening on" "$1" && break; sleep 0.1; done; sed -n 's/^listening on //p' "$1" | head -1; }
+# The deployment the figures are for: one registry, one gateway (authentication off).
 target/release/corral-gateway --nats-url "$nats_url" --listen 127.0.0.1:0 --disable-auth >"$work/gateway.out" 2>"$work/gateway.err" &
 pids+=($!)
+gw="$(wait_listening "$work/gateway.out")"
+echo "nats-server $("$nats_bin" --version | awk '{print $2}') on $nats_url; gateway on $gw; $(nproc) cores"
+target/release/corral-load --gateway "$gw" --nats-url "$nats_url" "$@"
+
+# Then a second gateway with authentication on, to measure what authentication + RBAC add to
+# each request: Get through both, in turns, on the clusters registered above. It starts only now,
+# as every replica follows the log and a second one would take its share of the cores above.
 target/release/corral-gateway --nats-url "$nats_url" --listen 127.0.0.1:0 >"$work/gateway-auth.out" 2>"$work/gateway-auth.err" &
 pids+=($!)
-for _ in $(seq 300); do grep -q "listening on" "$work/gateway.out" && grep -q "listening on" "$work/gateway-auth.out" && break; sleep 0.1; done
-gw="$(sed -n 's/^listening on //p' "$work/gateway.out" | head -1)"
-gw_auth="$(sed -n 's/^listening on //p' "$work/gateway-auth.out" | head -1)"
-
-echo "nats-server $("$nats_bin" --version | awk '{print $2}') on $nats_url; gateway on $gw; $(nproc) cores"
+gw_auth="$(wait_listening "$work/gateway-auth.out")"
+echo "authentication comparison: second gateway on $gw_auth"
 CORRAL_LOAD_PASSWORD="$CORRAL_ADMIN_PASSWORD" \
-  target/release/corral-load --gateway "$gw" --auth-gateway "$gw_auth" --nats-url "$nats_url" "$@"
+  target/release/corral-load --auth-only --gateway "$gw" --auth-gateway "$gw_auth" --nats-url "$nats_url" "$@"

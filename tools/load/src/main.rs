@@ -42,6 +42,10 @@ struct Args {
     /// request is printed beside the figures of `--gateway` (which should run --disable-auth).
     #[arg(long)]
     auth_gateway: Option<SocketAddr>,
+    /// Only the floors and the authentication comparison, on the clusters an earlier run of this
+    /// tool registered (as many as the largest of --list-sizes).
+    #[arg(long)]
+    auth_only: bool,
     /// Account to log in as on the gateways that require it.
     #[arg(long, default_value = "admin")]
     username: String,
@@ -260,7 +264,6 @@ async fn main() -> anyhow::Result<()> {
     report(&publish, None);
     report(&publish_single, None);
     let single_create_floor = echo_single.pct(0.5) + publish_single.pct(0.5);
-    let echo_p50 = echo.pct(0.5);
     let create_floor = echo.pct(0.5) + publish.pct(0.5);
 
     // A gateway running --disable-auth needs no login; one that requires it gets the session.
@@ -270,9 +273,70 @@ async fn main() -> anyhow::Result<()> {
         login(args.gateway, &args.username, &args.password).await?
     };
     let gw = Arc::new(clients(args.gateway, c, gw_auth).await?);
+    if !args.auth_only {
+        measure_the_api(&args, gw.clone(), &echo, &echo_single, create_floor, single_create_floor).await?;
+    }
+
+    if let Some(auth_addr) = args.auth_gateway {
+        // The clusters the main run registered.
+        let n = args.list_sizes.iter().copied().max().unwrap_or(1).max(1);
+        let echo_p50 = echo.pct(0.5);
+        let token = login(auth_addr, &args.username, &args.password).await?;
+        let authed = Arc::new(clients(auth_addr, c, token).await?);
+        // Turns, so that both see the same machine; then the difference of the p50s.
+        for clients in [1usize, c] {
+            let mut plain = Vec::new();
+            let mut auth = Vec::new();
+            for round in 0..3 {
+                let p = run_get(
+                    &format!("Get, no auth, {clients} client(s) #{round}"),
+                    gw.clone(),
+                    clients,
+                    n,
+                    args.seconds.min(3),
+                )
+                .await;
+                let a = run_get(
+                    &format!("Get, authenticated, {clients} client(s) #{round}"),
+                    authed.clone(),
+                    clients,
+                    n,
+                    args.seconds.min(3),
+                )
+                .await;
+                report(&p, Some(("echo", echo_p50)));
+                report(&a, Some(("echo", echo_p50)));
+                plain.push(us(p.pct(0.5)));
+                auth.push(us(a.pct(0.5)));
+            }
+            let median = |v: &mut Vec<f64>| {
+                v.sort_by(f64::total_cmp);
+                v[v.len() / 2]
+            };
+            let (p, a) = (median(&mut plain), median(&mut auth));
+            println!(
+                "authentication + RBAC ({clients} client(s)): Get p50 {p:.1}us -> {a:.1}us, +{:.1}us = {:+.1}% of Get p50",
+                a - p,
+                (a - p) / p * 100.0
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Create, List, Get and Update through the gateway, with 64 clients and with one.
+async fn measure_the_api(
+    args: &Args,
+    gw: Arc<Vec<Client>>,
+    echo: &Stats,
+    echo_single: &Stats,
+    create_floor: Duration,
+    single_create_floor: Duration,
+) -> anyhow::Result<()> {
+    let c = args.concurrency;
+    let echo_p50 = echo.pct(0.5);
     let mut registered = 0usize;
-    let mut results = Vec::new();
-    for (round, size) in args.list_sizes.iter().copied().enumerate() {
+    for size in args.list_sizes.iter().copied() {
         if size <= registered {
             continue;
         }
@@ -302,10 +366,6 @@ async fn main() -> anyhow::Result<()> {
         })
         .await;
         report(&list_single, Some(("echo 1 client", echo_single.pct(0.5))));
-        if round == 0 {
-            results.push(create);
-        }
-        results.push(list);
     }
     let n = registered.max(1);
     let get = run_get("Get", gw.clone(), c, n, args.seconds).await;
@@ -355,48 +415,6 @@ async fn main() -> anyhow::Result<()> {
     })
     .await;
     report(&direct, Some(("(echo+pub, 1 client)", single_create_floor)));
-
-    if let Some(auth_addr) = args.auth_gateway {
-        let token = login(auth_addr, &args.username, &args.password).await?;
-        let authed = Arc::new(clients(auth_addr, c, token).await?);
-        // Turns, so that both see the same machine; then the difference of the p50s.
-        for clients in [1usize, c] {
-            let mut plain = Vec::new();
-            let mut auth = Vec::new();
-            for round in 0..3 {
-                let p = run_get(
-                    &format!("Get, no auth, {clients} client(s) #{round}"),
-                    gw.clone(),
-                    clients,
-                    n,
-                    args.seconds.min(3),
-                )
-                .await;
-                let a = run_get(
-                    &format!("Get, authenticated, {clients} client(s) #{round}"),
-                    authed.clone(),
-                    clients,
-                    n,
-                    args.seconds.min(3),
-                )
-                .await;
-                report(&p, Some(("echo", echo_p50)));
-                report(&a, Some(("echo", echo_p50)));
-                plain.push(us(p.pct(0.5)));
-                auth.push(us(a.pct(0.5)));
-            }
-            let median = |v: &mut Vec<f64>| {
-                v.sort_by(f64::total_cmp);
-                v[v.len() / 2]
-            };
-            let (p, a) = (median(&mut plain), median(&mut auth));
-            println!(
-                "authentication + RBAC ({clients} client(s)): Get p50 {p:.1}us -> {a:.1}us, +{:.1}us = {:+.1}% of Get p50",
-                a - p,
-                (a - p) / p * 100.0
-            );
-        }
-    }
     Ok(())
 }
 
