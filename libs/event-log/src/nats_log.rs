@@ -147,13 +147,12 @@ impl EventLog for NatsLog {
             .map_err(|e| publish_error(e, &event.subject, event.expected_subject_seq))
     }
 
-    async fn append_batch(&self, events: Vec<NewEvent>) -> Result<Vec<AppendOutcome>, LogError> {
+    async fn append_batch(&self, mut events: Vec<NewEvent>) -> Result<Vec<AppendOutcome>, LogError> {
         if events.len() <= 1 {
-            let mut out = Vec::with_capacity(1);
-            for e in events {
-                out.push(self.append(e).await?);
-            }
-            return Ok(out);
+            return match events.pop() {
+                Some(e) => Ok(vec![self.append(e).await?]),
+                None => Ok(Vec::new()),
+            };
         }
         for e in &events {
             check_subject(&e.subject)?;
@@ -163,29 +162,31 @@ impl EventLog for NatsLog {
         // same connection, which keeps them in order ahead of the commit.
         let batch_id = uuid::Uuid::new_v4().simple().to_string();
         let count = events.len();
-        let client = self.js.client();
         let (first_subject, first_expected) = (events[0].subject.clone(), events[0].expected_subject_seq);
-        let mut ack = None;
-        for (i, event) in events.into_iter().enumerate() {
-            let mut headers = publish_headers(&event);
+        let batch_headers = |event: &NewEvent, i: usize| {
+            let mut headers = publish_headers(event);
             headers.insert("Nats-Batch-Id", batch_id.as_str());
             headers.insert("Nats-Batch-Sequence", (i + 1).to_string());
-            if i + 1 < count {
-                client.publish_with_headers(event.subject, headers, event.payload).await.map_err(unavailable)?;
-            } else {
-                headers.insert("Nats-Batch-Commit", "1");
-                let pending =
-                    self.js.publish_with_headers(event.subject, headers, event.payload).await.map_err(unavailable)?;
-                ack = Some(pending.await.map_err(|e| publish_error(e, &first_subject, first_expected))?);
-            }
+            headers
+        };
+        let commit = events.pop().ok_or_else(|| LogError::Invalid("empty batch".into()))?;
+        let client = self.js.client();
+        for (i, event) in events.into_iter().enumerate() {
+            let headers = batch_headers(&event, i);
+            client.publish_with_headers(event.subject, headers, event.payload).await.map_err(unavailable)?;
         }
-        let ack = ack.ok_or_else(|| LogError::Invalid("empty batch".into()))?;
+        let mut headers = batch_headers(&commit, count - 1);
+        headers.insert("Nats-Batch-Commit", "1");
+        let pending =
+            self.js.publish_with_headers(commit.subject, headers, commit.payload).await.map_err(unavailable)?;
+        let ack = pending.await.map_err(|e| publish_error(e, &first_subject, first_expected))?;
+        // A batch repeating a stored id is refused (DuplicateBatch), so an answer means stored.
         let stored = ack.batch_size.unwrap_or(count as u64);
-        if stored != count as u64 && !ack.duplicate {
+        if stored != count as u64 {
             return Err(LogError::Storage(format!("batch of {count} stored as {stored}")));
         }
         let first = ack.sequence + 1 - count as u64;
-        Ok((0..count as u64).map(|i| AppendOutcome { seq: first + i, duplicate: ack.duplicate }).collect())
+        Ok((first..=ack.sequence).map(|seq| AppendOutcome { seq, duplicate: false }).collect())
     }
 
     /// The server stages an atomic batch in memory, except on a one-replica file stream, where

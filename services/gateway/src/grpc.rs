@@ -13,6 +13,7 @@ pub struct GrpcClusters {
 
 #[tonic::async_trait]
 impl ClusterService for GrpcClusters {
+    /// The gateway's router sends List to [`EncodedListService`]; this serves any other router.
     async fn list(&self, req: Request<ClusterQuery>) -> Result<Response<ClusterList>, Status> {
         let c = CallContext::of(&req);
         Ok(Response::new(self.clusters.list(&c, req.into_inner()).await?))

@@ -72,6 +72,14 @@ async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, Response> {
     axum::body::to_bytes(body, limit).await.map_err(|_| payload_too_large(limit))
 }
 
+/// A cluster in Argo CD's JSON, or the error.
+fn cluster_response(result: Result<corral_proto::v1alpha1::Cluster, ApiError>) -> Response {
+    match result {
+        Ok(c) => json(corral_api_json::cluster_to_json(&c)),
+        Err(e) => e.into_response(),
+    }
+}
+
 fn json(v: serde_json::Value) -> Response {
     axum::Json(v).into_response()
 }
@@ -109,10 +117,7 @@ async fn create(
         let cluster = corral_api_json::cluster_from_slice(&bytes).map_err(|e| ApiError::invalid(e.to_string()))?;
         s.clusters.create(&ctx, ClusterCreateRequest { cluster: Some(cluster), upsert }).await
     };
-    match run.await {
-        Ok(c) => json(corral_api_json::cluster_to_json(&c)),
-        Err(e) => e.into_response(),
-    }
+    cluster_response(run.await)
 }
 
 async fn get_one(
@@ -122,10 +127,7 @@ async fn get_one(
     RawQuery(raw): RawQuery,
 ) -> Response {
     let q = Params::parse(raw).query_for(Some(id));
-    match s.clusters.get(&ctx, q).await {
-        Ok(c) => json(corral_api_json::cluster_to_json(&c)),
-        Err(e) => e.into_response(),
-    }
+    cluster_response(s.clusters.get(&ctx, q).await)
 }
 
 async fn update(
@@ -157,10 +159,7 @@ async fn update(
         };
         s.clusters.update(&ctx, req).await
     };
-    match run.await {
-        Ok(c) => json(corral_api_json::cluster_to_json(&c)),
-        Err(e) => e.into_response(),
-    }
+    cluster_response(run.await)
 }
 
 async fn delete(
@@ -196,8 +195,5 @@ async fn invalidate_cache(
     RawQuery(raw): RawQuery,
 ) -> Response {
     let q = Params::parse(raw).query_for(Some(id));
-    match s.clusters.invalidate_cache(&ctx, q).await {
-        Ok(c) => json(corral_api_json::cluster_to_json(&c)),
-        Err(e) => e.into_response(),
-    }
+    cluster_response(s.clusters.invalidate_cache(&ctx, q).await)
 }
