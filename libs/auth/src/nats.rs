@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use corral_proto::registry::{Error as WireError, IssueApiToken, RequestContext, RevokeApiToken, TokenReply};
-use futures::StreamExt;
 use prost::Message;
 
 use crate::{Auth, AuthError, TokenIssuer};
@@ -43,12 +42,10 @@ impl NatsTokenIssuer {
     }
 
     async fn call(&self, subject: &'static str, payload: Vec<u8>) -> Result<TokenReply, AuthError> {
-        let request = async_nats::Request::new().payload(payload.into()).timeout(Some(self.timeout));
-        let msg =
-            self.client.send_request(subject, request).await.map_err(|e| {
-                AuthError::Unavailable(format!("the auth-rotation service did not answer: {}", e.kind()))
-            })?;
-        let reply = TokenReply::decode(msg.payload.as_ref())
+        let payload = corral_nats_rpc::request(&self.client, subject, "", payload, self.timeout)
+            .await
+            .map_err(|e| AuthError::Unavailable(format!("the auth-rotation service did not answer: {}", e.kind())))?;
+        let reply = TokenReply::decode(payload.as_ref())
             .map_err(|e| AuthError::Internal(format!("malformed token reply: {e}")))?;
         match reply.error {
             Some(e) => Err(from_wire(e)),
@@ -81,20 +78,10 @@ pub async fn serve(
     auth: Arc<Auth>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), async_nats::SubscribeError> {
-    let mut issues = client.queue_subscribe(ISSUE_SUBJECT, QUEUE_GROUP.to_string()).await?;
-    let mut revokes = client.queue_subscribe(REVOKE_SUBJECT, QUEUE_GROUP.to_string()).await?;
-    tokio::pin!(shutdown);
-    loop {
-        let (msg, issue) = tokio::select! {
-            _ = &mut shutdown => break,
-            Some(m) = issues.next() => (m, true),
-            Some(m) = revokes.next() => (m, false),
-            else => break,
-        };
-        let (auth, client) = (auth.clone(), client.clone());
-        tokio::spawn(async move {
-            let Some(reply_to) = msg.reply.clone() else { return };
-            let result = if issue {
+    let handle = move |subject: usize, msg: async_nats::Message| {
+        let auth = auth.clone();
+        async move {
+            let result = if subject == 0 {
                 match IssueApiToken::decode(msg.payload.as_ref()) {
                     Ok(r) => {
                         let actor = r.context.map(|c| c.actor).unwrap_or_default();
@@ -115,12 +102,8 @@ pub async fn serve(
                 Ok((token, revision)) => TokenReply { token, revision, error: None },
                 Err(e) => TokenReply { error: Some(to_wire(&e)), ..Default::default() },
             };
-            if let Err(e) = client.publish(reply_to, reply.encode_to_vec().into()).await {
-                tracing::warn!(error = %e, "could not send a token reply");
-            }
-        });
-    }
-    let _ = issues.unsubscribe().await;
-    let _ = revokes.unsubscribe().await;
-    Ok(())
+            reply.encode_to_vec()
+        }
+    };
+    corral_nats_rpc::serve(client, QUEUE_GROUP, &[ISSUE_SUBJECT, REVOKE_SUBJECT], handle, shutdown).await
 }

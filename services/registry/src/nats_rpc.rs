@@ -4,9 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::HeaderMap;
 use corral_proto::registry::{Command, Query, Reply, reply};
-use futures::StreamExt;
 use prost::Message;
 use tonic::Code;
 
@@ -36,20 +34,10 @@ pub async fn serve(
     api: Arc<dyn RegistryApi>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), async_nats::SubscribeError> {
-    let mut commands = client.queue_subscribe(COMMAND_SUBJECT, QUEUE_GROUP.to_string()).await?;
-    let mut queries = client.queue_subscribe(QUERY_SUBJECT, QUEUE_GROUP.to_string()).await?;
-    tokio::pin!(shutdown);
-    loop {
-        let (msg, is_command) = tokio::select! {
-            _ = &mut shutdown => break,
-            Some(m) = commands.next() => (m, true),
-            Some(m) = queries.next() => (m, false),
-            else => break,
-        };
-        let (api, client) = (api.clone(), client.clone());
-        tokio::spawn(async move {
-            let Some(reply_to) = msg.reply.clone() else { return };
-            let reply = if is_command {
+    let handle = move |subject: usize, msg: async_nats::Message| {
+        let api = api.clone();
+        async move {
+            let reply = if subject == 0 {
                 match Command::decode(msg.payload.as_ref()) {
                     Ok(c) => api.command(c).await,
                     Err(e) => error_reply(Code::InvalidArgument, format!("malformed command: {e}")),
@@ -60,14 +48,10 @@ pub async fn serve(
                     Err(e) => error_reply(Code::InvalidArgument, format!("malformed query: {e}")),
                 }
             };
-            if let Err(e) = client.publish(reply_to, reply.encode_to_vec().into()).await {
-                tracing::warn!(error = %e, "could not send registry reply");
-            }
-        });
-    }
-    let _ = commands.unsubscribe().await;
-    let _ = queries.unsubscribe().await;
-    Ok(())
+            reply.encode_to_vec()
+        }
+    };
+    corral_nats_rpc::serve(client, QUEUE_GROUP, &[COMMAND_SUBJECT, QUERY_SUBJECT], handle, shutdown).await
 }
 
 /// The gateway's handle on the registry replicas.
@@ -83,22 +67,13 @@ impl NatsRegistryClient {
     }
 
     pub(crate) async fn call(&self, subject: &'static str, traceparent: &str, payload: Vec<u8>) -> Reply {
-        let mut headers = HeaderMap::new();
-        if !traceparent.is_empty() {
-            headers.insert("traceparent", traceparent);
-        }
-        let request = async_nats::Request::new().payload(payload.into()).headers(headers).timeout(Some(self.timeout));
-        match self.client.send_request(subject, request).await {
-            Ok(msg) => Reply::decode(msg.payload.as_ref())
+        match corral_nats_rpc::request(&self.client, subject, traceparent, payload, self.timeout).await {
+            Ok(payload) => Reply::decode(payload.as_ref())
                 .unwrap_or_else(|e| error_reply(Code::Internal, format!("malformed registry reply: {e}"))),
             Err(e) => {
+                // No replica answered in time, or none is running: either way, try again later.
                 tracing::warn!(error = %e, subject, "registry request failed");
-                let code = match e.kind() {
-                    async_nats::RequestErrorKind::TimedOut => Code::Unavailable,
-                    async_nats::RequestErrorKind::NoResponders => Code::Unavailable,
-                    _ => Code::Unavailable,
-                };
-                error_reply(code, "registry unavailable")
+                error_reply(Code::Unavailable, "registry unavailable")
             }
         }
     }
@@ -123,28 +98,17 @@ pub async fn serve_rotation(
     api: Arc<dyn crate::api::RotationApi>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), async_nats::SubscribeError> {
-    let mut requests = client.queue_subscribe(ROTATE_SUBJECT, ROTATION_QUEUE_GROUP.to_string()).await?;
-    tokio::pin!(shutdown);
-    loop {
-        let msg = tokio::select! {
-            _ = &mut shutdown => break,
-            Some(m) = requests.next() => m,
-            else => break,
-        };
-        let (api, client) = (api.clone(), client.clone());
-        tokio::spawn(async move {
-            let Some(reply_to) = msg.reply.clone() else { return };
+    let handle = move |_: usize, msg: async_nats::Message| {
+        let api = api.clone();
+        async move {
             let reply = match corral_proto::registry::RotateAuth::decode(msg.payload.as_ref()) {
                 Ok(r) => api.rotate(r).await,
                 Err(e) => error_reply(Code::InvalidArgument, format!("malformed rotation request: {e}")),
             };
-            if let Err(e) = client.publish(reply_to, reply.encode_to_vec().into()).await {
-                tracing::warn!(error = %e, "could not send rotation reply");
-            }
-        });
-    }
-    let _ = requests.unsubscribe().await;
-    Ok(())
+            reply.encode_to_vec()
+        }
+    };
+    corral_nats_rpc::serve(client, ROTATION_QUEUE_GROUP, &[ROTATE_SUBJECT], handle, shutdown).await
 }
 
 #[async_trait::async_trait]
