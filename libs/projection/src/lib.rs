@@ -10,6 +10,11 @@
 //! fills the next generation from zero while the active one keeps serving; [`Rebuild::switch`]
 //! makes it active with a single write to the meta tree.
 //!
+//! Reads are served from a copy of the read model in memory, which follows every stored batch:
+//! sled lookups copy and merge pages, and cost more than the rest of a fold. A projection that
+//! is rebuilt from the log on every start anyway (a gateway's view) can be made with
+//! [`Projection::in_memory`] and skip sled altogether.
+//!
 //! [`run`] follows an event log and feeds each event through a fold function.
 
 mod runner;
@@ -142,15 +147,38 @@ impl Read for Staged<'_> {
     }
 }
 
+/// The read model in key order, as stored.
+type Mirror = BTreeMap<Vec<u8>, sled::IVec>;
+
 struct Active {
     generation: u64,
-    tree: sled::Tree,
+    /// None for a projection kept in memory only.
+    tree: Option<sled::Tree>,
+    data: Mirror,
+}
+
+/// Every user entry of `tree`.
+fn load_mirror(tree: &sled::Tree) -> Result<Mirror, ProjectionError> {
+    let mut data = Mirror::new();
+    for item in tree.iter() {
+        let (k, v) = item?;
+        if !k.starts_with(META_PREFIX) {
+            data.insert(k.to_vec(), v);
+        }
+    }
+    Ok(data)
+}
+
+/// Where a stored projection lives.
+struct Store {
+    db: sled::Db,
+    meta: sled::Tree,
 }
 
 struct Inner {
-    db: sled::Db,
+    /// None for a projection kept in memory only.
+    store: Option<Store>,
     name: String,
-    meta: sled::Tree,
     /// False for a rebuild's own handle.
     live: bool,
     active: RwLock<Active>,
@@ -232,26 +260,28 @@ impl Projection {
         }
         let tree = db.open_tree(tree_name(name, generation))?;
         let last = read_last_applied(name, &tree)?;
-        Ok(Projection::from_parts(db.clone(), name, meta, true, generation, tree, last))
+        let data = load_mirror(&tree)?;
+        let store = Store { db: db.clone(), meta };
+        Ok(Projection::from_parts(Some(store), name, true, Active { generation, tree: Some(tree), data }, last))
     }
 
-    fn from_parts(
-        db: sled::Db,
-        name: &str,
-        meta: sled::Tree,
-        live: bool,
-        generation: u64,
-        tree: sled::Tree,
-        last: u64,
-    ) -> Projection {
+    /// A projection kept in memory only: it starts empty on every start and is filled from the
+    /// log, for a replica whose view is rebuilt whenever it starts.
+    pub fn in_memory(name: &str) -> Result<Projection, ProjectionError> {
+        if name.is_empty() {
+            return Err(ProjectionError::EmptyName);
+        }
+        Ok(Projection::from_parts(None, name, true, Active { generation: 0, tree: None, data: Mirror::new() }, 0))
+    }
+
+    fn from_parts(store: Option<Store>, name: &str, live: bool, active: Active, last: u64) -> Projection {
         let (applied, _) = watch::channel(last);
         Projection {
             inner: Arc::new(Inner {
-                db,
+                store,
                 name: name.to_owned(),
-                meta,
                 live,
-                active: RwLock::new(Active { generation, tree }),
+                active: RwLock::new(active),
                 write: Mutex::new(()),
                 applied,
                 retired: watch::channel(false).0,
@@ -260,8 +290,16 @@ impl Projection {
         }
     }
 
-    fn tree(&self) -> sled::Tree {
-        self.inner.active.read().unwrap_or_else(PoisonError::into_inner).tree.clone()
+    fn active(&self) -> std::sync::RwLockReadGuard<'_, Active> {
+        self.inner.active.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn active_mut(&self) -> std::sync::RwLockWriteGuard<'_, Active> {
+        self.inner.active.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn tree(&self) -> Option<sled::Tree> {
+        self.active().tree.clone()
     }
 
     pub fn name(&self) -> &str {
@@ -270,7 +308,7 @@ impl Projection {
 
     /// The generation whose tree this handle reads and writes.
     pub fn generation(&self) -> u64 {
-        self.inner.active.read().unwrap_or_else(PoisonError::into_inner).generation
+        self.active().generation
     }
 
     /// The sequence of the last applied event (0: none).
@@ -289,34 +327,55 @@ impl Projection {
             return Ok(false);
         }
         let mut batch = sled::Batch::default();
+        let mut ops = Vec::with_capacity(changes.ops.len());
         for (key, value) in changes.ops {
             check_key(&key)?;
-            match value {
-                Some(v) => batch.insert(key, v),
-                None => batch.remove(key),
+            let value = value.map(sled::IVec::from);
+            match &value {
+                Some(v) => batch.insert(key.as_slice(), v.clone()),
+                None => batch.remove(key.as_slice()),
             }
+            ops.push((key, value));
         }
         batch.insert(LAST_APPLIED_KEY, &seq.to_be_bytes());
-        self.tree().apply_batch(batch)?;
+        if let Some(tree) = self.tree() {
+            tree.apply_batch(batch)?;
+        }
+        // Memory follows a stored batch only, and before last_applied moves, so whoever waits
+        // for `seq` reads its changes; readers see the batch whole or not at all.
+        {
+            let mut active = self.active_mut();
+            for (key, value) in ops {
+                match value {
+                    Some(v) => active.data.insert(key, v),
+                    None => active.data.remove(&key),
+                };
+            }
+        }
         self.inner.applied.send_replace(seq);
         Ok(true)
     }
 
     pub fn get(&self, key: &[u8]) -> Result<Option<sled::IVec>, ProjectionError> {
         check_key(key)?;
-        Ok(self.tree().get(key)?)
+        Ok(self.active().data.get(key).cloned())
     }
 
-    /// Entries whose key starts with `prefix`, in key order; the projection's own metadata is
-    /// never included.
+    /// Entries whose key starts with `prefix`, in key order, as they are at the call; the
+    /// projection's own metadata is never included.
     pub fn scan_prefix(
         &self,
         prefix: &[u8],
     ) -> impl Iterator<Item = Result<(sled::IVec, sled::IVec), ProjectionError>> + use<> {
-        self.tree()
-            .scan_prefix(prefix)
-            .filter(|r| !matches!(r, Ok((k, _)) if k.starts_with(META_PREFIX)))
-            .map(|r| r.map_err(ProjectionError::from))
+        use std::ops::Bound;
+        let entries: Vec<_> = self
+            .active()
+            .data
+            .range::<[u8], _>((Bound::Included(prefix), Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| Ok((sled::IVec::from(k.as_slice()), v.clone())))
+            .collect();
+        entries.into_iter()
     }
 
     /// Resolves once last_applied >= seq; returns Err on timeout.
@@ -358,19 +417,18 @@ impl Projection {
         }
         let started = (|| {
             let generation = self.generation() + 1;
-            let name = tree_name(&self.inner.name, generation);
-            // Whatever an abandoned rebuild left there must not leak into this one.
-            self.inner.db.drop_tree(&name)?;
-            let tree = self.inner.db.open_tree(&name)?;
-            Ok::<_, ProjectionError>(Projection::from_parts(
-                self.inner.db.clone(),
-                &self.inner.name,
-                self.inner.meta.clone(),
-                false,
-                generation,
-                tree,
-                0,
-            ))
+            let (store, tree) = match &self.inner.store {
+                Some(store) => {
+                    let name = tree_name(&self.inner.name, generation);
+                    // Whatever an abandoned rebuild left there must not leak into this one.
+                    store.db.drop_tree(&name)?;
+                    let tree = store.db.open_tree(&name)?;
+                    (Some(Store { db: store.db.clone(), meta: store.meta.clone() }), Some(tree))
+                }
+                None => (None, None),
+            };
+            let active = Active { generation, tree, data: Mirror::new() };
+            Ok::<_, ProjectionError>(Projection::from_parts(store, &self.inner.name, false, active, 0))
         })();
         match started {
             Ok(next) => Ok(Rebuild { live: self.clone(), next, done: false }),
@@ -383,13 +441,17 @@ impl Projection {
 
     /// Makes everything applied so far durable.
     pub fn flush(&self) -> Result<(), ProjectionError> {
-        self.inner.db.flush()?;
+        if let Some(store) = &self.inner.store {
+            store.db.flush()?;
+        }
         Ok(())
     }
 
     /// Like [`Projection::flush`], without blocking the executor.
     pub async fn flush_async(&self) -> Result<(), ProjectionError> {
-        self.inner.db.flush_async().await?;
+        if let Some(store) = &self.inner.store {
+            store.db.flush_async().await?;
+        }
         Ok(())
     }
 }
@@ -462,26 +524,31 @@ impl Rebuild {
         }
         let inner = &self.live.inner;
         let generation = self.next.generation();
-        // The new generation must be durable before anything points at it; a failure here
-        // leaves everything as it was.
-        inner.db.flush()?;
-        // The switch itself: from here on the new generation is the projection.
-        inner.meta.insert(inner.name.as_bytes(), &generation.to_be_bytes())?;
-        let old = {
-            let mut active = inner.active.write().unwrap_or_else(PoisonError::into_inner);
-            std::mem::replace(&mut *active, Active { generation, tree: self.next.tree() })
-        };
+        if let Some(store) = &inner.store {
+            // The new generation must be durable before anything points at it; a failure here
+            // leaves everything as it was.
+            store.db.flush()?;
+            // The switch itself: from here on the new generation is the projection.
+            store.meta.insert(inner.name.as_bytes(), &generation.to_be_bytes())?;
+        }
+        let data = std::mem::take(&mut self.next.active_mut().data);
+        let next = Active { generation, tree: self.next.tree(), data };
+        let old = std::mem::replace(&mut *self.live.active_mut(), next);
         inner.applied.send_replace(next_last);
         self.next.inner.retired.send_replace(true);
         self.done = true;
         inner.rebuilding.store(false, Ordering::Release);
-        if let Err(e) = inner.db.flush() {
+        if let Some(store) = &inner.store
+            && let Err(e) = store.db.flush()
+        {
             // Not fatal: sled persists the switch with its next background flush.
             tracing::warn!(projection = %inner.name, error = %e, "could not flush the switch");
         }
         // Emptied rather than dropped: a reader may still hold the old tree for a moment, and
         // sled frees a dropped tree's pages under it. `open` drops it on the next start.
-        if let Err(e) = old.tree.clear() {
+        if let Some(tree) = old.tree
+            && let Err(e) = tree.clear()
+        {
             tracing::warn!(projection = %inner.name, error = %e, "could not clear old generation");
         }
         Ok(())
@@ -498,7 +565,10 @@ impl Drop for Rebuild {
             let _next_writer = lock(&self.next.inner.write);
             self.next.inner.retired.send_replace(true);
             // Best effort: a leftover tree is dropped by the next begin_rebuild anyway.
-            let _ = self.next.tree().clear();
+            if let Some(tree) = self.next.tree() {
+                let _ = tree.clear();
+            }
+            self.next.active_mut().data.clear();
         }
         self.live.inner.rebuilding.store(false, Ordering::Release);
     }
@@ -584,6 +654,74 @@ mod tests {
         assert_eq!(p.last_applied(), 0);
         assert_eq!(read(&p, "a"), None);
         assert!(matches!(p.get(b"\0meta/last_applied"), Err(ProjectionError::ReservedKey(_))));
+    }
+
+    #[test]
+    fn reads_from_memory_match_the_stored_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let before = {
+            let db = sled::open(&path).unwrap();
+            let p = Projection::open(&db, "t").unwrap();
+            p.apply(1, changes(&[("a", Some("1")), ("b", Some("2")), ("c", Some("3"))])).unwrap();
+            p.apply(2, changes(&[("b", None), ("c", Some("4")), ("d", Some("5"))])).unwrap();
+            // a redelivered event and a refused batch leave memory as they leave the tree
+            assert!(!p.apply(2, changes(&[("a", None)])).unwrap());
+            assert!(p.apply(3, changes(&[("a", None), ("\0meta/x", Some("y"))])).is_err());
+            p.flush().unwrap();
+            all(&p)
+        };
+        let pairs = |v: &[(&str, &str)]| v.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>();
+        assert_eq!(before, pairs(&[("a", "1"), ("c", "4"), ("d", "5")]));
+        let db = sled::open(&path).unwrap();
+        let stored: Vec<_> = db
+            .open_tree("t/gen0")
+            .unwrap()
+            .iter()
+            .map(Result::unwrap)
+            .filter(|(k, _)| !k.starts_with(META_PREFIX))
+            .map(|(k, v)| (String::from_utf8(k.to_vec()).unwrap(), String::from_utf8(v.to_vec()).unwrap()))
+            .collect();
+        assert_eq!(stored, before);
+        // and a reopened projection reads the same
+        assert_eq!(all(&Projection::open(&db, "t").unwrap()), before);
+    }
+
+    #[tokio::test]
+    async fn a_projection_in_memory_behaves_as_a_stored_one() {
+        assert!(matches!(Projection::in_memory(""), Err(ProjectionError::EmptyName)));
+        let p = Projection::in_memory("view").unwrap();
+        assert_eq!((p.last_applied(), p.generation()), (0, 0));
+        p.apply(1, changes(&[("c/1", Some("a")), ("c/2", Some("b")), ("n/1", Some("c"))])).unwrap();
+        assert!(!p.apply(1, changes(&[("c/1", Some("x"))])).unwrap());
+        assert!(matches!(
+            p.apply(2, changes(&[("c/1", None), ("\0meta/x", Some("y"))])),
+            Err(ProjectionError::ReservedKey(_))
+        ));
+        p.apply(2, changes(&[("c/2", None)])).unwrap();
+        assert_eq!(read(&p, "c/1").as_deref(), Some("a"));
+        assert_eq!(read(&p, "c/2"), None);
+        let keys: Vec<_> = p.scan_prefix(b"c/").map(|r| r.unwrap().0.to_vec()).collect();
+        assert_eq!(keys, vec![b"c/1".to_vec()]);
+        p.wait_for(2, Duration::from_millis(10)).await.unwrap();
+        p.flush_async().await.unwrap();
+
+        // A rebuild fills a generation of its own and switches it in.
+        let rebuild = p.begin_rebuild().unwrap();
+        assert_eq!(rebuild.generation(), 1);
+        rebuild.apply(1, changes(&[("c/9", Some("z"))])).unwrap();
+        assert_eq!(read(&p, "c/9"), None);
+        assert!(matches!(p.begin_rebuild().map(|_| ()), Err(ProjectionError::RebuildInProgress(_))));
+        rebuild.apply(2, changes(&[("c/8", Some("y"))])).unwrap();
+        rebuild.switch().unwrap();
+        assert_eq!((p.generation(), p.last_applied()), (1, 2));
+        assert_eq!(all(&p), vec![("c/8".to_owned(), "y".to_owned()), ("c/9".to_owned(), "z".to_owned())]);
+        // An abandoned one leaves the live projection as it was.
+        let abandoned = p.begin_rebuild().unwrap();
+        abandoned.apply(1, changes(&[("c/7", Some("q"))])).unwrap();
+        drop(abandoned);
+        assert_eq!(all(&p).len(), 2);
+        assert!(p.begin_rebuild().is_ok());
     }
 
     #[test]

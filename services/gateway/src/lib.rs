@@ -376,12 +376,11 @@ pub async fn run(
     let auth = start_auth(log.clone(), key, &config.auth).await?;
     // API tokens are issued and revoked by the auth-rotation service; the gateway authorises.
     auth.delegate_tokens(Arc::new(corral_auth::nats::NatsTokenIssuer::new(client.clone(), timeout)));
-    let view_db = corral_registry::open_projection_db(None)?;
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let view_stop = async move {
         let _ = stop_rx.wait_for(|s| *s).await;
     };
-    let queries = corral_registry::start_view(log, &view_db, timeout, view_stop).await?;
+    let queries = corral_registry::start_view(log, timeout, view_stop).await?;
     let api = Arc::new(corral_registry::SplitApi { commands, queries });
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;

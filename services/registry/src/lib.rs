@@ -55,15 +55,15 @@ pub fn open_projection_db(path: Option<&std::path::Path>) -> Result<sled::Db, Re
     config.open().map_err(|e| RegistryError::Internal(format!("cannot open projection store: {e}")))
 }
 
-/// A query-only view of the clusters: its own projection of the log in `db`, followed until
-/// `shutdown` resolves. Gateways keep one, so reads cost no hop to a registry replica.
+/// A query-only view of the clusters: its own projection of the log, followed until `shutdown`
+/// resolves. Gateways keep one, so reads cost no hop to a registry replica. It is kept in memory
+/// and filled from the log on every start: storing it would only cost every event a write.
 pub async fn start_view(
     log: Arc<dyn EventLog>,
-    db: &sled::Db,
     read_timeout: std::time::Duration,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<Arc<Queries>, RegistryError> {
-    let projection = Projection::open(db, "cluster-view")?;
+    let projection = Projection::in_memory("cluster-view")?;
     let runner = corral_projection::run(log.clone(), projection.clone(), read_model::fold, shutdown);
     tokio::spawn(async move {
         if let Err(e) = runner.await {
