@@ -394,15 +394,27 @@ async fn measure_the_api(
     report(&create_single, Some(("(echo+pub, 1 client)", single_create_floor)));
     let get_single = run_get("Get (1 client)", gw.clone(), 1, n, args.seconds.min(3)).await;
     report(&get_single, Some(("echo 1 client", echo_single.pct(0.5))));
-    // The registry's share of a Create: the same command sent to it over NATS, past the gateway.
+    // The registry's share of a Create: the same command sent to it over NATS, past the gateway,
+    // alone and with as many clients as above.
     let nats = async_nats::connect(&args.nats_url).await?;
-    let base = registered + 500;
-    let direct = drive("Create, registry only (1 client)", 1, Some(500), 0, move |i| {
+    let direct = registry_creates("Create, registry only (1 client)", &nats, 1, 500, registered + 500).await;
+    report(&direct, Some(("(echo+pub, 1 client)", single_create_floor)));
+    let label = format!("Create, registry only ({c} clients)");
+    let direct = registry_creates(&label, &nats, c, 5000, registered + 1000).await;
+    report(&direct, Some(("(echo+pub)", create_floor)));
+    Ok(())
+}
+
+/// `count` Creates of new clusters (numbered from `first`) sent to the registry replicas over
+/// NATS by `clients` tasks, as the gateway sends them.
+async fn registry_creates(name: &str, nats: &async_nats::Client, clients: usize, count: usize, first: usize) -> Stats {
+    let nats = nats.clone();
+    drive(name, clients, Some(count), 0, move |i| {
         let nats = nats.clone();
         async move {
             use prost::Message;
             let kind = corral_proto::registry::command::Kind::Create(ClusterCreateRequest {
-                cluster: Some(cluster(base + i)),
+                cluster: Some(cluster(first + i)),
                 upsert: false,
             });
             let command = corral_proto::registry::Command { context: None, kind: Some(kind), expected_version: 0 };
@@ -413,9 +425,7 @@ async fn measure_the_api(
             }
         }
     })
-    .await;
-    report(&direct, Some(("(echo+pub, 1 client)", single_create_floor)));
-    Ok(())
+    .await
 }
 
 /// Publish-with-ack of 256 bytes from `clients` tasks on the floor stream.
