@@ -309,9 +309,9 @@ impl Auth {
         }
     }
 
-    /// Waits until this replica has applied everything the log held when the call began.
+    /// Waits until this replica has applied every auth event the log held when the call began.
     pub async fn barrier(&self) -> Result<(), AuthError> {
-        let last = self.log.last_seq().await?;
+        let last = self.log.last_seq_matching(&state::subject_filters()).await?;
         self.wait_for(last).await
     }
 
@@ -796,7 +796,8 @@ async fn run_projection(
 ) {
     loop {
         let from = state.read().unwrap_or_else(|p| p.into_inner()).applied + 1;
-        let mut stream = match log.subscribe(from).await {
+        // Only the auth subjects: a replica is not woken by every cluster event.
+        let mut stream = match log.subscribe_matching(from, &state::subject_filters()).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "auth projection cannot subscribe; retrying");

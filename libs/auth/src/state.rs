@@ -34,6 +34,11 @@ fn subject_id(kind: &str, name: &str) -> String {
     uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, format!("corral-{kind}:{name}").as_bytes()).simple().to_string()
 }
 
+/// The subjects of every event the auth state is made of: its followers receive only these.
+pub fn subject_filters() -> Vec<String> {
+    vec![KEY_SUBJECT.to_string(), format!("{ACCOUNT_SUBJECT_PREFIX}>"), format!("{LOGIN_SUBJECT_PREFIX}>")]
+}
+
 /// Subject of an account's events; names may hold characters a subject cannot.
 pub fn account_subject(account: &str) -> String {
     format!("{ACCOUNT_SUBJECT_PREFIX}{}", subject_id("account", account))

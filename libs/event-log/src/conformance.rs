@@ -32,6 +32,7 @@ where
     headers_and_payload_round_trip(make().await.as_ref()).await;
     racing_appenders_on_one_subject_one_wins(make().await).await;
     batches_are_atomic(make().await.as_ref()).await;
+    subject_filters_select_events(make().await.as_ref()).await;
 }
 
 pub async fn append_assigns_increasing_sequences(log: &dyn EventLog) {
@@ -188,4 +189,34 @@ pub async fn batches_are_atomic(log: &dyn EventLog) {
         log.read(1, 100).await.expect("read").iter().map(|e| String::from_utf8_lossy(&e.payload).to_string()).collect();
     assert_eq!(payloads, vec!["pre", "one", "two", "three", "fresh", "next"]);
     assert!(log.append_batch(Vec::new()).await.expect("empty batch").is_empty());
+}
+
+pub async fn subject_filters_select_events(log: &dyn EventLog) {
+    let filters = |f: &[&str]| f.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let mut seq = std::collections::HashMap::new();
+    for (i, subject) in ["t.a.x1", "t.b.y", "t.a.x2", "t.a.z.deep", "t.c"].iter().enumerate() {
+        let o = log.append(ev(subject, &format!("f{i}"), None, subject)).await.expect("append");
+        seq.insert(*subject, o.seq);
+    }
+    // The last event of the subjects a filter selects.
+    assert_eq!(log.last_seq_matching(&filters(&["t.a.*"])).await.expect("last matching"), seq["t.a.x2"]);
+    assert_eq!(log.last_seq_matching(&filters(&["t.a.>"])).await.expect("last matching"), seq["t.a.z.deep"]);
+    assert_eq!(log.last_seq_matching(&filters(&["t.b.y", "t.c"])).await.expect("last matching"), seq["t.c"]);
+    assert_eq!(log.last_seq_matching(&filters(&["t.*.y"])).await.expect("last matching"), seq["t.b.y"]);
+    assert_eq!(log.last_seq_matching(&filters(&["t.none.>"])).await.expect("last matching"), 0);
+    assert!(matches!(log.last_seq_matching(&[]).await, Err(LogError::Invalid(_))));
+    assert!(matches!(log.last_seq_matching(&filters(&["t..a"])).await, Err(LogError::Invalid(_))));
+    assert!(matches!(log.subscribe_matching(1, &filters(&["t.>.a"])).await, Err(LogError::Invalid(_))));
+
+    // A subscription delivers those events only, in order, from a sequence and then live.
+    let mut sub = log.subscribe_matching(seq["t.a.x1"] + 1, &filters(&["t.a.>", "t.c"])).await.expect("subscribe");
+    for subject in ["t.a.x2", "t.a.z.deep", "t.c"] {
+        let e = next_event(&mut sub).await;
+        assert_eq!((e.subject.as_str(), e.seq), (subject, seq[subject]));
+    }
+    log.append(ev("t.b.live", "f5", None, "skipped")).await.expect("append");
+    let live = log.append(ev("t.a.live", "f6", None, "live")).await.expect("append");
+    let e = next_event(&mut sub).await;
+    assert_eq!((e.subject.as_str(), e.seq, e.payload.as_ref()), ("t.a.live", live.seq, &b"live"[..]));
+    assert_eq!(log.last_seq_matching(&filters(&["t.a.>"])).await.expect("last matching"), live.seq);
 }

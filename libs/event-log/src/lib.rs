@@ -89,6 +89,47 @@ pub trait EventLog: Send + Sync + 'static {
     /// Every event from `from_seq` on, in order, then new ones as they are appended. Ends only
     /// with an error.
     async fn subscribe(&self, from_seq: u64) -> Result<EventStream, LogError>;
+    /// As [`EventLog::subscribe`], for the events whose subject matches one of `filters` (NATS
+    /// subject filters: `*` stands for one token, a final `>` for one or more). A follower that
+    /// needs a few subjects is not woken by every other event.
+    async fn subscribe_matching(&self, from_seq: u64, filters: &[String]) -> Result<EventStream, LogError>;
+    /// Sequence of the last stored event whose subject matches one of `filters` (0 if none).
+    /// Reflects every append acknowledged before the call: what a follower of those subjects
+    /// must have applied to have seen them all.
+    async fn last_seq_matching(&self, filters: &[String]) -> Result<u64, LogError>;
+}
+
+/// Whether `subject` matches the NATS subject filter `filter`.
+pub fn subject_matches(filter: &str, subject: &str) -> bool {
+    let mut subject_tokens = subject.split('.');
+    let mut filter_tokens = filter.split('.').peekable();
+    while let Some(f) = filter_tokens.next() {
+        if f == ">" && filter_tokens.peek().is_none() {
+            return subject_tokens.next().is_some();
+        }
+        match subject_tokens.next() {
+            Some(t) if f == "*" || f == t => {}
+            _ => return false,
+        }
+    }
+    subject_tokens.next().is_none()
+}
+
+/// Refuses an empty filter list or a filter that is not a valid subject filter.
+pub(crate) fn check_filters(filters: &[String]) -> Result<(), LogError> {
+    let valid = |f: &String| {
+        let tokens: Vec<&str> = f.split('.').collect();
+        tokens.iter().enumerate().all(|(i, t)| {
+            (*t == ">" && i == tokens.len() - 1)
+                || *t == "*"
+                || (!t.is_empty() && t.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+        })
+    };
+    match filters.iter().find(|f| !valid(f)) {
+        _ if filters.is_empty() => Err(LogError::Invalid("no subject filter".into())),
+        Some(f) => Err(LogError::Invalid(format!("invalid subject filter {f:?}"))),
+        None => Ok(()),
+    }
 }
 
 pub(crate) fn check_subject(subject: &str) -> Result<(), LogError> {
@@ -97,4 +138,27 @@ pub(crate) fn check_subject(subject: &str) -> Result<(), LogError> {
             .split('.')
             .all(|t| !t.is_empty() && t.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'));
     if ok { Ok(()) } else { Err(LogError::Invalid(format!("invalid subject {subject:?}"))) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subject_filters_match_as_in_nats() {
+        for (filter, subject, expected) in [
+            ("a.b", "a.b", true),
+            ("a.b", "a.b.c", false),
+            ("a.*", "a.b", true),
+            ("a.*", "a.b.c", false),
+            ("a.>", "a.b.c", true),
+            ("a.>", "a", false),
+            ("*.b.>", "x.b.c", true),
+            ("*.b.>", "x.c.c", false),
+            (">", "a", true),
+            ("a.b.c", "a.b", false),
+        ] {
+            assert_eq!(subject_matches(filter, subject), expected, "{filter} ~ {subject}");
+        }
+    }
 }

@@ -119,11 +119,13 @@ impl NatsLog {
         Ok(NatsLog { js, stream })
     }
 
-    async fn ordered_from(&self, from_seq: u64) -> Result<consumer::pull::Ordered, LogError> {
+    /// An ordered consumer from `from_seq`, of the subjects in `filters` (all when empty).
+    async fn ordered_from(&self, from_seq: u64, filters: &[String]) -> Result<consumer::pull::Ordered, LogError> {
         let consumer = self
             .stream
             .create_consumer(consumer::pull::OrderedConfig {
                 deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: from_seq.max(1) },
+                filter_subjects: filters.to_vec(),
                 ..Default::default()
             })
             .await
@@ -214,7 +216,7 @@ impl EventLog for NatsLog {
         if from > upto || max == 0 {
             return Ok(Vec::new());
         }
-        let mut messages = self.ordered_from(from).await?;
+        let mut messages = self.ordered_from(from, &[]).await?;
         let mut out = Vec::new();
         while let Some(m) = tokio::time::timeout(Duration::from_secs(10), messages.next())
             .await
@@ -234,7 +236,24 @@ impl EventLog for NatsLog {
     }
 
     async fn subscribe(&self, from_seq: u64) -> Result<EventStream, LogError> {
-        let messages = self.ordered_from(from_seq).await?;
+        let messages = self.ordered_from(from_seq, &[]).await?;
         Ok(messages.map(|m| m.map_err(unavailable).and_then(|m| recorded(&m))).boxed())
+    }
+
+    async fn subscribe_matching(&self, from_seq: u64, filters: &[String]) -> Result<EventStream, LogError> {
+        crate::check_filters(filters)?;
+        let messages = self.ordered_from(from_seq, filters).await?;
+        Ok(messages.map(|m| m.map_err(unavailable).and_then(|m| recorded(&m))).boxed())
+    }
+
+    /// The last message of each filter, by direct get (wildcards included), as the stream holds
+    /// it when asked.
+    async fn last_seq_matching(&self, filters: &[String]) -> Result<u64, LogError> {
+        crate::check_filters(filters)?;
+        let mut last = 0;
+        for filter in filters {
+            last = last.max(self.last_subject_seq(filter).await?);
+        }
+        Ok(last)
     }
 }

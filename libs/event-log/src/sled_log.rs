@@ -246,6 +246,41 @@ impl EventLog for SledLog {
         self.read_sync(from_seq, max)
     }
 
+    async fn subscribe_matching(&self, from_seq: u64, filters: &[String]) -> Result<EventStream, LogError> {
+        crate::check_filters(filters)?;
+        // In one process, skipping the other events costs no more than delivering them.
+        let filters = filters.to_vec();
+        let all = self.subscribe(from_seq).await?;
+        Ok(all
+            .filter(move |item| {
+                let keep = match item {
+                    Ok(ev) => filters.iter().any(|f| crate::subject_matches(f, &ev.subject)),
+                    Err(_) => true,
+                };
+                futures::future::ready(keep)
+            })
+            .boxed())
+    }
+
+    async fn last_seq_matching(&self, filters: &[String]) -> Result<u64, LogError> {
+        crate::check_filters(filters)?;
+        // Appends update the subjects' last sequences under this lock: hold it for a consistent read.
+        let _appends = self.inner.write_lock.lock().await;
+        let mut last = 0;
+        for filter in filters {
+            // Only the subjects under the filter's literal prefix can match.
+            let literal: Vec<&str> = filter.split('.').take_while(|t| *t != "*" && *t != ">").collect();
+            let prefix = literal.join(".");
+            for item in self.inner.subjects.scan_prefix(prefix.as_bytes()) {
+                let (subject, seq) = item.map_err(storage)?;
+                if crate::subject_matches(filter, &String::from_utf8_lossy(&subject)) {
+                    last = last.max(from_be(&seq));
+                }
+            }
+        }
+        Ok(last)
+    }
+
     async fn subscribe(&self, from_seq: u64) -> Result<EventStream, LogError> {
         let log = self.clone();
         let rx = self.inner.durable.subscribe();

@@ -76,12 +76,27 @@ impl EventLog for Prefixed {
         Ok(self.inner.read(from_seq, max).await?.into_iter().map(|e| self.unmap(e)).collect())
     }
     async fn subscribe(&self, from_seq: u64) -> Result<corral_event_log::EventStream, corral_event_log::LogError> {
+        Ok(self.unmap_stream(self.inner.subscribe(from_seq).await?))
+    }
+    async fn subscribe_matching(
+        &self,
+        from_seq: u64,
+        filters: &[String],
+    ) -> Result<corral_event_log::EventStream, corral_event_log::LogError> {
+        let filters: Vec<String> = filters.iter().map(|f| self.map(f)).collect();
+        Ok(self.unmap_stream(self.inner.subscribe_matching(from_seq, &filters).await?))
+    }
+    async fn last_seq_matching(&self, filters: &[String]) -> Result<u64, corral_event_log::LogError> {
+        let filters: Vec<String> = filters.iter().map(|f| self.map(f)).collect();
+        self.inner.last_seq_matching(&filters).await
+    }
+}
+
+impl Prefixed {
+    fn unmap_stream(&self, events: corral_event_log::EventStream) -> corral_event_log::EventStream {
         use futures::StreamExt;
         let prefix = format!("{}.", self.prefix);
-        Ok(self
-            .inner
-            .subscribe(from_seq)
-            .await?
+        events
             .map(move |r| {
                 r.map(|mut e| {
                     if let Some(rest) = e.subject.strip_prefix(&prefix) {
@@ -90,6 +105,6 @@ impl EventLog for Prefixed {
                     e
                 })
             })
-            .boxed())
+            .boxed()
     }
 }

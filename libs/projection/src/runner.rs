@@ -239,6 +239,15 @@ mod tests {
             });
             Ok(stream.boxed())
         }
+
+        // The runner follows every subject; these serve the trait only.
+        async fn subscribe_matching(&self, from_seq: u64, _filters: &[String]) -> Result<EventStream, LogError> {
+            self.subscribe(from_seq).await
+        }
+
+        async fn last_seq_matching(&self, _filters: &[String]) -> Result<u64, LogError> {
+            self.last_seq().await
+        }
     }
 
     #[derive(Debug, thiserror::Error)]
