@@ -31,12 +31,17 @@ gw="$(wait_listening "$work/gateway.out")"
 echo "nats-server $("$nats_bin" --version | awk '{print $2}') on $nats_url; gateway on $gw; $(nproc) cores"
 target/release/corral-load --gateway "$gw" --nats-url "$nats_url" "$@"
 
-# Then a second gateway with authentication on, to measure what authentication + RBAC add to
-# each request: Get through both, in turns, on the clusters registered above. It starts only now,
-# as every replica follows the log and a second one would take its share of the cores above.
+# Then what authentication + RBAC add to each request: Get through a gateway with authentication
+# on and one without, in turns, on the clusters registered above. Both start only now and alike:
+# every replica follows the log, so they would take their share of the cores above, and a gateway
+# that went through the writes above would not be comparable with one that did not.
+kill "${pids[-1]}" 2>/dev/null || true
+target/release/corral-gateway --nats-url "$nats_url" --listen 127.0.0.1:0 --disable-auth >"$work/gateway-plain.out" 2>"$work/gateway-plain.err" &
+pids+=($!)
 target/release/corral-gateway --nats-url "$nats_url" --listen 127.0.0.1:0 >"$work/gateway-auth.out" 2>"$work/gateway-auth.err" &
 pids+=($!)
+gw_plain="$(wait_listening "$work/gateway-plain.out")"
 gw_auth="$(wait_listening "$work/gateway-auth.out")"
-echo "authentication comparison: second gateway on $gw_auth"
+echo "authentication comparison: gateways on $gw_plain (authentication off) and $gw_auth (on)"
 CORRAL_LOAD_PASSWORD="$CORRAL_ADMIN_PASSWORD" \
-  target/release/corral-load --auth-only --gateway "$gw" --auth-gateway "$gw_auth" --nats-url "$nats_url" "$@"
+  target/release/corral-load --auth-only --gateway "$gw_plain" --auth-gateway "$gw_auth" --nats-url "$nats_url" "$@"
