@@ -26,7 +26,8 @@ export CORRAL_ADMIN_PASSWORD="bench-$(head -c 12 /dev/urandom | base64 | tr -dc 
 wait_listening() { for _ in $(seq 300); do grep -q "listening on" "$1" && break; sleep 0.1; done; sed -n 's/^listening on //p' "$1" | head -1; }
 # The deployment the figures are for: one registry, one gateway (authentication off).
 target/release/corral-gateway --nats-url "$nats_url" --listen 127.0.0.1:0 --disable-auth >"$work/gateway.out" 2>"$work/gateway.err" &
-pids+=($!)
+gw_pid=$!
+pids+=($gw_pid)
 gw="$(wait_listening "$work/gateway.out")"
 echo "nats-server $("$nats_bin" --version | awk '{print $2}') on $nats_url; gateway on $gw; $(nproc) cores"
 target/release/corral-load --gateway "$gw" --nats-url "$nats_url" "$@"
@@ -35,7 +36,7 @@ target/release/corral-load --gateway "$gw" --nats-url "$nats_url" "$@"
 # on and one without, in turns, on the clusters registered above. Both start only now and alike:
 # every replica follows the log, so they would take their share of the cores above, and a gateway
 # that went through the writes above would not be comparable with one that did not.
-kill "${pids[-1]}" 2>/dev/null || true
+kill "$gw_pid" 2>/dev/null || true
 target/release/corral-gateway --nats-url "$nats_url" --listen 127.0.0.1:0 --disable-auth >"$work/gateway-plain.out" 2>"$work/gateway-plain.err" &
 pids+=($!)
 target/release/corral-gateway --nats-url "$nats_url" --listen 127.0.0.1:0 >"$work/gateway-auth.out" 2>"$work/gateway-auth.err" &

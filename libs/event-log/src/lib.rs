@@ -119,25 +119,29 @@ pub fn subject_matches(filter: &str, subject: &str) -> bool {
 pub(crate) fn check_filters(filters: &[String]) -> Result<(), LogError> {
     let valid = |f: &String| {
         let tokens: Vec<&str> = f.split('.').collect();
-        tokens.iter().enumerate().all(|(i, t)| {
-            (*t == ">" && i == tokens.len() - 1)
-                || *t == "*"
-                || (!t.is_empty() && t.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'))
-        })
+        let last = tokens.len() - 1;
+        tokens.iter().enumerate().all(|(i, t)| (*t == ">" && i == last) || *t == "*" || is_subject_token(t))
     };
+    if filters.is_empty() {
+        return Err(LogError::Invalid("no subject filter".into()));
+    }
     match filters.iter().find(|f| !valid(f)) {
-        _ if filters.is_empty() => Err(LogError::Invalid("no subject filter".into())),
         Some(f) => Err(LogError::Invalid(format!("invalid subject filter {f:?}"))),
         None => Ok(()),
     }
 }
 
+/// One token of a subject an event may be stored on.
+fn is_subject_token(t: &str) -> bool {
+    !t.is_empty() && t.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
 pub(crate) fn check_subject(subject: &str) -> Result<(), LogError> {
-    let ok = !subject.is_empty()
-        && subject
-            .split('.')
-            .all(|t| !t.is_empty() && t.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'));
-    if ok { Ok(()) } else { Err(LogError::Invalid(format!("invalid subject {subject:?}"))) }
+    if subject.split('.').all(is_subject_token) {
+        Ok(())
+    } else {
+        Err(LogError::Invalid(format!("invalid subject {subject:?}")))
+    }
 }
 
 #[cfg(test)]

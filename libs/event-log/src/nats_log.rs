@@ -120,6 +120,13 @@ impl NatsLog {
     }
 
     /// An ordered consumer from `from_seq`, of the subjects in `filters` (all when empty).
+    /// The stored events from `from_seq` on, then the new ones, of the subjects in `filters`
+    /// (all when empty).
+    async fn follow(&self, from_seq: u64, filters: &[String]) -> Result<EventStream, LogError> {
+        let messages = self.ordered_from(from_seq, filters).await?;
+        Ok(messages.map(|m| m.map_err(unavailable).and_then(|m| recorded(&m))).boxed())
+    }
+
     async fn ordered_from(&self, from_seq: u64, filters: &[String]) -> Result<consumer::pull::Ordered, LogError> {
         let consumer = self
             .stream
@@ -236,18 +243,16 @@ impl EventLog for NatsLog {
     }
 
     async fn subscribe(&self, from_seq: u64) -> Result<EventStream, LogError> {
-        let messages = self.ordered_from(from_seq, &[]).await?;
-        Ok(messages.map(|m| m.map_err(unavailable).and_then(|m| recorded(&m))).boxed())
+        self.follow(from_seq, &[]).await
     }
 
     async fn subscribe_matching(&self, from_seq: u64, filters: &[String]) -> Result<EventStream, LogError> {
         crate::check_filters(filters)?;
-        let messages = self.ordered_from(from_seq, filters).await?;
-        Ok(messages.map(|m| m.map_err(unavailable).and_then(|m| recorded(&m))).boxed())
+        self.follow(from_seq, filters).await
     }
 
-    /// The last message of each filter, by direct get (wildcards included), as the stream holds
-    /// it when asked.
+    /// The last message of each filter (wildcards included), read from the stream's leader, so
+    /// every acknowledged append is seen.
     async fn last_seq_matching(&self, filters: &[String]) -> Result<u64, LogError> {
         crate::check_filters(filters)?;
         let mut last = 0;

@@ -326,19 +326,21 @@ impl Projection {
         if seq <= self.last_applied() {
             return Ok(false);
         }
-        let mut batch = sled::Batch::default();
         let mut ops = Vec::with_capacity(changes.ops.len());
         for (key, value) in changes.ops {
             check_key(&key)?;
-            let value = value.map(sled::IVec::from);
-            match &value {
-                Some(v) => batch.insert(key.as_slice(), v.clone()),
-                None => batch.remove(key.as_slice()),
-            }
-            ops.push((key, value));
+            ops.push((key, value.map(sled::IVec::from)));
         }
-        batch.insert(LAST_APPLIED_KEY, &seq.to_be_bytes());
+        // A projection in memory only has no batch to build.
         if let Some(tree) = self.tree() {
+            let mut batch = sled::Batch::default();
+            for (key, value) in &ops {
+                match value {
+                    Some(v) => batch.insert(key.as_slice(), v.clone()),
+                    None => batch.remove(key.as_slice()),
+                }
+            }
+            batch.insert(LAST_APPLIED_KEY, &seq.to_be_bytes());
             tree.apply_batch(batch)?;
         }
         // Memory follows a stored batch only, and before last_applied moves, so whoever waits
