@@ -9,6 +9,7 @@ pub mod config;
 pub mod nats;
 pub mod state;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, SystemTime};
@@ -32,6 +33,8 @@ pub const ISSUER: &str = "argocd";
 pub const BCRYPT_COST: u32 = 10;
 /// How long to wait for this replica's projection to reach a revision.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Verified tokens remembered at most; past that the memory starts afresh.
+const VERIFIED_TOKENS_MAX: usize = 10_000;
 const APPEND_RETRIES: usize = 8;
 
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +134,19 @@ struct Claims {
     pwv: Option<u64>,
 }
 
+/// Tokens whose signature and claims have been checked. A client sends the same token with
+/// every call, and checking the signature and parsing the claims again was a fifth of a
+/// gateway's work for a Get. What a token says can change its meaning (expiry, revocation, a new
+/// password), so that is checked on every use; only the proof that the token is genuine is
+/// remembered. The tokens are kept whole (equality, not a digest, decides a match) and never
+/// printed: no `Debug` here. Holding them adds nothing to what the signing key beside them gives.
+#[derive(Default)]
+struct VerifiedTokens {
+    /// The signing key the entries were checked with: another key forgets them all.
+    key: Secret<Vec<u8>>,
+    claims: HashMap<String, Arc<Claims>>,
+}
+
 /// A caller's RBAC decisions; `None` policy: authentication is off and everything is allowed.
 pub struct Enforcer<'a> {
     who: &'a Principal,
@@ -186,6 +202,7 @@ pub struct Auth {
     config: RwLock<Arc<AuthConfig>>,
     disabled: bool,
     issuer: RwLock<Option<Arc<dyn TokenIssuer>>>,
+    verified: RwLock<VerifiedTokens>,
 }
 
 /// The service that issues and revokes API tokens when this process does not (in a deployment,
@@ -247,6 +264,7 @@ impl Auth {
             config: RwLock::new(Arc::new(config)),
             disabled,
             issuer: RwLock::new(None),
+            verified: RwLock::default(),
         });
         // Ready before the first login of an unknown user, whose refusal must take no longer
         // than a wrong password's.
@@ -457,15 +475,40 @@ impl Auth {
             .map_err(|e| AuthError::Internal(format!("signing token: {e}")))
     }
 
-    fn decode(&self, token: &str) -> Result<Claims, AuthError> {
+    /// The claims of a genuine token: signed with the current key, issued by us, in its validity
+    /// window when first seen.
+    fn decode(&self, token: &str) -> Result<Arc<Claims>, AuthError> {
+        {
+            let state = self.read();
+            let key = state
+                .signing_key
+                .as_ref()
+                .ok_or_else(|| AuthError::Unavailable("token signing key not loaded yet".into()))?;
+            let verified = self.verified.read().unwrap_or_else(|p| p.into_inner());
+            if verified.key.expose() == key.expose()
+                && let Some(claims) = verified.claims.get(token)
+            {
+                return Ok(claims.clone());
+            }
+        }
+        let key = self.signing_key()?;
         let mut v = Validation::new(Algorithm::HS256);
         v.set_issuer(&[ISSUER]);
         v.set_required_spec_claims(&["iss", "sub"]);
         v.leeway = 0;
         v.validate_nbf = true;
-        let data = jsonwebtoken::decode::<Claims>(token, &DecodingKey::from_secret(&self.signing_key()?), &v)
-            .map_err(|_| invalid_token())?;
-        Ok(data.claims)
+        let data =
+            jsonwebtoken::decode::<Claims>(token, &DecodingKey::from_secret(&key), &v).map_err(|_| invalid_token())?;
+        let claims = Arc::new(data.claims);
+        let mut verified = self.verified.write().unwrap_or_else(|p| p.into_inner());
+        if verified.key.expose() != &key {
+            *verified = VerifiedTokens { key: Secret::new(key), claims: HashMap::new() };
+        }
+        if verified.claims.len() >= VERIFIED_TOKENS_MAX {
+            verified.claims.clear();
+        }
+        verified.claims.insert(token.to_string(), claims.clone());
+        Ok(claims)
     }
 
     /// Verifies a bearer token and says who it belongs to.
@@ -828,5 +871,58 @@ async fn run_projection(
             }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+mod tests {
+    use super::*;
+
+    const PASSWORD: &str = "correct horse battery";
+
+    async fn started() -> (tempfile::TempDir, Arc<Auth>) {
+        let dir = tempfile::tempdir().unwrap();
+        let log: Arc<dyn EventLog> = Arc::new(corral_event_log::SledLog::open(dir.path()).unwrap());
+        let auth = Auth::start(log, Arc::new(SealingKey::generate()), AuthConfig::default(), false).await.unwrap();
+        auth.ensure_admin_password(InitialAdminPassword::Plain(Secret::new(PASSWORD.into()))).await.unwrap();
+        (dir, auth)
+    }
+
+    fn remembered(auth: &Auth) -> usize {
+        auth.verified.read().unwrap().claims.len()
+    }
+
+    #[tokio::test]
+    async fn a_remembered_token_is_still_checked_for_what_it_says() {
+        let (_dir, auth) = started().await;
+        let token = auth.login(ADMIN, PASSWORD, "").await.unwrap();
+        let who = auth.verify(&token).await.unwrap();
+        assert_eq!(remembered(&auth), 1);
+        assert_eq!(auth.verify(&token).await.unwrap(), who, "the same answer from memory");
+        assert_eq!(remembered(&auth), 1);
+
+        // Another signature on the same claims is checked afresh, and refused.
+        let (body, signature) = token.rsplit_once('.').unwrap();
+        let other = if signature.starts_with('A') { "B" } else { "A" };
+        let forged = format!("{body}.{other}{}", &signature[1..]);
+        assert!(matches!(auth.verify(&forged).await, Err(AuthError::Unauthenticated(_))));
+        assert_eq!(remembered(&auth), 1, "a refused token is not remembered");
+
+        // A token remembered while valid stops working when it expires.
+        let iat = now_unix();
+        let short =
+            auth.sign(ADMIN, TokenKind::Session, "short", iat, Some(iat + 1), Some(admin_password_seq(&auth))).unwrap();
+        auth.verify(&short).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        assert!(matches!(auth.verify(&short).await, Err(AuthError::Unauthenticated(_))));
+
+        // And when its session is logged out.
+        auth.logout(&who).await.unwrap();
+        assert!(matches!(auth.verify(&token).await, Err(AuthError::Unauthenticated(_))));
+    }
+
+    fn admin_password_seq(auth: &Auth) -> u64 {
+        auth.read().accounts.get(ADMIN).map(|a| a.password_seq).unwrap()
     }
 }

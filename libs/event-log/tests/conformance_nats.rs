@@ -21,6 +21,32 @@ async fn nats_log_passes_the_conformance_suite() {
     .await;
 }
 
+/// The last sequence is read from the stream's own answer; a stream that is gone is an error
+/// that names the cause, not a sequence of 0.
+#[tokio::test]
+async fn last_seq_follows_appends_and_reports_a_missing_stream() {
+    use corral_event_log::NewEvent;
+    let nats = NatsServer::start().await.expect("nats-server");
+    let config = NatsLogConfig { stream: "LASTSEQ".into(), subjects: vec!["ls.>".into()], replicas: 1 };
+    let log = NatsLog::connect(&nats.url(), config).await.expect("log");
+    assert_eq!(log.last_seq().await.expect("last_seq"), 0);
+    for i in 1..=3u64 {
+        let event = NewEvent {
+            subject: format!("ls.{i}"),
+            msg_id: format!("m{i}"),
+            expected_subject_seq: None,
+            headers: Vec::new(),
+            payload: bytes::Bytes::from_static(b"x"),
+        };
+        assert_eq!(log.append(event).await.expect("append").seq, i);
+        assert_eq!(log.last_seq().await.expect("last_seq"), i);
+    }
+    let client = async_nats::connect(nats.url()).await.expect("connect");
+    async_nats::jetstream::new(client).delete_stream("LASTSEQ").await.expect("delete");
+    let err = log.last_seq().await.expect_err("a deleted stream has no last sequence");
+    assert!(err.to_string().contains("stream not found"), "{err}");
+}
+
 /// Maps the suite's subjects (`t.*`) into this stream's subject space, so each property gets a
 /// stream of its own on one server.
 struct Prefixed {
