@@ -15,7 +15,15 @@ nats_bin="$(scripts/ensure-nats-server.sh)"
 cargo build --release --locked -p corral-registry -p corral-gateway
 work="$(mktemp -d)"
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+# The gateways start in a subshell (to return their address), so their pids come from files.
+cleanup() {
+  for p in "${pids[@]}" $(cat "$work"/*.pid 2>/dev/null); do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  for p in $(cat "$work"/*.pid 2>/dev/null); do
+    for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+  done
+  rm -rf "$work"
+}
 trap cleanup EXIT
 
 "$nats_bin" -js -a 127.0.0.1 -p -1 -sd "$work/nats" >"$work/nats.log" 2>&1 &
@@ -37,7 +45,6 @@ start_gateway() {
   valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.$name" \
     target/release/corral-gateway --nats-url "$nats_url" --listen 127.0.0.1:0 "$@" \
     >"$work/$name.out" 2>"$work/$name.err" &
-  pids+=($!)
   echo $! >"$work/$name.pid"
   for _ in $(seq 600); do grep -q "listening on" "$work/$name.out" && break; sleep 0.2; done
   sed -n 's/^listening on //p' "$work/$name.out" | head -1
