@@ -11,46 +11,23 @@ gets="${1:-1000}"
 for tool in valgrind callgrind_control curl; do
   command -v "$tool" >/dev/null || { echo "$tool is needed (Debian: apt-get install valgrind curl)" >&2; exit 1; }
 done
-nats_bin="$(scripts/ensure-nats-server.sh)"
 cargo build --release --locked -p corral-registry -p corral-gateway
-work="$(mktemp -d)"
-pids=()
-# The gateways start in a subshell (to return their address), so their pids come from files.
-cleanup() {
-  for p in "${pids[@]}" $(cat "$work"/*.pid 2>/dev/null); do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  for p in $(cat "$work"/*.pid 2>/dev/null); do
-    for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-  done
-  rm -rf "$work"
-}
-trap cleanup EXIT
+source scripts/bench-common.sh
 
-"$nats_bin" -js -a 127.0.0.1 -p -1 -sd "$work/nats" >"$work/nats.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 100); do grep -q "Server is ready" "$work/nats.log" && break; sleep 0.1; done
-port="$(grep -o 'client connections on 127.0.0.1:[0-9]*' "$work/nats.log" | head -1 | sed 's/.*://')"
-nats_url="nats://127.0.0.1:$port"
-
-export CORRAL_SEAL_KEY="$(head -c 32 /dev/urandom | base64)"
-export RUST_LOG=warn
-export CORRAL_ADMIN_PASSWORD="bench-$(head -c 12 /dev/urandom | base64 | tr -dc 'A-Za-z0-9')"
-target/release/corral-registry --nats-url "$nats_url" --data-dir "$work/registry" >"$work/registry.out" 2>&1 &
-pids+=($!)
-for _ in $(seq 300); do grep -q "registry ready" "$work/registry.out" && break; sleep 0.1; done
-
-# $1: a name for the files; the rest: the gateway's own arguments. Prints the listening address.
+# $1: a name for the files; the rest: the gateway's own arguments.
+declare -A gateway_pid
 start_gateway() {
   local name="$1"; shift
   valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.$name" \
     target/release/corral-gateway --nats-url "$nats_url" --listen 127.0.0.1:0 "$@" \
     >"$work/$name.out" 2>"$work/$name.err" &
-  echo $! >"$work/$name.pid"
-  for _ in $(seq 600); do grep -q "listening on" "$work/$name.out" && break; sleep 0.2; done
-  sed -n 's/^listening on //p' "$work/$name.out" | head -1
+  pids+=($!)
+  gateway_pid[$name]=$!
 }
-plain="$(start_gateway plain --disable-auth)"
-auth="$(start_gateway auth)"
+start_gateway plain --disable-auth
+start_gateway auth
+plain="$(wait_listening "$work/plain.out")"
+auth="$(wait_listening "$work/auth.out")"
 [ -n "$plain" ] && [ -n "$auth" ] || { echo "a gateway did not start" >&2; exit 1; }
 
 for i in $(seq 50); do
@@ -64,7 +41,7 @@ token="$(curl -sf -X POST "http://$auth/api/v1/session" \
 printf 'Authorization: Bearer %s\n' "$token" >"$work/auth.header"
 chmod 600 "$work/auth.header"
 
-echo "nats-server $("$nats_bin" --version | awk '{print $2}'); $gets REST Gets per gateway, one connection, one at a time"
+echo "nats-server $nats_version; $gets REST Gets per gateway, one connection, one at a time"
 declare -A per_get
 for name in plain auth; do
   address="${!name}"
@@ -73,7 +50,7 @@ for name in plain auth; do
     echo "url = \"http://$address/api/v1/clusters/https%3A%2F%2Fbench-$(( i % 50 + 1 )).example.com\""
     echo "output = /dev/null"
   done >"$work/$name.curl"
-  pid="$(cat "$work/$name.pid")"
+  pid="${gateway_pid[$name]}"
   curl -sf -H @"$work/auth.header" -K "$work/$name.curl"  # warm-up, not counted
   callgrind_control -z "$pid" >/dev/null 2>&1
   curl -sf -H @"$work/auth.header" -K "$work/$name.curl"

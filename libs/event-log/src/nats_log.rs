@@ -30,15 +30,13 @@ pub struct NatsLog {
     js: jetstream::Context,
     stream: stream::Stream,
     /// `$JS.API.STREAM.INFO.<stream>`: asked by every linearizable read.
-    info_subject: String,
+    info_subject: async_nats::Subject,
 }
 
 /// The part of a stream info answer that [`EventLog::last_seq`] reads.
 #[derive(serde::Deserialize)]
 struct StreamInfoLastSeq {
-    #[serde(default)]
     state: Option<StreamLastSeq>,
-    #[serde(default)]
     error: Option<ApiError>,
 }
 
@@ -141,11 +139,10 @@ impl NatsLog {
             js.update_stream(updated).await.map_err(unavailable)?;
             stream = js.get_stream(&config.stream).await.map_err(unavailable)?;
         }
-        let info_subject = format!("$JS.API.STREAM.INFO.{}", config.stream);
+        let info_subject = format!("$JS.API.STREAM.INFO.{}", config.stream).into();
         Ok(NatsLog { js, stream, info_subject })
     }
 
-    /// An ordered consumer from `from_seq`, of the subjects in `filters` (all when empty).
     /// The stored events from `from_seq` on, then the new ones, of the subjects in `filters`
     /// (all when empty).
     async fn follow(&self, from_seq: u64, filters: &[String]) -> Result<EventStream, LogError> {
@@ -153,6 +150,7 @@ impl NatsLog {
         Ok(messages.map(|m| m.map_err(unavailable).and_then(|m| recorded(&m))).boxed())
     }
 
+    /// An ordered consumer from `from_seq`, of the subjects in `filters` (all when empty).
     async fn ordered_from(&self, from_seq: u64, filters: &[String]) -> Result<consumer::pull::Ordered, LogError> {
         let consumer = self
             .stream

@@ -170,6 +170,7 @@ fn load_mirror(tree: &sled::Tree) -> Result<Mirror, ProjectionError> {
 }
 
 /// Where a stored projection lives.
+#[derive(Clone)]
 struct Store {
     db: sled::Db,
     meta: sled::Tree,
@@ -425,7 +426,7 @@ impl Projection {
                     // Whatever an abandoned rebuild left there must not leak into this one.
                     store.db.drop_tree(&name)?;
                     let tree = store.db.open_tree(&name)?;
-                    (Some(Store { db: store.db.clone(), meta: store.meta.clone() }), Some(tree))
+                    (Some(store.clone()), Some(tree))
                 }
                 None => (None, None),
             };

@@ -1,0 +1,26 @@
+# Sourced by the benchmarks after their build: a private nats-server (pinned version, loopback,
+# temporary store) and one registry, with the environment the services read. Everything started
+# into $pids is stopped when the script exits.
+nats_bin="$(scripts/ensure-nats-server.sh)"
+work="$(mktemp -d)"
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+"$nats_bin" -js -a 127.0.0.1 -p -1 -sd "$work/nats" >"$work/nats.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do grep -q "Server is ready" "$work/nats.log" && break; sleep 0.1; done
+port="$(grep -o 'client connections on 127.0.0.1:[0-9]*' "$work/nats.log" | head -1 | sed 's/.*://')"
+nats_url="nats://127.0.0.1:$port"
+nats_version="$("$nats_bin" --version | awk '{print $2}')"
+
+export CORRAL_SEAL_KEY="$(head -c 32 /dev/urandom | base64)"
+export RUST_LOG=warn
+export CORRAL_ADMIN_PASSWORD="bench-$(head -c 12 /dev/urandom | base64 | tr -dc 'A-Za-z0-9')"
+target/release/corral-registry --nats-url "$nats_url" --data-dir "$work/registry" >"$work/registry.out" 2>"$work/registry.err" &
+pids+=($!)
+for _ in $(seq 300); do grep -q "registry ready" "$work/registry.out" && break; sleep 0.1; done
+
+# The address a gateway writing its output to $1 listens on, once it does (up to 2 minutes: a
+# gateway under valgrind starts slowly).
+wait_listening() { for _ in $(seq 1200); do grep -q "listening on" "$1" && break; sleep 0.1; done; sed -n 's/^listening on //p' "$1" | head -1; }
