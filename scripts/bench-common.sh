@@ -17,9 +17,16 @@ nats_version="$("$nats_bin" --version | awk '{print $2}')"
 export CORRAL_SEAL_KEY="$(head -c 32 /dev/urandom | base64)"
 export RUST_LOG=warn
 export CORRAL_ADMIN_PASSWORD="bench-$(head -c 12 /dev/urandom | base64 | tr -dc 'A-Za-z0-9')"
-target/release/corral-registry --nats-url "$nats_url" --data-dir "$work/registry" >"$work/registry.out" 2>"$work/registry.err" &
-pids+=($!)
-for _ in $(seq 300); do grep -q "registry ready" "$work/registry.out" && break; sleep 0.1; done
+# With callgrind_registry=1 the registry runs under callgrind, its counts in $work/callgrind.registry.*.
+registry_cmd=(target/release/corral-registry)
+if [ "${callgrind_registry:-0}" = 1 ]; then
+  registry_cmd=(valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.registry" "${registry_cmd[@]}")
+fi
+"${registry_cmd[@]}" --nats-url "$nats_url" --data-dir "$work/registry" >"$work/registry.out" 2>"$work/registry.err" &
+registry_pid=$!
+pids+=($registry_pid)
+for _ in $(seq 1200); do grep -q "registry ready" "$work/registry.out" && break; sleep 0.1; done
+grep -q "registry ready" "$work/registry.out" || { echo "the registry did not start" >&2; exit 1; }
 
 # The address a gateway writing its output to $1 listens on, once it does (up to 2 minutes: a
 # gateway under valgrind starts slowly).

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Instructions a gateway spends per REST Get, with authentication off and on, counted by
-# valgrind's callgrind: the same count for the same binaries and requests whatever else the
-# machine is doing, where wall-clock comparisons on two shared cores move by tens of percent.
-# Starts a private nats-server (pinned version, loopback, temporary store), one registry and two
-# gateways under callgrind, registers 50 clusters, then counts only the measured Gets.
-# Usage: scripts/bench-instructions.sh [GETS]   (default 1000)
+# Instructions a gateway spends per REST Get, with authentication off and on, and the registry
+# per create, counted by valgrind's callgrind: the same count for the same binaries and requests
+# whatever else the machine is doing, where wall-clock comparisons on two shared cores move by
+# tens of percent. Starts a private nats-server (pinned version, loopback, temporary store), and
+# a registry and two gateways under callgrind; registers 50 clusters, counts the measured Gets,
+# then the registry's share of as many creates (each after as many calls not counted).
+# Usage: scripts/bench-instructions.sh [CALLS]   (default 1000)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 gets="${1:-1000}"
@@ -12,6 +13,7 @@ for tool in valgrind callgrind_control curl; do
   command -v "$tool" >/dev/null || { echo "$tool is needed (Debian: apt-get install valgrind curl)" >&2; exit 1; }
 done
 cargo build --release --locked -p corral-registry -p corral-gateway
+callgrind_registry=1
 source scripts/bench-common.sh
 
 # $1: a name for the files; the rest: the gateway's own arguments.
@@ -62,3 +64,28 @@ for name in plain auth; do
 done
 awk -v p="${per_get[plain]}" -v a="${per_get[auth]}" \
   'BEGIN { printf "authentication + RBAC: %+d instructions per Get (%+.1f%%)\n", a - p, (a - p) * 100 / p }'
+
+# The registry's share of a create: REST creates through the gateway without authentication, one
+# at a time over one connection; the registry decides, appends the name claim and the cluster
+# event, and applies both to its projection (given a second to settle before the count is read).
+write_creates() {
+  for i in $(seq "$1" "$2"); do
+    echo "url = \"http://$plain/api/v1/clusters\""
+    echo "data = \"{\\\"server\\\":\\\"https://create-$i.example.com\\\",\\\"name\\\":\\\"create-$i\\\"}\""
+    echo 'header = "content-type: application/json"'
+    echo "output = /dev/null"
+    if [ "$i" -lt "$2" ]; then echo next; fi
+  done
+}
+echo "$gets REST creates through the gateway without authentication, one connection, one at a time"
+write_creates 1 "$gets" >"$work/warm-up-creates.curl"
+write_creates $(( gets + 1 )) $(( 2 * gets )) >"$work/creates.curl"
+curl -sf -K "$work/warm-up-creates.curl"
+sleep 1
+callgrind_control -z "$registry_pid" >/dev/null 2>&1
+curl -sf -K "$work/creates.curl"
+sleep 1
+callgrind_control -d "$registry_pid" >/dev/null 2>&1
+for _ in $(seq 600); do ls "$work"/callgrind.registry.* >/dev/null 2>&1 && break; sleep 0.1; done
+total="$(grep -h '^summary:' "$work"/callgrind.registry.* | awk '{s += $2} END {print s}')"
+printf '%-28s %10d instructions per create\n' "Create, registry" $(( total / gets ))
