@@ -161,3 +161,80 @@ async fn a_command_expecting_a_stale_version_is_refused_and_changes_nothing() {
         other => panic!("get: {other:?}"),
     }
 }
+
+/// A command can reach a registry replica whose projection has not yet applied what the caller
+/// saw through another replica. That replica answers only once it has caught up with the log: it
+/// neither reports the cluster missing nor refuses the version the caller authorised against.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_behind_the_log_catches_up_before_answering_a_command() {
+    use corral_proto::cluster::{ClusterCreateRequest, ClusterQuery, ClusterUpdateRequest};
+    use corral_proto::registry::{Command, Query, command, query, reply};
+    use corral_proto::v1alpha1::Cluster;
+    use corral_registry::{Registry, RegistryApi, RegistryConfig};
+
+    let nats = corral_test_harness::NatsServer::start().await.expect("nats-server");
+    let client = async_nats::connect(nats.url()).await.expect("nats");
+    let log: Arc<dyn EventLog> = Arc::new(NatsLog::new(client, Default::default()).await.expect("log"));
+    let key = Arc::new(corral_secrets::SealingKey::generate());
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    let db_a = corral_registry::open_projection_db(None).expect("db");
+    let a = corral_registry::start(
+        log.clone(),
+        &db_a,
+        key.clone(),
+        RegistryConfig::default(),
+        until_stopped(stopped.clone()),
+    )
+    .await
+    .expect("replica a");
+    let server = "https://behind.example.com";
+    let cluster = Cluster { server: server.into(), name: "behind".into(), ..Default::default() };
+    let created = a
+        .command(Command {
+            kind: Some(command::Kind::Create(ClusterCreateRequest { cluster: Some(cluster), upsert: false })),
+            ..Default::default()
+        })
+        .await;
+    assert!(matches!(created.result, Some(reply::Result::Cluster(_))), "{created:?}");
+    let version = a
+        .query(Query {
+            linearizable: true,
+            kind: Some(query::Kind::Get(ClusterQuery { server: server.into(), ..Default::default() })),
+            ..Default::default()
+        })
+        .await
+        .cluster_version;
+    assert!(version >= 1);
+
+    // Replica b has applied nothing yet: its projection starts following the log only once the
+    // command is waiting on it.
+    let db_b = corral_registry::open_projection_db(None).expect("db");
+    let projection = corral_projection::Projection::open(&db_b, "registry").expect("projection");
+    let b = Registry::new(log.clone(), projection.clone(), key, RegistryConfig::default());
+    let update = Command {
+        kind: Some(command::Kind::Update(ClusterUpdateRequest {
+            cluster: Some(Cluster { labels: [("step".to_string(), "two".to_string())].into(), ..Default::default() }),
+            updated_fields: vec!["labels".into()],
+            id: Some(corral_proto::cluster::ClusterId { r#type: "name".into(), value: "behind".into() }),
+        })),
+        expected_version: version,
+        ..Default::default()
+    };
+    let pending = tokio::spawn({
+        let b = b.clone();
+        async move { b.command(update).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(b.projection().last_applied(), 0, "replica b must still be behind when the command arrives");
+    tokio::spawn(corral_projection::run(log, projection, corral_registry::read_model::fold, until_stopped(stopped)));
+    let updated = pending.await.expect("update task");
+    let Some(reply::Result::Cluster(c)) = updated.result else {
+        panic!("update through the replica behind: {updated:?}")
+    };
+    assert_eq!(c.labels.get("step").map(String::as_str), Some("two"));
+    let _ = stop.send(true);
+}

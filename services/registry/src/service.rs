@@ -119,8 +119,8 @@ impl Registry {
             correlation_id: "seed-in-cluster".into(),
             traceparent: String::new(),
         }));
-        let cmd = || ClusterCommand::Create { spec: domain::in_cluster_spec(), upsert: false };
-        self.run_command(&origin, &id, cmd).await.map(|_| ())
+        let cmd = |_: &str| Ok(ClusterCommand::Create { spec: domain::in_cluster_spec(), upsert: false });
+        self.run_command(&origin, || Ok(id.clone()), cmd).await.map(|_| ())
     }
 
     fn load(&self, id: &str) -> Result<(Option<ClusterState>, u64, Option<registry::ClusterRecord>), RegistryError> {
@@ -139,43 +139,56 @@ impl Registry {
 
     /// Decides `command` on fresh state and appends the result, retrying on lost races. Returns
     /// the revision and the rendered cluster (None when the cluster no longer exists).
+    ///
+    /// Every attempt resolves the cluster afresh: after a lost race the name may belong to
+    /// another cluster. This replica's projection may also not yet hold what the caller saw (a
+    /// cluster created through another replica, a version the caller authorised against), so
+    /// NotFound and Changed are answered only once it has caught up with the log.
     async fn run_command(
         &self,
         origin: &Origin,
-        id: &str,
-        command: impl Fn() -> ClusterCommand,
+        resolve: impl Fn() -> Result<String, RegistryError>,
+        command: impl Fn(&str) -> Result<ClusterCommand, RegistryError>,
     ) -> Result<(u64, Option<v1alpha1::Cluster>), RegistryError> {
+        let mut caught_up = false;
         for attempt in 0..self.config.max_attempts {
-            let (state, subject_seq, rec) = self.load(id)?;
-            let version = rec.as_ref().map(|r| r.version).unwrap_or(0);
-            if origin.expected_version != 0 && origin.expected_version != version {
-                return Err(RegistryError::Changed);
-            }
-            let events = domain::decide(&state, command())?;
-            if events.is_empty() {
-                let rec = cluster_record(&self.projection, id)?;
-                return Ok((
-                    self.projection.last_applied(),
-                    rec.filter(|r| !r.deleted).map(|r| read_model::render(&r)),
-                ));
-            }
-            match self.commit(origin, id, &state, (subject_seq, version), &events).await {
-                Ok((revision, appended)) => {
-                    // Render from our own events rather than wait for the projection to apply them.
-                    let mut rec = rec;
-                    for (seq, env) in &appended {
-                        rec = Some(read_model::fold_cluster(rec, id, *seq, env)?);
-                    }
-                    return Ok((revision, rec.filter(|r| !r.deleted).map(|r| read_model::render(&r))));
-                }
+            match self.attempt_command(origin, &resolve, &command).await {
                 Err(RegistryError::Conflict) => {
-                    tracing::debug!(cluster_id = id, attempt, "append conflict; retrying on fresh state");
-                    self.catch_up().await?;
+                    tracing::debug!(attempt, "append conflict; retrying on fresh state");
                 }
-                Err(e) => return Err(e),
+                Err(RegistryError::NotFound(_) | RegistryError::Changed) if !caught_up => {}
+                other => return other,
             }
+            self.catch_up().await?;
+            caught_up = true;
         }
         Err(RegistryError::Conflict)
+    }
+
+    async fn attempt_command(
+        &self,
+        origin: &Origin,
+        resolve: &impl Fn() -> Result<String, RegistryError>,
+        command: &impl Fn(&str) -> Result<ClusterCommand, RegistryError>,
+    ) -> Result<(u64, Option<v1alpha1::Cluster>), RegistryError> {
+        let id = resolve()?;
+        let (state, subject_seq, rec) = self.load(&id)?;
+        let version = rec.as_ref().map(|r| r.version).unwrap_or(0);
+        if origin.expected_version != 0 && origin.expected_version != version {
+            return Err(RegistryError::Changed);
+        }
+        let events = domain::decide(&state, command(&id)?)?;
+        if events.is_empty() {
+            let rec = cluster_record(&self.projection, &id)?;
+            return Ok((self.projection.last_applied(), rec.filter(|r| !r.deleted).map(|r| read_model::render(&r))));
+        }
+        let (revision, appended) = self.commit(origin, &id, &state, (subject_seq, version), &events).await?;
+        // Render from our own events rather than wait for the projection to apply them.
+        let mut rec = rec;
+        for (seq, env) in &appended {
+            rec = Some(read_model::fold_cluster(rec, &id, *seq, env)?);
+        }
+        Ok((revision, rec.filter(|r| !r.deleted).map(|r| read_model::render(&r))))
     }
 
     /// Appends the command's events as one atomic batch, with the name claim and release that a
@@ -382,8 +395,9 @@ impl Registry {
         domain::validate(&spec)?;
         let id = domain::cluster_id(&spec.server);
         let upsert = req.upsert;
-        let (rev, cluster) =
-            self.run_command(origin, &id, || ClusterCommand::Create { spec: spec.clone(), upsert }).await?;
+        let (rev, cluster) = self
+            .run_command(origin, || Ok(id.clone()), |_| Ok(ClusterCommand::Create { spec: spec.clone(), upsert }))
+            .await?;
         let cluster =
             cluster.ok_or_else(|| RegistryError::Internal("created cluster missing from projection".into()))?;
         Ok((rev, cluster))
@@ -401,26 +415,28 @@ impl Registry {
             id: req.id.clone(),
             selector: String::new(),
         };
-        let id = self.live_id(&query)?;
-        let mut patch = ClusterSpec::from_api(&api);
-        if patch.server.is_empty()
-            && let Some(spec) = cluster_record(&self.projection, &id)?.and_then(|r| r.spec)
-        {
-            patch.server = spec.server;
-        }
-        let fields = req.updated_fields.clone();
+        let patch = ClusterSpec::from_api(&api);
+        let fields = req.updated_fields;
         let (rev, cluster) = self
-            .run_command(origin, &id, || ClusterCommand::Update {
-                patch: patch.clone(),
-                updated_fields: fields.clone(),
-            })
+            .run_command(
+                origin,
+                || self.live_id(&query),
+                |id| {
+                    let mut patch = patch.clone();
+                    if patch.server.is_empty()
+                        && let Some(spec) = cluster_record(&self.projection, id)?.and_then(|r| r.spec)
+                    {
+                        patch.server = spec.server;
+                    }
+                    Ok(ClusterCommand::Update { patch, updated_fields: fields.clone() })
+                },
+            )
             .await?;
         Ok((rev, cluster.ok_or_else(|| Self::not_found(&query))?))
     }
 
     async fn delete(&self, origin: &Origin, q: ClusterQuery) -> Result<u64, RegistryError> {
-        let id = self.live_id(&q)?;
-        let (rev, _) = self.run_command(origin, &id, || ClusterCommand::Delete).await?;
+        let (rev, _) = self.run_command(origin, || self.live_id(&q), |_| Ok(ClusterCommand::Delete)).await?;
         Ok(rev)
     }
 
@@ -429,9 +445,9 @@ impl Registry {
         origin: &Origin,
         q: ClusterQuery,
     ) -> Result<(u64, v1alpha1::Cluster), RegistryError> {
-        let id = self.live_id(&q)?;
         let at = Utc::now();
-        let (rev, cluster) = self.run_command(origin, &id, || ClusterCommand::RequestRefresh { at }).await?;
+        let (rev, cluster) =
+            self.run_command(origin, || self.live_id(&q), |_| Ok(ClusterCommand::RequestRefresh { at })).await?;
         Ok((rev, cluster.ok_or_else(|| Self::not_found(&q))?))
     }
 
