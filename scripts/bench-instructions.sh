@@ -20,7 +20,7 @@ source scripts/bench-common.sh
 declare -A gateway_pid
 start_gateway() {
   local name="$1"; shift
-  valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.$name" \
+  valgrind --tool=callgrind --fair-sched=yes --callgrind-out-file="$work/callgrind.$name" \
     target/release/corral-gateway --nats-url "$nats_url" --listen 127.0.0.1:0 "$@" \
     >"$work/$name.out" 2>"$work/$name.err" &
   pids+=($!)
@@ -36,12 +36,23 @@ for i in $(seq 50); do
   curl -sf -o /dev/null -X POST "http://$plain/api/v1/clusters" -H 'content-type: application/json' \
     -d "{\"server\":\"https://bench-$i.example.com\",\"name\":\"bench-$i\"}"
 done
-token="$(curl -sf -X POST "http://$auth/api/v1/session" \
-  -d "{\"username\":\"admin\",\"password\":\"$CORRAL_ADMIN_PASSWORD\"}" | sed -n 's/.*"token":"\([^"]*\)".*/\1/p')"
+# The password and the token go in files, not on command lines where other users could read them.
+(umask 077; printf '{"username":"admin","password":"%s"}' "$CORRAL_ADMIN_PASSWORD" >"$work/login.json")
+token="$(curl -sf -X POST "http://$auth/api/v1/session" -d @"$work/login.json" | sed -n 's/.*"token":"\([^"]*\)".*/\1/p')"
 [ -n "$token" ] || { echo "login failed" >&2; exit 1; }
-# The token goes in a header file, not on the command line where other users could read it.
-printf 'Authorization: Bearer %s\n' "$token" >"$work/auth.header"
-chmod 600 "$work/auth.header"
+(umask 077; printf 'Authorization: Bearer %s\n' "$token" >"$work/auth.header")
+
+# Instructions process $2 spends while curl runs the config $3 (with the rest of the arguments),
+# summed over its threads, into the callgrind files $work/callgrind.$1.*.
+count_instructions() {
+  local name="$1" pid="$2" config="$3"; shift 3
+  callgrind_control -z "$pid" >/dev/null 2>&1
+  curl -sf "$@" -K "$config"
+  sleep 1  # what the calls set off (a projection applying its events) is counted too
+  callgrind_control -d "$pid" >/dev/null 2>&1
+  for _ in $(seq 600); do ls "$work"/callgrind."$name".* >/dev/null 2>&1 && break; sleep 0.1; done
+  grep -h '^summary:' "$work"/callgrind."$name".* | awk '{s += $2} END {print s}'
+}
 
 echo "nats-server $nats_version; $gets REST Gets per gateway, one connection, one at a time"
 declare -A per_get
@@ -52,13 +63,8 @@ for name in plain auth; do
     echo "url = \"http://$address/api/v1/clusters/https%3A%2F%2Fbench-$(( i % 50 + 1 )).example.com\""
     echo "output = /dev/null"
   done >"$work/$name.curl"
-  pid="${gateway_pid[$name]}"
   curl -sf -H @"$work/auth.header" -K "$work/$name.curl"  # warm-up, not counted
-  callgrind_control -z "$pid" >/dev/null 2>&1
-  curl -sf -H @"$work/auth.header" -K "$work/$name.curl"
-  callgrind_control -d "$pid" >/dev/null 2>&1
-  for _ in $(seq 50); do ls "$work"/callgrind.$name.* >/dev/null 2>&1 && break; sleep 0.1; done
-  total="$(grep -h '^summary:' "$work"/callgrind.$name.* | awk '{s += $2} END {print s}')"
+  total="$(count_instructions "$name" "${gateway_pid[$name]}" "$work/$name.curl" -H @"$work/auth.header")"
   per_get[$name]=$(( total / gets ))
   printf '%-28s %10d instructions per Get\n' "Get, authentication $([ "$name" = auth ] && echo on || echo off)" "${per_get[$name]}"
 done
@@ -67,7 +73,7 @@ awk -v p="${per_get[plain]}" -v a="${per_get[auth]}" \
 
 # The registry's share of a create: REST creates through the gateway without authentication, one
 # at a time over one connection; the registry decides, appends the name claim and the cluster
-# event, and applies both to its projection (given a second to settle before the count is read).
+# event, and applies both to its projection.
 write_creates() {
   for i in $(seq "$1" "$2"); do
     echo "url = \"http://$plain/api/v1/clusters\""
@@ -81,11 +87,6 @@ echo "$gets REST creates through the gateway without authentication, one connect
 write_creates 1 "$gets" >"$work/warm-up-creates.curl"
 write_creates $(( gets + 1 )) $(( 2 * gets )) >"$work/creates.curl"
 curl -sf -K "$work/warm-up-creates.curl"
-sleep 1
-callgrind_control -z "$registry_pid" >/dev/null 2>&1
-curl -sf -K "$work/creates.curl"
-sleep 1
-callgrind_control -d "$registry_pid" >/dev/null 2>&1
-for _ in $(seq 600); do ls "$work"/callgrind.registry.* >/dev/null 2>&1 && break; sleep 0.1; done
-total="$(grep -h '^summary:' "$work"/callgrind.registry.* | awk '{s += $2} END {print s}')"
+sleep 1  # the warm-up's events applied before the count starts
+total="$(count_instructions registry "$registry_pid" "$work/creates.curl")"
 printf '%-28s %10d instructions per create\n' "Create, registry" $(( total / gets ))

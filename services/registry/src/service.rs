@@ -119,7 +119,7 @@ impl Registry {
             correlation_id: "seed-in-cluster".into(),
             traceparent: String::new(),
         }));
-        let cmd = |_: &str| Ok(ClusterCommand::Create { spec: domain::in_cluster_spec(), upsert: false });
+        let cmd = |_: &Option<ClusterState>| ClusterCommand::Create { spec: domain::in_cluster_spec(), upsert: false };
         self.run_command(&origin, || Ok(id.clone()), cmd).await.map(|_| ())
     }
 
@@ -148,7 +148,7 @@ impl Registry {
         &self,
         origin: &Origin,
         resolve: impl Fn() -> Result<String, RegistryError>,
-        command: impl Fn(&str) -> Result<ClusterCommand, RegistryError>,
+        command: impl Fn(&Option<ClusterState>) -> ClusterCommand,
     ) -> Result<(u64, Option<v1alpha1::Cluster>), RegistryError> {
         let mut caught_up = false;
         for attempt in 0..self.config.max_attempts {
@@ -169,7 +169,7 @@ impl Registry {
         &self,
         origin: &Origin,
         resolve: &impl Fn() -> Result<String, RegistryError>,
-        command: &impl Fn(&str) -> Result<ClusterCommand, RegistryError>,
+        command: &impl Fn(&Option<ClusterState>) -> ClusterCommand,
     ) -> Result<(u64, Option<v1alpha1::Cluster>), RegistryError> {
         let id = resolve()?;
         let (state, subject_seq, rec) = self.load(&id)?;
@@ -177,7 +177,7 @@ impl Registry {
         if origin.expected_version != 0 && origin.expected_version != version {
             return Err(RegistryError::Changed);
         }
-        let events = domain::decide(&state, command(&id)?)?;
+        let events = domain::decide(&state, command(&state))?;
         if events.is_empty() {
             let rec = cluster_record(&self.projection, &id)?;
             return Ok((self.projection.last_applied(), rec.filter(|r| !r.deleted).map(|r| read_model::render(&r))));
@@ -396,7 +396,7 @@ impl Registry {
         let id = domain::cluster_id(&spec.server);
         let upsert = req.upsert;
         let (rev, cluster) = self
-            .run_command(origin, || Ok(id.clone()), |_| Ok(ClusterCommand::Create { spec: spec.clone(), upsert }))
+            .run_command(origin, || Ok(id.clone()), |_| ClusterCommand::Create { spec: spec.clone(), upsert })
             .await?;
         let cluster =
             cluster.ok_or_else(|| RegistryError::Internal("created cluster missing from projection".into()))?;
@@ -421,14 +421,14 @@ impl Registry {
             .run_command(
                 origin,
                 || self.live_id(&query),
-                |id| {
+                |state| {
                     let mut patch = patch.clone();
                     if patch.server.is_empty()
-                        && let Some(spec) = cluster_record(&self.projection, id)?.and_then(|r| r.spec)
+                        && let Some(current) = state
                     {
-                        patch.server = spec.server;
+                        patch.server = current.spec.server.clone();
                     }
-                    Ok(ClusterCommand::Update { patch, updated_fields: fields.clone() })
+                    ClusterCommand::Update { patch, updated_fields: fields.clone() }
                 },
             )
             .await?;
@@ -436,7 +436,7 @@ impl Registry {
     }
 
     async fn delete(&self, origin: &Origin, q: ClusterQuery) -> Result<u64, RegistryError> {
-        let (rev, _) = self.run_command(origin, || self.live_id(&q), |_| Ok(ClusterCommand::Delete)).await?;
+        let (rev, _) = self.run_command(origin, || self.live_id(&q), |_| ClusterCommand::Delete).await?;
         Ok(rev)
     }
 
@@ -447,7 +447,7 @@ impl Registry {
     ) -> Result<(u64, v1alpha1::Cluster), RegistryError> {
         let at = Utc::now();
         let (rev, cluster) =
-            self.run_command(origin, || self.live_id(&q), |_| Ok(ClusterCommand::RequestRefresh { at })).await?;
+            self.run_command(origin, || self.live_id(&q), |_| ClusterCommand::RequestRefresh { at }).await?;
         Ok((rev, cluster.ok_or_else(|| Self::not_found(&q))?))
     }
 
