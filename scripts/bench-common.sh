@@ -8,7 +8,8 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 
 "$nats_bin" -js -a 127.0.0.1 -p -1 -sd "$work/nats" >"$work/nats.log" 2>&1 &
-pids+=($!)
+nats_pid=$!
+pids+=($nats_pid)
 for _ in $(seq 100); do grep -q "Server is ready" "$work/nats.log" && break; sleep 0.1; done
 port="$(grep -o 'client connections on 127.0.0.1:[0-9]*' "$work/nats.log" | head -1 | sed 's/.*://')"
 nats_url="nats://127.0.0.1:$port"

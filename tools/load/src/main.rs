@@ -3,6 +3,8 @@
 //! the same run: a bare tonic unary round trip (an in-process echo server on loopback) and a bare
 //! JetStream publish-with-ack on the given NATS server.
 
+mod cpu;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -52,6 +54,10 @@ struct Args {
     /// Its password.
     #[arg(long, env = "CORRAL_LOAD_PASSWORD", default_value = "")]
     password: String,
+    /// A process of the deployment, as NAME=PID, whose CPU time per operation is printed with
+    /// each phase (this tool's own always is). Repeat for each process.
+    #[arg(long = "cpu-of", value_parser = cpu::parse_named_pid)]
+    cpu_of: Vec<(String, u32)>,
 }
 
 /// Sends the session token with every call, as an Argo CD client does.
@@ -84,6 +90,8 @@ struct Stats {
     samples: Vec<Duration>,
     elapsed: Duration,
     errors: usize,
+    /// CPU time each watched process spent during the phase.
+    cpu: Vec<(String, Duration)>,
 }
 
 impl Stats {
@@ -111,6 +119,7 @@ where
 {
     let op = Arc::new(op);
     let counter = Arc::new(AtomicUsize::new(0));
+    let cpu_before = cpu::snapshot();
     let started = Instant::now();
     let deadline = started + Duration::from_secs(seconds);
     let mut tasks = Vec::new();
@@ -143,8 +152,9 @@ where
         }
     }
     let elapsed = started.elapsed();
+    let cpu = cpu::spent(&cpu_before, &cpu::snapshot());
     samples.sort();
-    Stats { name: name.to_string(), samples, elapsed, errors }
+    Stats { name: name.to_string(), samples, elapsed, errors, cpu }
 }
 
 struct Echo;
@@ -210,6 +220,9 @@ fn report(stats: &Stats, floor: Option<(&str, Duration)>) {
         stats.errors,
         ratio
     );
+    if let Some(line) = cpu::per_op_line(&stats.cpu, stats.samples.len() + stats.errors, stats.elapsed) {
+        println!("{line}");
+    }
 }
 
 // The same allocator as the services, so the client takes no more of the shared cores than it must.
@@ -219,6 +232,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    cpu::watch(args.cpu_of.clone());
     let c = args.concurrency;
 
     // Floors, measured on this machine in this run.
