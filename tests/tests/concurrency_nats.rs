@@ -162,79 +162,177 @@ async fn a_command_expecting_a_stale_version_is_refused_and_changes_nothing() {
     }
 }
 
+/// A nats-server with registry replica `a` running on it, and what a second replica `b` needs.
+struct ReplicaA {
+    _nats: corral_test_harness::NatsServer,
+    log: Arc<dyn EventLog>,
+    key: Arc<corral_secrets::SealingKey>,
+    a: Arc<corral_registry::Registry>,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl ReplicaA {
+    async fn start() -> ReplicaA {
+        let nats = corral_test_harness::NatsServer::start().await.expect("nats-server");
+        let client = async_nats::connect(nats.url()).await.expect("nats");
+        let log: Arc<dyn EventLog> = Arc::new(NatsLog::new(client, Default::default()).await.expect("log"));
+        let key = Arc::new(corral_secrets::SealingKey::generate());
+        let (stop, _) = tokio::sync::watch::channel(false);
+        let db = corral_registry::open_projection_db(None).expect("db");
+        let until_stopped = Self::until(&stop);
+        let a = corral_registry::start(log.clone(), &db, key.clone(), Default::default(), until_stopped)
+            .await
+            .expect("replica a");
+        // The replica's projection holds the database open.
+        ReplicaA { _nats: nats, log, key, a, stop }
+    }
+
+    fn until(stop: &tokio::sync::watch::Sender<bool>) -> impl std::future::Future<Output = ()> + use<> {
+        let mut rx = stop.subscribe();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    }
+
+    /// Replica b, on a projection of its own that follows nothing yet.
+    fn replica_b(&self) -> (Arc<corral_registry::Registry>, corral_projection::Projection) {
+        let db = corral_registry::open_projection_db(None).expect("db");
+        let projection = corral_projection::Projection::open(&db, "registry").expect("projection");
+        let b =
+            corral_registry::Registry::new(self.log.clone(), projection.clone(), self.key.clone(), Default::default());
+        (b, projection)
+    }
+
+    /// Makes `projection` follow the log until the test ends.
+    fn follow(&self, projection: corral_projection::Projection) {
+        let fold = corral_registry::read_model::fold;
+        tokio::spawn(corral_projection::run(self.log.clone(), projection, fold, Self::until(&self.stop)));
+    }
+
+    /// Creates cluster `name` through replica a; the revision.
+    async fn create(&self, server: &str, name: &str) -> u64 {
+        use corral_proto::cluster::ClusterCreateRequest;
+        use corral_proto::registry::{Command, command, reply};
+        use corral_registry::RegistryApi;
+        let cluster =
+            corral_proto::v1alpha1::Cluster { server: server.into(), name: name.into(), ..Default::default() };
+        let created = self
+            .a
+            .command(Command {
+                kind: Some(command::Kind::Create(ClusterCreateRequest { cluster: Some(cluster), upsert: false })),
+                ..Default::default()
+            })
+            .await;
+        assert!(matches!(created.result, Some(reply::Result::Cluster(_))), "{created:?}");
+        created.revision
+    }
+
+    /// Cluster `name`'s version, as replica a sees it after catching up.
+    async fn version(&self, name: &str) -> u64 {
+        use corral_proto::cluster::ClusterQuery;
+        use corral_proto::registry::{Query, query};
+        use corral_registry::RegistryApi;
+        self.a
+            .query(Query {
+                linearizable: true,
+                kind: Some(query::Kind::Get(ClusterQuery { name: name.into(), ..Default::default() })),
+                ..Default::default()
+            })
+            .await
+            .cluster_version
+    }
+}
+
+impl Drop for ReplicaA {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// An update of cluster `name`'s labels that applies only to `expected_version`.
+fn label_update(name: &str, step: &str, expected_version: u64) -> corral_proto::registry::Command {
+    use corral_proto::cluster::{ClusterId, ClusterUpdateRequest};
+    use corral_proto::registry::{Command, command};
+    Command {
+        kind: Some(command::Kind::Update(ClusterUpdateRequest {
+            cluster: Some(corral_proto::v1alpha1::Cluster {
+                labels: [("step".to_string(), step.to_string())].into(),
+                ..Default::default()
+            }),
+            updated_fields: vec!["labels".into()],
+            id: Some(ClusterId { r#type: "name".into(), value: name.into() }),
+        })),
+        expected_version,
+        ..Default::default()
+    }
+}
+
+/// The labels a command's reply shows.
+fn replied_step(r: &corral_proto::registry::Reply) -> Option<String> {
+    match &r.result {
+        Some(corral_proto::registry::reply::Result::Cluster(c)) => c.labels.get("step").cloned(),
+        _ => panic!("unexpected reply: {r:?}"),
+    }
+}
+
 /// A command can reach a registry replica whose projection has not yet applied what the caller
 /// saw through another replica. That replica answers only once it has caught up with the log: it
 /// neither reports the cluster missing nor refuses the version the caller authorised against.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_behind_the_log_catches_up_before_answering_a_command() {
-    use corral_proto::cluster::{ClusterCreateRequest, ClusterQuery, ClusterUpdateRequest};
-    use corral_proto::registry::{Command, Query, command, query, reply};
-    use corral_proto::v1alpha1::Cluster;
-    use corral_registry::{Registry, RegistryApi, RegistryConfig};
-
-    let nats = corral_test_harness::NatsServer::start().await.expect("nats-server");
-    let client = async_nats::connect(nats.url()).await.expect("nats");
-    let log: Arc<dyn EventLog> = Arc::new(NatsLog::new(client, Default::default()).await.expect("log"));
-    let key = Arc::new(corral_secrets::SealingKey::generate());
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
-
-    let db_a = corral_registry::open_projection_db(None).expect("db");
-    let a = corral_registry::start(
-        log.clone(),
-        &db_a,
-        key.clone(),
-        RegistryConfig::default(),
-        until_stopped(stopped.clone()),
-    )
-    .await
-    .expect("replica a");
-    let server = "https://behind.example.com";
-    let cluster = Cluster { server: server.into(), name: "behind".into(), ..Default::default() };
-    let created = a
-        .command(Command {
-            kind: Some(command::Kind::Create(ClusterCreateRequest { cluster: Some(cluster), upsert: false })),
-            ..Default::default()
-        })
-        .await;
-    assert!(matches!(created.result, Some(reply::Result::Cluster(_))), "{created:?}");
-    let version = a
-        .query(Query {
-            linearizable: true,
-            kind: Some(query::Kind::Get(ClusterQuery { server: server.into(), ..Default::default() })),
-            ..Default::default()
-        })
-        .await
-        .cluster_version;
+    use corral_registry::RegistryApi;
+    let r = ReplicaA::start().await;
+    r.create("https://behind.example.com", "behind").await;
+    let version = r.version("behind").await;
     assert!(version >= 1);
 
     // Replica b has applied nothing yet: its projection starts following the log only once the
     // command is waiting on it.
-    let db_b = corral_registry::open_projection_db(None).expect("db");
-    let projection = corral_projection::Projection::open(&db_b, "registry").expect("projection");
-    let b = Registry::new(log.clone(), projection.clone(), key, RegistryConfig::default());
-    let update = Command {
-        kind: Some(command::Kind::Update(ClusterUpdateRequest {
-            cluster: Some(Cluster { labels: [("step".to_string(), "two".to_string())].into(), ..Default::default() }),
-            updated_fields: vec!["labels".into()],
-            id: Some(corral_proto::cluster::ClusterId { r#type: "name".into(), value: "behind".into() }),
-        })),
-        expected_version: version,
-        ..Default::default()
-    };
+    let (b, projection) = r.replica_b();
     let pending = tokio::spawn({
         let b = b.clone();
-        async move { b.command(update).await }
+        async move { b.command(label_update("behind", "two", version)).await }
     });
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     assert_eq!(b.projection().last_applied(), 0, "replica b must still be behind when the command arrives");
-    tokio::spawn(corral_projection::run(log, projection, corral_registry::read_model::fold, until_stopped(stopped)));
+    r.follow(projection);
     let updated = pending.await.expect("update task");
-    let Some(reply::Result::Cluster(c)) = updated.result else {
-        panic!("update through the replica behind: {updated:?}")
-    };
-    assert_eq!(c.labels.get("step").map(String::as_str), Some("two"));
-    let _ = stop.send(true);
+    assert_eq!(replied_step(&updated).as_deref(), Some("two"));
+}
+
+/// A replica that holds the cluster, but an older version of it than the caller authorised
+/// against, catches up before it judges the version: it does not refuse the command as changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_with_an_older_version_catches_up_before_refusing_a_command_as_changed() {
+    use corral_registry::RegistryApi;
+    let r = ReplicaA::start().await;
+    let created_at = r.create("https://older.example.com", "older").await;
+
+    // Replica b follows the log up to the create, then pauses.
+    let (b, projection) = r.replica_b();
+    let (pause, _) = tokio::sync::watch::channel(false);
+    let fold = corral_registry::read_model::fold;
+    let follower =
+        tokio::spawn(corral_projection::run(r.log.clone(), projection.clone(), fold, ReplicaA::until(&pause)));
+    projection.wait_for(created_at, std::time::Duration::from_secs(10)).await.expect("b applies the create");
+    let _ = pause.send(true);
+    follower.await.expect("follower task").expect("follower");
+
+    // The cluster moves on through replica a; the caller authorises against the new version.
+    let moved = r.a.command(label_update("older", "one", 0)).await;
+    assert_eq!(replied_step(&moved).as_deref(), Some("one"));
+    let version = r.version("older").await;
+    assert!(version >= 2, "version {version}");
+
+    let pending = tokio::spawn({
+        let b = b.clone();
+        async move { b.command(label_update("older", "two", version)).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(b.projection().last_applied(), created_at, "replica b must still hold the older version");
+    assert!(!pending.is_finished(), "replica b answered before catching up");
+    r.follow(projection);
+    let updated = pending.await.expect("update task");
+    assert_eq!(replied_step(&updated).as_deref(), Some("two"));
+    assert_eq!(r.version("older").await, version + 1);
 }
