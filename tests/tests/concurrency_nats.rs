@@ -203,6 +203,20 @@ impl ReplicaA {
         (b, projection)
     }
 
+    /// Replica b, having applied the log up to `seq` and paused there.
+    async fn replica_b_paused_at(&self, seq: u64) -> (Arc<corral_registry::Registry>, corral_projection::Projection) {
+        let (b, projection) = self.replica_b();
+        let (pause, _) = tokio::sync::watch::channel(false);
+        let fold = corral_registry::read_model::fold;
+        let follower =
+            tokio::spawn(corral_projection::run(self.log.clone(), projection.clone(), fold, Self::until(&pause)));
+        projection.wait_for(seq, std::time::Duration::from_secs(10)).await.expect("b applies the log");
+        let _ = pause.send(true);
+        follower.await.expect("follower task").expect("follower");
+        assert_eq!(projection.last_applied(), seq, "nothing was appended after {seq}");
+        (b, projection)
+    }
+
     /// Makes `projection` follow the log until the test ends.
     fn follow(&self, projection: corral_projection::Projection) {
         let fold = corral_registry::read_model::fold;
@@ -309,14 +323,7 @@ async fn a_replica_with_an_older_version_catches_up_before_refusing_a_command_as
     let created_at = r.create("https://older.example.com", "older").await;
 
     // Replica b follows the log up to the create, then pauses.
-    let (b, projection) = r.replica_b();
-    let (pause, _) = tokio::sync::watch::channel(false);
-    let fold = corral_registry::read_model::fold;
-    let follower =
-        tokio::spawn(corral_projection::run(r.log.clone(), projection.clone(), fold, ReplicaA::until(&pause)));
-    projection.wait_for(created_at, std::time::Duration::from_secs(10)).await.expect("b applies the create");
-    let _ = pause.send(true);
-    follower.await.expect("follower task").expect("follower");
+    let (b, projection) = r.replica_b_paused_at(created_at).await;
 
     // The cluster moves on through replica a; the caller authorises against the new version.
     let moved = r.a.command(label_update("older", "one", 0)).await;
@@ -335,4 +342,106 @@ async fn a_replica_with_an_older_version_catches_up_before_refusing_a_command_as
     let updated = pending.await.expect("update task");
     assert_eq!(replied_step(&updated).as_deref(), Some("two"));
     assert_eq!(r.version("older").await, version + 1);
+}
+
+/// Renames cluster `from` to `to`.
+fn rename(from: &str, to: &str) -> corral_proto::registry::Command {
+    use corral_proto::cluster::{ClusterId, ClusterUpdateRequest};
+    use corral_proto::registry::{Command, command};
+    Command {
+        kind: Some(command::Kind::Update(ClusterUpdateRequest {
+            cluster: Some(corral_proto::v1alpha1::Cluster { name: to.into(), ..Default::default() }),
+            updated_fields: vec!["name".into()],
+            id: Some(ClusterId { r#type: "name".into(), value: from.into() }),
+        })),
+        ..Default::default()
+    }
+}
+
+/// A command by name that loses its append race because the name moved to another cluster in
+/// the meantime applies to the cluster that holds the name now, not to the one it first found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_by_name_retried_after_a_rename_applies_to_the_cluster_holding_the_name_now() {
+    use corral_proto::cluster::ClusterQuery;
+    use corral_proto::registry::{Query, query, reply};
+    use corral_registry::RegistryApi;
+    let r = ReplicaA::start().await;
+    r.create("https://first.example.com", "x").await;
+    let created_at = r.create("https://second.example.com", "other").await;
+
+    // Replica b knows "x" as the first cluster, then pauses.
+    let (b, projection) = r.replica_b_paused_at(created_at).await;
+
+    // Through replica a, the name "x" moves to the second cluster.
+    for (from, to) in [("x", "y"), ("other", "x")] {
+        let renamed = r.a.command(rename(from, to)).await;
+        assert!(matches!(renamed.result, Some(reply::Result::Cluster(_))), "{renamed:?}");
+    }
+
+    // b's append on the first cluster loses (it moved on); b catches up and looks "x" up again.
+    let pending = tokio::spawn({
+        let b = b.clone();
+        async move { b.command(label_update("x", "two", 0)).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(b.projection().last_applied(), created_at, "replica b must still hold the old names");
+    r.follow(projection);
+    let updated = pending.await.expect("update task");
+    let Some(reply::Result::Cluster(c)) = &updated.result else { panic!("update of x: {updated:?}") };
+    assert_eq!(c.server, "https://second.example.com");
+    assert_eq!(replied_step(&updated).as_deref(), Some("two"));
+
+    let labels_of = |server: &str| {
+        let q = Query {
+            linearizable: true,
+            kind: Some(query::Kind::Get(ClusterQuery { server: server.into(), ..Default::default() })),
+            ..Default::default()
+        };
+        let a = r.a.clone();
+        async move {
+            match a.query(q).await.result {
+                Some(reply::Result::Cluster(c)) => (c.name, c.labels.get("step").cloned()),
+                other => panic!("get {other:?}"),
+            }
+        }
+    };
+    assert_eq!(labels_of("https://first.example.com").await, ("y".to_string(), None));
+    assert_eq!(labels_of("https://second.example.com").await, ("x".to_string(), Some("two".to_string())));
+}
+
+/// A name released by one command can be taken by the next at once, through any replica: a
+/// replica that still sees the name held catches up before it refuses the claim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_behind_a_rename_catches_up_before_refusing_the_released_name() {
+    use corral_proto::cluster::ClusterCreateRequest;
+    use corral_proto::registry::{Command, command, reply};
+    use corral_registry::RegistryApi;
+    let r = ReplicaA::start().await;
+    let created_at = r.create("https://holder.example.com", "taken").await;
+    let (b, projection) = r.replica_b_paused_at(created_at).await;
+    let renamed = r.a.command(rename("taken", "moved")).await;
+    assert!(matches!(renamed.result, Some(reply::Result::Cluster(_))), "{renamed:?}");
+
+    // Replica b still sees "taken" held by the first cluster.
+    let cluster = corral_proto::v1alpha1::Cluster {
+        server: "https://newcomer.example.com".into(),
+        name: "taken".into(),
+        ..Default::default()
+    };
+    let pending = tokio::spawn({
+        let b = b.clone();
+        async move {
+            b.command(Command {
+                kind: Some(command::Kind::Create(ClusterCreateRequest { cluster: Some(cluster), upsert: false })),
+                ..Default::default()
+            })
+            .await
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(!pending.is_finished(), "replica b answered before catching up");
+    r.follow(projection);
+    let created = pending.await.expect("create task");
+    let Some(reply::Result::Cluster(c)) = &created.result else { panic!("create with the released name: {created:?}") };
+    assert_eq!((c.server.as_str(), c.name.as_str()), ("https://newcomer.example.com", "taken"));
 }

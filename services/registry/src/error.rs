@@ -28,6 +28,19 @@ pub enum RegistryError {
 }
 
 impl RegistryError {
+    /// A judgement on the request against the registry's state, which a replica behind the log
+    /// may get wrong; not a failure to reach the log or to store.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            Self::InvalidArgument(_)
+                | Self::NotFound(_)
+                | Self::AlreadyExists(_)
+                | Self::FailedPrecondition(_)
+                | Self::Changed
+        )
+    }
+
     pub fn code(&self) -> Code {
         match self {
             Self::InvalidArgument(_) => Code::InvalidArgument,

@@ -142,8 +142,9 @@ impl Registry {
     ///
     /// Every attempt resolves the cluster afresh: after a lost race the name may belong to
     /// another cluster. This replica's projection may also not yet hold what the caller saw (a
-    /// cluster created through another replica, a version the caller authorised against), so
-    /// NotFound and Changed are answered only once it has caught up with the log.
+    /// cluster created through another replica, a version the caller authorised against, a name
+    /// released by the caller's previous command), so a refusal is answered only once it has
+    /// caught up with the log.
     async fn run_command(
         &self,
         origin: &Origin,
@@ -156,7 +157,7 @@ impl Registry {
                 Err(RegistryError::Conflict) => {
                     tracing::debug!(attempt, "append conflict; retrying on fresh state");
                 }
-                Err(RegistryError::NotFound(_) | RegistryError::Changed) if !caught_up => {}
+                Err(e) if !caught_up && e.is_refusal() => {}
                 other => return other,
             }
             self.catch_up().await?;

@@ -118,6 +118,7 @@ pub async fn run_all(api: &Api) {
     updated_fields(api).await;
     invalid_input_is_rejected_and_changes_nothing(api).await;
     names_are_unique(api).await;
+    released_names_can_be_taken_at_once(api).await;
     oversized_bodies_are_refused(api).await;
     invalidate_cache_and_rotate_auth(api).await;
     health_service_and_grpc_web(api).await;
@@ -385,6 +386,26 @@ pub async fn names_are_unique(api: &Api) {
     assert_error(s, &body, 409, Code::AlreadyExists, "shared-name");
     let (s, _) = rest_get(api, &format!("/api/v1/clusters/{}", escape("https://unique-b.example.com"))).await;
     assert_eq!(s, StatusCode::NOT_FOUND, "nothing stored for the refused create");
+}
+
+/// A name released by a rename can be taken by the very next request.
+pub async fn released_names_can_be_taken_at_once(api: &Api) {
+    for i in 0..20 {
+        let (holder, newcomer, name) = (
+            format!("https://holder-{i}.example.com"),
+            format!("https://newcomer-{i}.example.com"),
+            format!("relay-{i}"),
+        );
+        let (s, body) = rest_post(api, "/api/v1/clusters", cluster_json(&holder, &name)).await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+        let path = format!("/api/v1/clusters/{}?updatedFields=name", escape(&holder));
+        let (s, body) = rest_put(api, &path, json!({"server": holder, "name": format!("{name}-old")})).await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+        let (s, body) = rest_post(api, "/api/v1/clusters", cluster_json(&newcomer, &name)).await;
+        assert_eq!(s, StatusCode::OK, "round {i}: the name released just before is refused: {body}");
+        let (_, got) = rest_get(api, &format!("/api/v1/clusters/{name}?id.type=name")).await;
+        assert_eq!(got["server"], newcomer.as_str());
+    }
 }
 
 pub async fn oversized_bodies_are_refused(api: &Api) {
