@@ -238,6 +238,30 @@ fn dummy_hash() -> &'static str {
     DUMMY.get_or_init(|| hash_password(&uuid::Uuid::new_v4().to_string()).unwrap_or_default())
 }
 
+/// Whether `password` matches `hash`; with no hash, the same bcrypt work against a dummy one.
+async fn password_matches(password: &Secret<String>, hash: Option<&Secret<String>>) -> Result<bool, AuthError> {
+    let password = password.clone();
+    let hash = hash.cloned();
+    tokio::task::spawn_blocking(move || {
+        let known = hash.is_some();
+        let hash = hash.as_ref().map(|h| h.expose().as_str()).unwrap_or_else(|| dummy_hash());
+        bcrypt::verify(password.expose(), hash).unwrap_or(false) && known
+    })
+    .await
+    .map_err(|e| AuthError::Internal(e.to_string()))
+}
+
+/// A session token against the account's password as this replica knows it.
+#[derive(Debug, PartialEq, Eq)]
+enum SessionCheck {
+    /// Signed for the current password, and not logged out.
+    Current,
+    /// Signed for a password set after the one this replica knows.
+    Ahead,
+    /// Logged out, or signed for a password since replaced.
+    Refused,
+}
+
 fn generate_password() -> String {
     use rand::Rng;
     const CHARS: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
@@ -511,6 +535,41 @@ impl Auth {
         Ok(claims)
     }
 
+    fn session_password_check(&self, account: &str, claims: &Claims) -> SessionCheck {
+        let s = self.read();
+        let password_seq = s.accounts.get(account).map(|a| a.password_seq).unwrap_or(0);
+        if s.revoked_sessions.contains_key(&claims.jti) {
+            return SessionCheck::Refused;
+        }
+        match claims.pwv {
+            Some(v) if v == password_seq => SessionCheck::Current,
+            Some(v) if v > password_seq => SessionCheck::Ahead,
+            _ => SessionCheck::Refused,
+        }
+    }
+
+    /// Checks `password` against the one `stored` finds (its bcrypt hash and the sequence that
+    /// set it) and answers that sequence if it matches. A mismatch is judged again once this
+    /// replica has caught up with the log, as the password may have been set moments ago
+    /// through another replica; bcrypt runs a second time only if the stored password changed.
+    async fn password_caught_up(
+        &self,
+        password: &Secret<String>,
+        stored: impl Fn(&AuthState) -> Option<(Secret<String>, u64)>,
+    ) -> Result<Option<u64>, AuthError> {
+        let before = stored(&self.read());
+        if password_matches(password, before.as_ref().map(|(h, _)| h)).await? {
+            return Ok(before.map(|(_, seq)| seq));
+        }
+        self.barrier().await?;
+        let now = stored(&self.read());
+        let seq = |p: &Option<(Secret<String>, u64)>| p.as_ref().map(|(_, seq)| *seq);
+        if seq(&now) == seq(&before) || !password_matches(password, now.as_ref().map(|(h, _)| h)).await? {
+            return Ok(None);
+        }
+        Ok(seq(&now))
+    }
+
     /// Verifies a bearer token and says who it belongs to.
     pub async fn verify(&self, token: &str) -> Result<Principal, AuthError> {
         let claims = self.decode(token)?;
@@ -549,12 +608,15 @@ impl Auth {
                 if known(&self.read()) { Ok(principal) } else { Err(invalid_token()) }
             }
             _ => {
-                let s = self.read();
-                let password_seq = s.accounts.get(&principal.account).map(|a| a.password_seq).unwrap_or(0);
-                if s.revoked_sessions.contains_key(&claims.jti) || claims.pwv != Some(password_seq) {
-                    return Err(invalid_token());
+                // Signed for a password this replica has not applied yet (set moments ago
+                // through another replica)? Catch up once before judging.
+                if self.session_password_check(&principal.account, &claims) == SessionCheck::Ahead {
+                    self.barrier().await?;
                 }
-                Ok(principal)
+                match self.session_password_check(&principal.account, &claims) {
+                    SessionCheck::Current => Ok(principal),
+                    SessionCheck::Ahead | SessionCheck::Refused => Err(invalid_token()),
+                }
             }
         }
     }
@@ -579,29 +641,19 @@ impl Auth {
         if self.locked_out(username, source, &config) {
             return Err(AuthError::TooManyAttempts);
         }
-        let (hash, password_seq) = {
-            let s = self.read();
+        let login_password = |s: &AuthState| {
             let usable = config.account(username).is_some_and(|a| a.can(Capability::Login));
-            match s.accounts.get(username).filter(|_| usable) {
-                Some(a) => (a.password_hash.as_ref().map(|h| h.expose().clone()), a.password_seq),
-                None => (None, 0),
-            }
+            s.accounts.get(username).filter(|_| usable).and_then(|a| Some((a.password_hash.clone()?, a.password_seq)))
         };
-        let known = hash.is_some();
-        let password = Secret::new(password.to_string());
-        let matches = tokio::task::spawn_blocking(move || {
-            let hash = hash.as_deref().unwrap_or_else(|| dummy_hash());
-            bcrypt::verify(password.expose(), hash).unwrap_or(false)
-        })
-        .await
-        .map_err(|e| AuthError::Internal(e.to_string()))?;
+        // Unknown users and wrong passwords alike cost the same bcrypt work and the same wait.
+        let checked = self.password_caught_up(&Secret::new(password.to_string()), login_password).await?;
         let login_subject = state::login_subject(username);
-        if !(matches && known) {
+        let Some(password_seq) = checked else {
             let failed = ev::LoginFailed { username: username.to_string(), source: source.to_string() };
             let seq = self.append(login_subject, state::LOGIN_FAILED, &failed, None, "").await?.unwrap_or(0);
             self.wait_for(seq).await?;
             return Err(bad_login());
-        }
+        };
         let had_failures = self.read().user_failures.contains_key(username);
         if had_failures {
             let ok = ev::LoginSucceeded { username: username.to_string() };
@@ -661,16 +713,9 @@ impl Auth {
         }
         // The current password is the caller's own, as in Argo CD: an admin resetting another
         // account proves who they are, not the other account's secret.
-        let own_hash =
-            self.read().accounts.get(&who.account).and_then(|a| a.password_hash.as_ref()).map(|h| h.expose().clone());
-        let current = Secret::new(current.to_string());
-        let ok = match own_hash {
-            Some(h) => tokio::task::spawn_blocking(move || bcrypt::verify(current.expose(), &h).unwrap_or(false))
-                .await
-                .map_err(|e| AuthError::Internal(e.to_string()))?,
-            None => false,
-        };
-        if !ok {
+        let own_password =
+            |s: &AuthState| s.accounts.get(&who.account).and_then(|a| Some((a.password_hash.clone()?, a.password_seq)));
+        if self.password_caught_up(&Secret::new(current.to_string()), own_password).await?.is_none() {
             return Err(AuthError::InvalidArgument("currentPassword: current password does not match".into()));
         }
         let new = Secret::new(new.to_string());

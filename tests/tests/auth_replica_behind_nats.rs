@@ -1,0 +1,104 @@
+//! An auth replica that has not yet applied a password change made through another replica
+//! catches up with the log before it refuses the new password or a session signed for it: a
+//! client that changes its password and logs in again may reach any replica.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use corral_auth::{ADMIN, Auth, AuthConfig, InitialAdminPassword};
+use corral_event_log::{AppendOutcome, EventLog, EventStream, LogError, NatsLog, NewEvent, RecordedEvent};
+use corral_secrets::{SealingKey, Secret};
+use futures::StreamExt;
+use tokio::sync::watch;
+
+/// The real log, whose followers receive each event only once `upto` reaches its sequence: a
+/// replica held behind the log for as long as a test needs.
+struct HeldLog {
+    inner: Arc<dyn EventLog>,
+    upto: watch::Receiver<u64>,
+}
+
+impl HeldLog {
+    fn held(&self, stream: EventStream) -> EventStream {
+        let upto = self.upto.clone();
+        stream
+            .then(move |event| {
+                let mut upto = upto.clone();
+                async move {
+                    if let Ok(e) = &event {
+                        let _ = upto.wait_for(|u| *u >= e.seq).await;
+                    }
+                    event
+                }
+            })
+            .boxed()
+    }
+}
+
+#[async_trait::async_trait]
+impl EventLog for HeldLog {
+    async fn append(&self, event: NewEvent) -> Result<AppendOutcome, LogError> {
+        self.inner.append(event).await
+    }
+    async fn append_batch(&self, events: Vec<NewEvent>) -> Result<Vec<AppendOutcome>, LogError> {
+        self.inner.append_batch(events).await
+    }
+    async fn last_seq(&self) -> Result<u64, LogError> {
+        self.inner.last_seq().await
+    }
+    async fn last_subject_seq(&self, subject: &str) -> Result<u64, LogError> {
+        self.inner.last_subject_seq(subject).await
+    }
+    async fn read(&self, from_seq: u64, max: usize) -> Result<Vec<RecordedEvent>, LogError> {
+        self.inner.read(from_seq, max).await
+    }
+    async fn subscribe(&self, from_seq: u64) -> Result<EventStream, LogError> {
+        Ok(self.held(self.inner.subscribe(from_seq).await?))
+    }
+    async fn subscribe_matching(&self, from_seq: u64, filters: &[String]) -> Result<EventStream, LogError> {
+        Ok(self.held(self.inner.subscribe_matching(from_seq, filters).await?))
+    }
+    async fn last_seq_matching(&self, filters: &[String]) -> Result<u64, LogError> {
+        self.inner.last_seq_matching(filters).await
+    }
+}
+
+const OLD: &str = "old-password-1";
+const NEW: &str = "new-password-2";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_changed_through_one_replica_works_at_once_through_another() {
+    let nats = corral_test_harness::NatsServer::start().await.expect("nats-server");
+    let client = async_nats::connect(nats.url()).await.expect("nats");
+    let log: Arc<dyn EventLog> = Arc::new(NatsLog::new(client, Default::default()).await.expect("log"));
+    let key = Arc::new(SealingKey::generate());
+    let a = Auth::start(log.clone(), key.clone(), AuthConfig::default(), false).await.expect("replica a");
+    a.ensure_admin_password(InitialAdminPassword::Plain(Secret::new(OLD.into()))).await.expect("admin password");
+    let (hold, upto) = watch::channel(u64::MAX);
+    let held: Arc<dyn EventLog> = Arc::new(HeldLog { inner: log.clone(), upto });
+    let b = Auth::start(held, key, AuthConfig::default(), false).await.expect("replica b");
+    b.login(ADMIN, OLD, "").await.expect("the first password through b");
+
+    // Replica b applies nothing from here on while the password changes through a.
+    hold.send_replace(log.last_seq().await.expect("last seq"));
+    let admin = a.verify(&a.login(ADMIN, OLD, "").await.expect("login through a")).await.expect("verify");
+    a.update_password(&admin, "", OLD, NEW).await.expect("password change through a");
+    let session = a.login(ADMIN, NEW, "").await.expect("the new password through a");
+
+    let login = tokio::spawn({
+        let b = b.clone();
+        async move { b.login(ADMIN, NEW, "").await }
+    });
+    let verify = tokio::spawn({
+        let (b, session) = (b.clone(), session.clone());
+        async move { b.verify(&session).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!login.is_finished(), "b judged the new password before catching up");
+    assert!(!verify.is_finished(), "b judged the new session before catching up");
+    hold.send_replace(u64::MAX);
+    let token = login.await.expect("login task").expect("the new password through b");
+    assert_eq!(b.verify(&token).await.expect("b's own session").account, ADMIN);
+    assert_eq!(verify.await.expect("verify task").expect("a's session through b").account, ADMIN);
+    assert!(b.login(ADMIN, OLD, "").await.is_err(), "the old password still works through b");
+}
