@@ -1,6 +1,7 @@
-//! An auth replica that has not yet applied a password change made through another replica
-//! catches up with the log before it refuses the new password or a session signed for it: a
-//! client that changes its password and logs in again may reach any replica.
+//! An auth replica that has not yet applied a change made through another replica catches up
+//! with the log before it refuses a request that change allows: the new password, a session
+//! signed for it, the revocation of a token just issued. A client that changes its password and
+//! logs in again (as the argocd CLI does) may reach any replica.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,21 +67,48 @@ impl EventLog for HeldLog {
 const OLD: &str = "old-password-1";
 const NEW: &str = "new-password-2";
 
+/// Auth replicas a and b on one nats-server; b can be held behind the log.
+struct Replicas {
+    _nats: corral_test_harness::NatsServer,
+    log: Arc<dyn EventLog>,
+    a: Arc<Auth>,
+    b: Arc<Auth>,
+    hold: watch::Sender<u64>,
+}
+
+impl Replicas {
+    async fn start() -> Replicas {
+        let nats = corral_test_harness::NatsServer::start().await.expect("nats-server");
+        let client = async_nats::connect(nats.url()).await.expect("nats");
+        let log: Arc<dyn EventLog> = Arc::new(NatsLog::new(client, Default::default()).await.expect("log"));
+        let key = Arc::new(SealingKey::generate());
+        let config = || AuthConfig::from_toml(r#""accounts.ci" = "apiKey""#).expect("config");
+        let a = Auth::start(log.clone(), key.clone(), config(), false).await.expect("replica a");
+        a.ensure_admin_password(InitialAdminPassword::Plain(Secret::new(OLD.into()))).await.expect("admin password");
+        let (hold, upto) = watch::channel(u64::MAX);
+        let held: Arc<dyn EventLog> = Arc::new(HeldLog { inner: log.clone(), upto });
+        let b = Auth::start(held, key, config(), false).await.expect("replica b");
+        Replicas { _nats: nats, log, a, b, hold }
+    }
+
+    /// Replica b applies nothing appended from now on until [`Replicas::release`].
+    async fn hold_b(&self) {
+        self.hold.send_replace(self.log.last_seq().await.expect("last seq"));
+    }
+
+    fn release_b(&self) {
+        self.hold.send_replace(u64::MAX);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_password_changed_through_one_replica_works_at_once_through_another() {
-    let nats = corral_test_harness::NatsServer::start().await.expect("nats-server");
-    let client = async_nats::connect(nats.url()).await.expect("nats");
-    let log: Arc<dyn EventLog> = Arc::new(NatsLog::new(client, Default::default()).await.expect("log"));
-    let key = Arc::new(SealingKey::generate());
-    let a = Auth::start(log.clone(), key.clone(), AuthConfig::default(), false).await.expect("replica a");
-    a.ensure_admin_password(InitialAdminPassword::Plain(Secret::new(OLD.into()))).await.expect("admin password");
-    let (hold, upto) = watch::channel(u64::MAX);
-    let held: Arc<dyn EventLog> = Arc::new(HeldLog { inner: log.clone(), upto });
-    let b = Auth::start(held, key, AuthConfig::default(), false).await.expect("replica b");
+    let r = Replicas::start().await;
+    let (a, b) = (&r.a, &r.b);
     b.login(ADMIN, OLD, "").await.expect("the first password through b");
 
     // Replica b applies nothing from here on while the password changes through a.
-    hold.send_replace(log.last_seq().await.expect("last seq"));
+    r.hold_b().await;
     let admin = a.verify(&a.login(ADMIN, OLD, "").await.expect("login through a")).await.expect("verify");
     a.update_password(&admin, "", OLD, NEW).await.expect("password change through a");
     let session = a.login(ADMIN, NEW, "").await.expect("the new password through a");
@@ -96,9 +124,31 @@ async fn a_password_changed_through_one_replica_works_at_once_through_another() 
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!login.is_finished(), "b judged the new password before catching up");
     assert!(!verify.is_finished(), "b judged the new session before catching up");
-    hold.send_replace(u64::MAX);
+    r.release_b();
     let token = login.await.expect("login task").expect("the new password through b");
     assert_eq!(b.verify(&token).await.expect("b's own session").account, ADMIN);
     assert_eq!(verify.await.expect("verify task").expect("a's session through b").account, ADMIN);
     assert!(b.login(ADMIN, OLD, "").await.is_err(), "the old password still works through b");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_token_issued_through_one_replica_can_be_revoked_at_once_through_another() {
+    let r = Replicas::start().await;
+    r.hold_b().await;
+    let (token, _) = r.a.issue_api_token("ci", 0, "deploy-1", ADMIN).await.expect("issue through a");
+    let revoke = tokio::spawn({
+        let b = r.b.clone();
+        async move { b.revoke_api_token("ci", "deploy-1", ADMIN).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!revoke.is_finished(), "b refused the revocation before catching up");
+    r.release_b();
+    revoke.await.expect("revoke task").expect("revocation through b");
+    assert!(r.b.verify(&token).await.is_err(), "the revoked token still works through b");
+    // Other replicas follow within milliseconds, as the README says.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    while r.a.verify(&token).await.is_ok() {
+        assert!(tokio::time::Instant::now() < deadline, "the revoked token still works through a after 1 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

@@ -400,17 +400,32 @@ impl Auth {
         actor: &str,
         build: impl Fn(&AuthState) -> Result<M, AuthError>,
     ) -> Result<u64, AuthError> {
+        let mut caught_up = false;
         for _ in 0..APPEND_RETRIES {
-            let (payload, expected) = {
+            let built = {
                 let s = self.read();
-                (build(&s)?, s.subject_seq(account))
+                build(&s).map(|payload| (payload, s.subject_seq(account)))
+            };
+            let (payload, expected) = match built {
+                Ok(b) => b,
+                // A refusal judged on what this replica has applied so far (a token issued moments
+                // ago through another replica, say) is judged again once it has caught up.
+                Err(_) if !caught_up => {
+                    self.barrier().await?;
+                    caught_up = true;
+                    continue;
+                }
+                Err(e) => return Err(e),
             };
             match self.append(state::account_subject(account), event_type, &payload, Some(expected), actor).await? {
                 Ok(seq) => {
                     self.wait_for(seq).await?;
                     return Ok(seq);
                 }
-                Err(()) => self.barrier().await?,
+                Err(()) => {
+                    self.barrier().await?;
+                    caught_up = true;
+                }
             }
         }
         Err(AuthError::Unavailable(format!("account {account} is changing too fast; retry")))
