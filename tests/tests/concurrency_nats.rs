@@ -217,6 +217,28 @@ impl ReplicaA {
         (b, projection)
     }
 
+    /// Sends `command` to replica b while its projection is held, checks that b has not answered
+    /// 200 ms later (it is waiting to catch up), then lets the projection follow the log; b's
+    /// answer.
+    async fn answer_once_caught_up(
+        &self,
+        b: &Arc<corral_registry::Registry>,
+        projection: corral_projection::Projection,
+        command: corral_proto::registry::Command,
+    ) -> corral_proto::registry::Reply {
+        use corral_registry::RegistryApi;
+        let held_at = projection.last_applied();
+        let pending = tokio::spawn({
+            let b = b.clone();
+            async move { b.command(command).await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert_eq!(projection.last_applied(), held_at, "replica b's projection moved while held");
+        assert!(!pending.is_finished(), "replica b answered before catching up with the log");
+        self.follow(projection);
+        pending.await.expect("command task")
+    }
+
     /// Makes `projection` follow the log until the test ends.
     fn follow(&self, projection: corral_projection::Projection) {
         let fold = corral_registry::read_model::fold;
@@ -294,7 +316,6 @@ fn replied_step(r: &corral_proto::registry::Reply) -> Option<String> {
 /// neither reports the cluster missing nor refuses the version the caller authorised against.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_behind_the_log_catches_up_before_answering_a_command() {
-    use corral_registry::RegistryApi;
     let r = ReplicaA::start().await;
     r.create("https://behind.example.com", "behind").await;
     let version = r.version("behind").await;
@@ -303,14 +324,7 @@ async fn a_replica_behind_the_log_catches_up_before_answering_a_command() {
     // Replica b has applied nothing yet: its projection starts following the log only once the
     // command is waiting on it.
     let (b, projection) = r.replica_b();
-    let pending = tokio::spawn({
-        let b = b.clone();
-        async move { b.command(label_update("behind", "two", version)).await }
-    });
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    assert_eq!(b.projection().last_applied(), 0, "replica b must still be behind when the command arrives");
-    r.follow(projection);
-    let updated = pending.await.expect("update task");
+    let updated = r.answer_once_caught_up(&b, projection, label_update("behind", "two", version)).await;
     assert_eq!(replied_step(&updated).as_deref(), Some("two"));
 }
 
@@ -331,15 +345,7 @@ async fn a_replica_with_an_older_version_catches_up_before_refusing_a_command_as
     let version = r.version("older").await;
     assert!(version >= 2, "version {version}");
 
-    let pending = tokio::spawn({
-        let b = b.clone();
-        async move { b.command(label_update("older", "two", version)).await }
-    });
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    assert_eq!(b.projection().last_applied(), created_at, "replica b must still hold the older version");
-    assert!(!pending.is_finished(), "replica b answered before catching up");
-    r.follow(projection);
-    let updated = pending.await.expect("update task");
+    let updated = r.answer_once_caught_up(&b, projection, label_update("older", "two", version)).await;
     assert_eq!(replied_step(&updated).as_deref(), Some("two"));
     assert_eq!(r.version("older").await, version + 1);
 }
@@ -379,14 +385,7 @@ async fn a_command_by_name_retried_after_a_rename_applies_to_the_cluster_holding
     }
 
     // b's append on the first cluster loses (it moved on); b catches up and looks "x" up again.
-    let pending = tokio::spawn({
-        let b = b.clone();
-        async move { b.command(label_update("x", "two", 0)).await }
-    });
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    assert_eq!(b.projection().last_applied(), created_at, "replica b must still hold the old names");
-    r.follow(projection);
-    let updated = pending.await.expect("update task");
+    let updated = r.answer_once_caught_up(&b, projection, label_update("x", "two", 0)).await;
     let Some(reply::Result::Cluster(c)) = &updated.result else { panic!("update of x: {updated:?}") };
     assert_eq!(c.server, "https://second.example.com");
     assert_eq!(replied_step(&updated).as_deref(), Some("two"));
@@ -428,20 +427,82 @@ async fn a_replica_behind_a_rename_catches_up_before_refusing_the_released_name(
         name: "taken".into(),
         ..Default::default()
     };
-    let pending = tokio::spawn({
-        let b = b.clone();
-        async move {
-            b.command(Command {
-                kind: Some(command::Kind::Create(ClusterCreateRequest { cluster: Some(cluster), upsert: false })),
-                ..Default::default()
-            })
-            .await
-        }
-    });
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    assert!(!pending.is_finished(), "replica b answered before catching up");
-    r.follow(projection);
-    let created = pending.await.expect("create task");
+    let create = Command {
+        kind: Some(command::Kind::Create(ClusterCreateRequest { cluster: Some(cluster), upsert: false })),
+        ..Default::default()
+    };
+    let created = r.answer_once_caught_up(&b, projection, create).await;
     let Some(reply::Result::Cluster(c)) = &created.result else { panic!("create with the released name: {created:?}") };
     assert_eq!((c.server.as_str(), c.name.as_str()), ("https://newcomer.example.com", "taken"));
+}
+
+/// A command that would change nothing on a replica's stale state may still change the cluster:
+/// it undoes a change the replica has not applied yet. The replica answers "nothing to change"
+/// only once caught up, so the command is not acknowledged and lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_behind_the_log_does_not_drop_a_command_that_undoes_what_it_has_not_seen() {
+    use corral_proto::cluster::{ClusterId, ClusterQuery, ClusterUpdateRequest};
+    use corral_proto::registry::{Command, Query, command, query, reply};
+    use corral_registry::RegistryApi;
+    let r = ReplicaA::start().await;
+    let created_at = r.create("https://undo.example.com", "undo").await;
+    let (b, projection) = r.replica_b_paused_at(created_at).await;
+    let labelled = r.a.command(label_update("undo", "one", 0)).await;
+    assert_eq!(replied_step(&labelled).as_deref(), Some("one"));
+
+    // Through b, which still sees the cluster without labels: clear them.
+    let clear = Command {
+        kind: Some(command::Kind::Update(ClusterUpdateRequest {
+            cluster: Some(corral_proto::v1alpha1::Cluster::default()),
+            updated_fields: vec!["labels".into()],
+            id: Some(ClusterId { r#type: "name".into(), value: "undo".into() }),
+        })),
+        ..Default::default()
+    };
+    let cleared = r.answer_once_caught_up(&b, projection, clear).await;
+    assert_eq!(replied_step(&cleared), None, "{cleared:?}");
+    let stored =
+        r.a.query(Query {
+            linearizable: true,
+            kind: Some(query::Kind::Get(ClusterQuery { name: "undo".into(), ..Default::default() })),
+            ..Default::default()
+        })
+        .await;
+    let Some(reply::Result::Cluster(c)) = stored.result else { panic!("get: {stored:?}") };
+    assert!(c.labels.is_empty(), "the acknowledged update was lost: {:?}", c.labels);
+}
+
+/// The same for a create repeated after a delete that a replica has not applied: it would find the
+/// cluster still there, identical, and answer with it while nothing is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_behind_a_delete_registers_a_repeated_create_again() {
+    use corral_proto::cluster::{ClusterCreateRequest, ClusterId, ClusterQuery};
+    use corral_proto::registry::{Command, Query, command, query, reply};
+    use corral_registry::RegistryApi;
+    let r = ReplicaA::start().await;
+    let server = "https://again.example.com";
+    let created_at = r.create(server, "again").await;
+    let (b, projection) = r.replica_b_paused_at(created_at).await;
+    let by_server =
+        ClusterQuery { id: Some(ClusterId { r#type: "server".into(), value: server.into() }), ..Default::default() };
+    let deleted =
+        r.a.command(Command { kind: Some(command::Kind::Delete(by_server.clone())), ..Default::default() }).await;
+    assert!(matches!(deleted.result, Some(reply::Result::Empty(_))), "{deleted:?}");
+
+    let create = Command {
+        kind: Some(command::Kind::Create(ClusterCreateRequest {
+            cluster: Some(corral_proto::v1alpha1::Cluster {
+                server: server.into(),
+                name: "again".into(),
+                ..Default::default()
+            }),
+            upsert: false,
+        })),
+        ..Default::default()
+    };
+    let created = r.answer_once_caught_up(&b, projection, create).await;
+    assert!(matches!(created.result, Some(reply::Result::Cluster(_))), "{created:?}");
+    let stored =
+        r.a.query(Query { linearizable: true, kind: Some(query::Kind::Get(by_server)), ..Default::default() }).await;
+    assert!(matches!(stored.result, Some(reply::Result::Cluster(_))), "the acknowledged create was lost: {stored:?}");
 }

@@ -43,6 +43,14 @@ impl Default for RegistryConfig {
     }
 }
 
+/// What one attempt at a command did: the revision to answer with and the cluster as it stands
+/// (None once deleted).
+enum Attempt {
+    Appended(u64, Option<v1alpha1::Cluster>),
+    /// Nothing to change, as far as this replica's projection knows.
+    Unchanged(u64, Option<v1alpha1::Cluster>),
+}
+
 pub struct Registry {
     log: Arc<dyn EventLog>,
     projection: Projection,
@@ -143,8 +151,9 @@ impl Registry {
     /// Every attempt resolves the cluster afresh: after a lost race the name may belong to
     /// another cluster. This replica's projection may also not yet hold what the caller saw (a
     /// cluster created through another replica, a version the caller authorised against, a name
-    /// released by the caller's previous command), so a refusal is answered only once it has
-    /// caught up with the log.
+    /// released by the caller's previous command), so a refusal, and an answer that there is
+    /// nothing to change, are given only once it has caught up with the log: otherwise a command
+    /// that would undo a change this replica has not seen yet would be acknowledged and lost.
     async fn run_command(
         &self,
         origin: &Origin,
@@ -158,7 +167,11 @@ impl Registry {
                     tracing::debug!(attempt, "append conflict; retrying on fresh state");
                 }
                 Err(e) if !caught_up && e.is_refusal() => {}
-                other => return other,
+                Ok(Attempt::Unchanged(..)) if !caught_up => {}
+                Ok(Attempt::Appended(revision, cluster) | Attempt::Unchanged(revision, cluster)) => {
+                    return Ok((revision, cluster));
+                }
+                Err(e) => return Err(e),
             }
             self.catch_up().await?;
             caught_up = true;
@@ -171,7 +184,7 @@ impl Registry {
         origin: &Origin,
         resolve: &impl Fn() -> Result<String, RegistryError>,
         command: &impl Fn(&Option<ClusterState>) -> ClusterCommand,
-    ) -> Result<(u64, Option<v1alpha1::Cluster>), RegistryError> {
+    ) -> Result<Attempt, RegistryError> {
         let id = resolve()?;
         let (state, subject_seq, rec) = self.load(&id)?;
         let version = rec.as_ref().map(|r| r.version).unwrap_or(0);
@@ -180,8 +193,8 @@ impl Registry {
         }
         let events = domain::decide(&state, command(&state))?;
         if events.is_empty() {
-            let rec = cluster_record(&self.projection, &id)?;
-            return Ok((self.projection.last_applied(), rec.filter(|r| !r.deleted).map(|r| read_model::render(&r))));
+            let cluster = rec.filter(|r| !r.deleted).map(|r| read_model::render(&r));
+            return Ok(Attempt::Unchanged(self.projection.last_applied(), cluster));
         }
         let (revision, appended) = self.commit(origin, &id, &state, (subject_seq, version), &events).await?;
         // Render from our own events rather than wait for the projection to apply them.
@@ -189,7 +202,7 @@ impl Registry {
         for (seq, env) in &appended {
             rec = Some(read_model::fold_cluster(rec, &id, *seq, env)?);
         }
-        Ok((revision, rec.filter(|r| !r.deleted).map(|r| read_model::render(&r))))
+        Ok(Attempt::Appended(revision, rec.filter(|r| !r.deleted).map(|r| read_model::render(&r))))
     }
 
     /// Appends the command's events as one atomic batch, with the name claim and release that a
