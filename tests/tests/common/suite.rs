@@ -119,6 +119,7 @@ pub async fn run_all(api: &Api) {
     invalid_input_is_rejected_and_changes_nothing(api).await;
     names_are_unique(api).await;
     released_names_can_be_taken_at_once(api).await;
+    deleted_clusters_can_be_registered_again_at_once(api).await;
     oversized_bodies_are_refused(api).await;
     invalidate_cache_and_rotate_auth(api).await;
     health_service_and_grpc_web(api).await;
@@ -406,6 +407,22 @@ pub async fn released_names_can_be_taken_at_once(api: &Api) {
         let (_, got) = rest_get(api, &format!("/api/v1/clusters/{name}?id.type=name")).await;
         assert_eq!(got["server"], newcomer.as_str());
     }
+}
+
+/// A cluster deleted and registered again at once is there afterwards, every time.
+pub async fn deleted_clusters_can_be_registered_again_at_once(api: &Api) {
+    let server = "https://again.example.com";
+    let path = format!("/api/v1/clusters/{}", escape(server));
+    for i in 0..20 {
+        let (s, body) = rest_post(api, "/api/v1/clusters", cluster_json(server, "again")).await;
+        assert_eq!(s, StatusCode::OK, "round {i}: {body}");
+        let (s, body) = rest_delete(api, &path).await;
+        assert_eq!(s, StatusCode::OK, "round {i}: {body}");
+    }
+    let (s, body) = rest_post(api, "/api/v1/clusters", cluster_json(server, "again")).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let (s, body) = rest_get(api, &path).await;
+    assert_eq!(s, StatusCode::OK, "the last registration was lost: {body}");
 }
 
 pub async fn oversized_bodies_are_refused(api: &Api) {
