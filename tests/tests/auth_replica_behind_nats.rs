@@ -91,13 +91,26 @@ impl Replicas {
         Replicas { _nats: nats, log, a, b, hold }
     }
 
-    /// Replica b applies nothing appended from now on until [`Replicas::release`].
+    /// Replica b applies nothing appended from now on until [`Replicas::release_b`].
     async fn hold_b(&self) {
         self.hold.send_replace(self.log.last_seq().await.expect("last seq"));
     }
 
     fn release_b(&self) {
         self.hold.send_replace(u64::MAX);
+    }
+
+    /// Runs `call` (on the held replica b), checks that it has not answered 200 ms later (it is
+    /// waiting to catch up), then releases b; the answer.
+    async fn answer_once_released<T: Send + 'static>(
+        &self,
+        call: impl std::future::Future<Output = T> + Send + 'static,
+    ) -> T {
+        let pending = tokio::spawn(call);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!pending.is_finished(), "b answered before catching up");
+        self.release_b();
+        pending.await.expect("call task")
     }
 }
 
@@ -136,14 +149,10 @@ async fn an_api_token_issued_through_one_replica_can_be_revoked_at_once_through_
     let r = Replicas::start().await;
     r.hold_b().await;
     let (token, _) = r.a.issue_api_token("ci", 0, "deploy-1", ADMIN).await.expect("issue through a");
-    let revoke = tokio::spawn({
-        let b = r.b.clone();
-        async move { b.revoke_api_token("ci", "deploy-1", ADMIN).await }
-    });
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(!revoke.is_finished(), "b refused the revocation before catching up");
-    r.release_b();
-    revoke.await.expect("revoke task").expect("revocation through b");
+    let b = r.b.clone();
+    r.answer_once_released(async move { b.revoke_api_token("ci", "deploy-1", ADMIN).await })
+        .await
+        .expect("revocation through b");
     assert!(r.b.verify(&token).await.is_err(), "the revoked token still works through b");
     // Other replicas follow within milliseconds, as the README says.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
@@ -151,4 +160,18 @@ async fn an_api_token_issued_through_one_replica_can_be_revoked_at_once_through_
         assert!(tokio::time::Instant::now() < deadline, "the revoked token still works through a after 1 s");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_changed_through_one_replica_is_the_current_one_at_once_through_another() {
+    const NEWER: &str = "newer-password-3";
+    let r = Replicas::start().await;
+    let admin = r.a.verify(&r.a.login(ADMIN, OLD, "").await.expect("login through a")).await.expect("verify");
+    r.hold_b().await;
+    r.a.update_password(&admin, "", OLD, NEW).await.expect("password change through a");
+    let b = r.b.clone();
+    r.answer_once_released(async move { b.update_password(&admin, "", NEW, NEWER).await })
+        .await
+        .expect("the new password as the current one through b");
+    r.a.login(ADMIN, NEWER, "").await.expect("the password set through b, through a");
 }

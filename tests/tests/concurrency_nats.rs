@@ -247,35 +247,54 @@ impl ReplicaA {
 
     /// Creates cluster `name` through replica a; the revision.
     async fn create(&self, server: &str, name: &str) -> u64 {
-        use corral_proto::cluster::ClusterCreateRequest;
-        use corral_proto::registry::{Command, command, reply};
         use corral_registry::RegistryApi;
-        let cluster =
-            corral_proto::v1alpha1::Cluster { server: server.into(), name: name.into(), ..Default::default() };
-        let created = self
-            .a
-            .command(Command {
-                kind: Some(command::Kind::Create(ClusterCreateRequest { cluster: Some(cluster), upsert: false })),
-                ..Default::default()
-            })
-            .await;
-        assert!(matches!(created.result, Some(reply::Result::Cluster(_))), "{created:?}");
+        let created = self.a.command(create_command(server, name)).await;
+        assert!(matches!(created.result, Some(corral_proto::registry::reply::Result::Cluster(_))), "{created:?}");
         created.revision
+    }
+
+    /// The cluster `q` names, as replica a sees it after catching up.
+    async fn get(&self, q: corral_proto::cluster::ClusterQuery) -> corral_proto::registry::Reply {
+        use corral_proto::registry::{Query, query};
+        use corral_registry::RegistryApi;
+        self.a.query(Query { linearizable: true, kind: Some(query::Kind::Get(q)), ..Default::default() }).await
     }
 
     /// Cluster `name`'s version, as replica a sees it after catching up.
     async fn version(&self, name: &str) -> u64 {
-        use corral_proto::cluster::ClusterQuery;
-        use corral_proto::registry::{Query, query};
-        use corral_registry::RegistryApi;
-        self.a
-            .query(Query {
-                linearizable: true,
-                kind: Some(query::Kind::Get(ClusterQuery { name: name.into(), ..Default::default() })),
-                ..Default::default()
-            })
-            .await
-            .cluster_version
+        self.get(corral_proto::cluster::ClusterQuery { name: name.into(), ..Default::default() }).await.cluster_version
+    }
+}
+
+/// Registers `server` as `name`.
+fn create_command(server: &str, name: &str) -> corral_proto::registry::Command {
+    use corral_proto::cluster::ClusterCreateRequest;
+    use corral_proto::registry::{Command, command};
+    let cluster = corral_proto::v1alpha1::Cluster { server: server.into(), name: name.into(), ..Default::default() };
+    Command {
+        kind: Some(command::Kind::Create(ClusterCreateRequest { cluster: Some(cluster), upsert: false })),
+        ..Default::default()
+    }
+}
+
+/// Sets `field` of cluster `name` to its value in `cluster`, if the cluster is at
+/// `expected_version` (0: any).
+fn update_by_name(
+    name: &str,
+    cluster: corral_proto::v1alpha1::Cluster,
+    field: &str,
+    expected_version: u64,
+) -> corral_proto::registry::Command {
+    use corral_proto::cluster::{ClusterId, ClusterUpdateRequest};
+    use corral_proto::registry::{Command, command};
+    Command {
+        kind: Some(command::Kind::Update(ClusterUpdateRequest {
+            cluster: Some(cluster),
+            updated_fields: vec![field.into()],
+            id: Some(ClusterId { r#type: "name".into(), value: name.into() }),
+        })),
+        expected_version,
+        ..Default::default()
     }
 }
 
@@ -287,20 +306,8 @@ impl Drop for ReplicaA {
 
 /// An update of cluster `name`'s labels that applies only to `expected_version`.
 fn label_update(name: &str, step: &str, expected_version: u64) -> corral_proto::registry::Command {
-    use corral_proto::cluster::{ClusterId, ClusterUpdateRequest};
-    use corral_proto::registry::{Command, command};
-    Command {
-        kind: Some(command::Kind::Update(ClusterUpdateRequest {
-            cluster: Some(corral_proto::v1alpha1::Cluster {
-                labels: [("step".to_string(), step.to_string())].into(),
-                ..Default::default()
-            }),
-            updated_fields: vec!["labels".into()],
-            id: Some(ClusterId { r#type: "name".into(), value: name.into() }),
-        })),
-        expected_version,
-        ..Default::default()
-    }
+    let labels = [("step".to_string(), step.to_string())].into();
+    update_by_name(name, corral_proto::v1alpha1::Cluster { labels, ..Default::default() }, "labels", expected_version)
 }
 
 /// The labels a command's reply shows.
@@ -352,16 +359,7 @@ async fn a_replica_with_an_older_version_catches_up_before_refusing_a_command_as
 
 /// Renames cluster `from` to `to`.
 fn rename(from: &str, to: &str) -> corral_proto::registry::Command {
-    use corral_proto::cluster::{ClusterId, ClusterUpdateRequest};
-    use corral_proto::registry::{Command, command};
-    Command {
-        kind: Some(command::Kind::Update(ClusterUpdateRequest {
-            cluster: Some(corral_proto::v1alpha1::Cluster { name: to.into(), ..Default::default() }),
-            updated_fields: vec!["name".into()],
-            id: Some(ClusterId { r#type: "name".into(), value: from.into() }),
-        })),
-        ..Default::default()
-    }
+    update_by_name(from, corral_proto::v1alpha1::Cluster { name: to.into(), ..Default::default() }, "name", 0)
 }
 
 /// A command by name that loses its append race because the name moved to another cluster in
@@ -369,7 +367,7 @@ fn rename(from: &str, to: &str) -> corral_proto::registry::Command {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_by_name_retried_after_a_rename_applies_to_the_cluster_holding_the_name_now() {
     use corral_proto::cluster::ClusterQuery;
-    use corral_proto::registry::{Query, query, reply};
+    use corral_proto::registry::reply;
     use corral_registry::RegistryApi;
     let r = ReplicaA::start().await;
     r.create("https://first.example.com", "x").await;
@@ -390,20 +388,11 @@ async fn a_command_by_name_retried_after_a_rename_applies_to_the_cluster_holding
     assert_eq!(c.server, "https://second.example.com");
     assert_eq!(replied_step(&updated).as_deref(), Some("two"));
 
-    let labels_of = |server: &str| {
-        let q = Query {
-            linearizable: true,
-            kind: Some(query::Kind::Get(ClusterQuery { server: server.into(), ..Default::default() })),
-            ..Default::default()
+    let labels_of =
+        async |server: &str| match r.get(ClusterQuery { server: server.into(), ..Default::default() }).await.result {
+            Some(reply::Result::Cluster(c)) => (c.name, c.labels.get("step").cloned()),
+            other => panic!("get {other:?}"),
         };
-        let a = r.a.clone();
-        async move {
-            match a.query(q).await.result {
-                Some(reply::Result::Cluster(c)) => (c.name, c.labels.get("step").cloned()),
-                other => panic!("get {other:?}"),
-            }
-        }
-    };
     assert_eq!(labels_of("https://first.example.com").await, ("y".to_string(), None));
     assert_eq!(labels_of("https://second.example.com").await, ("x".to_string(), Some("two".to_string())));
 }
@@ -412,8 +401,7 @@ async fn a_command_by_name_retried_after_a_rename_applies_to_the_cluster_holding
 /// replica that still sees the name held catches up before it refuses the claim.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_behind_a_rename_catches_up_before_refusing_the_released_name() {
-    use corral_proto::cluster::ClusterCreateRequest;
-    use corral_proto::registry::{Command, command, reply};
+    use corral_proto::registry::reply;
     use corral_registry::RegistryApi;
     let r = ReplicaA::start().await;
     let created_at = r.create("https://holder.example.com", "taken").await;
@@ -422,15 +410,7 @@ async fn a_replica_behind_a_rename_catches_up_before_refusing_the_released_name(
     assert!(matches!(renamed.result, Some(reply::Result::Cluster(_))), "{renamed:?}");
 
     // Replica b still sees "taken" held by the first cluster.
-    let cluster = corral_proto::v1alpha1::Cluster {
-        server: "https://newcomer.example.com".into(),
-        name: "taken".into(),
-        ..Default::default()
-    };
-    let create = Command {
-        kind: Some(command::Kind::Create(ClusterCreateRequest { cluster: Some(cluster), upsert: false })),
-        ..Default::default()
-    };
+    let create = create_command("https://newcomer.example.com", "taken");
     let created = r.answer_once_caught_up(&b, projection, create).await;
     let Some(reply::Result::Cluster(c)) = &created.result else { panic!("create with the released name: {created:?}") };
     assert_eq!((c.server.as_str(), c.name.as_str()), ("https://newcomer.example.com", "taken"));
@@ -441,8 +421,8 @@ async fn a_replica_behind_a_rename_catches_up_before_refusing_the_released_name(
 /// only once caught up, so the command is not acknowledged and lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_behind_the_log_does_not_drop_a_command_that_undoes_what_it_has_not_seen() {
-    use corral_proto::cluster::{ClusterId, ClusterQuery, ClusterUpdateRequest};
-    use corral_proto::registry::{Command, Query, command, query, reply};
+    use corral_proto::cluster::ClusterQuery;
+    use corral_proto::registry::reply;
     use corral_registry::RegistryApi;
     let r = ReplicaA::start().await;
     let created_at = r.create("https://undo.example.com", "undo").await;
@@ -451,23 +431,10 @@ async fn a_replica_behind_the_log_does_not_drop_a_command_that_undoes_what_it_ha
     assert_eq!(replied_step(&labelled).as_deref(), Some("one"));
 
     // Through b, which still sees the cluster without labels: clear them.
-    let clear = Command {
-        kind: Some(command::Kind::Update(ClusterUpdateRequest {
-            cluster: Some(corral_proto::v1alpha1::Cluster::default()),
-            updated_fields: vec!["labels".into()],
-            id: Some(ClusterId { r#type: "name".into(), value: "undo".into() }),
-        })),
-        ..Default::default()
-    };
+    let clear = update_by_name("undo", corral_proto::v1alpha1::Cluster::default(), "labels", 0);
     let cleared = r.answer_once_caught_up(&b, projection, clear).await;
     assert_eq!(replied_step(&cleared), None, "{cleared:?}");
-    let stored =
-        r.a.query(Query {
-            linearizable: true,
-            kind: Some(query::Kind::Get(ClusterQuery { name: "undo".into(), ..Default::default() })),
-            ..Default::default()
-        })
-        .await;
+    let stored = r.get(ClusterQuery { name: "undo".into(), ..Default::default() }).await;
     let Some(reply::Result::Cluster(c)) = stored.result else { panic!("get: {stored:?}") };
     assert!(c.labels.is_empty(), "the acknowledged update was lost: {:?}", c.labels);
 }
@@ -476,8 +443,8 @@ async fn a_replica_behind_the_log_does_not_drop_a_command_that_undoes_what_it_ha
 /// cluster still there, identical, and answer with it while nothing is stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_behind_a_delete_registers_a_repeated_create_again() {
-    use corral_proto::cluster::{ClusterCreateRequest, ClusterId, ClusterQuery};
-    use corral_proto::registry::{Command, Query, command, query, reply};
+    use corral_proto::cluster::{ClusterId, ClusterQuery};
+    use corral_proto::registry::{Command, command, reply};
     use corral_registry::RegistryApi;
     let r = ReplicaA::start().await;
     let server = "https://again.example.com";
@@ -489,20 +456,8 @@ async fn a_replica_behind_a_delete_registers_a_repeated_create_again() {
         r.a.command(Command { kind: Some(command::Kind::Delete(by_server.clone())), ..Default::default() }).await;
     assert!(matches!(deleted.result, Some(reply::Result::Empty(_))), "{deleted:?}");
 
-    let create = Command {
-        kind: Some(command::Kind::Create(ClusterCreateRequest {
-            cluster: Some(corral_proto::v1alpha1::Cluster {
-                server: server.into(),
-                name: "again".into(),
-                ..Default::default()
-            }),
-            upsert: false,
-        })),
-        ..Default::default()
-    };
-    let created = r.answer_once_caught_up(&b, projection, create).await;
+    let created = r.answer_once_caught_up(&b, projection, create_command(server, "again")).await;
     assert!(matches!(created.result, Some(reply::Result::Cluster(_))), "{created:?}");
-    let stored =
-        r.a.query(Query { linearizable: true, kind: Some(query::Kind::Get(by_server)), ..Default::default() }).await;
+    let stored = r.get(by_server).await;
     assert!(matches!(stored.result, Some(reply::Result::Cluster(_))), "the acknowledged create was lost: {stored:?}");
 }
