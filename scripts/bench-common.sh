@@ -1,6 +1,6 @@
 # Sourced by the benchmarks after their build: a private nats-server (pinned version, loopback,
-# temporary store) and one registry, with the environment the services read. Everything started
-# into $pids is stopped when the script exits.
+# temporary store) and, unless start_registry=0, one registry, with the environment the services
+# read. Everything started into $pids is stopped when the script exits.
 nats_bin="$(scripts/ensure-nats-server.sh)"
 work="$(mktemp -d)"
 pids=()
@@ -18,18 +18,20 @@ nats_version="$("$nats_bin" --version | awk '{print $2}')"
 export CORRAL_SEAL_KEY="$(head -c 32 /dev/urandom | base64)"
 export RUST_LOG=warn
 export CORRAL_ADMIN_PASSWORD="bench-$(head -c 12 /dev/urandom | base64 | tr -dc 'A-Za-z0-9')"
-# With callgrind_registry=1 the registry runs under callgrind, its counts in $work/callgrind.registry.*.
-# (--fair-sched: with valgrind's default scheduler a spinning thread can starve the others for
-# minutes, and the registry's NATS requests time out before it is ready.)
-registry_cmd=(target/release/corral-registry)
-if [ "${callgrind_registry:-0}" = 1 ]; then
-  registry_cmd=(valgrind --tool=callgrind --fair-sched=yes --callgrind-out-file="$work/callgrind.registry" "${registry_cmd[@]}")
+if [ "${start_registry:-1}" = 1 ]; then
+  # With callgrind_registry=1 the registry runs under callgrind, its counts in $work/callgrind.registry.*.
+  # (--fair-sched: with valgrind's default scheduler a spinning thread can starve the others for
+  # minutes, and the registry's NATS requests time out before it is ready.)
+  registry_cmd=(target/release/corral-registry)
+  if [ "${callgrind_registry:-0}" = 1 ]; then
+    registry_cmd=(valgrind --tool=callgrind --fair-sched=yes --callgrind-out-file="$work/callgrind.registry" "${registry_cmd[@]}")
+  fi
+  "${registry_cmd[@]}" --nats-url "$nats_url" --data-dir "$work/registry" >"$work/registry.out" 2>"$work/registry.err" &
+  registry_pid=$!
+  pids+=($registry_pid)
+  for _ in $(seq 1200); do grep -q "registry ready" "$work/registry.out" && break; sleep 0.1; done
+  grep -q "registry ready" "$work/registry.out" || { echo "the registry did not start:" >&2; tail -5 "$work/registry.err" >&2; exit 1; }
 fi
-"${registry_cmd[@]}" --nats-url "$nats_url" --data-dir "$work/registry" >"$work/registry.out" 2>"$work/registry.err" &
-registry_pid=$!
-pids+=($registry_pid)
-for _ in $(seq 1200); do grep -q "registry ready" "$work/registry.out" && break; sleep 0.1; done
-grep -q "registry ready" "$work/registry.out" || { echo "the registry did not start:" >&2; tail -5 "$work/registry.err" >&2; exit 1; }
 
 # The address a gateway writing its output to $1 listens on, once it does (up to 2 minutes: a
 # gateway under valgrind starts slowly).

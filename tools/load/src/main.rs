@@ -4,6 +4,7 @@
 //! JetStream publish-with-ack on the given NATS server.
 
 mod cpu;
+mod flow;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -280,6 +281,9 @@ async fn main() -> anyhow::Result<()> {
     report(&publish_single, None);
     let single_create_floor = echo_single.pct(0.5) + publish_single.pct(0.5);
     let create_floor = echo.pct(0.5) + publish.pct(0.5);
+    if !args.auth_only {
+        create_flow_floor(&args, create_floor, single_create_floor).await?;
+    }
 
     // A gateway running --disable-auth needs no login; one that requires it gets the session.
     let gw_auth = if args.password.is_empty() {
@@ -340,6 +344,35 @@ async fn main() -> anyhow::Result<()> {
                  turn by turn {turns}: median {cost:+.1}% of Get p50"
             );
         }
+    }
+    Ok(())
+}
+
+/// What the messages of a create alone cost (see `flow`), against the Create floors: the part
+/// of Create's ratio that no implementation of this deployment's design removes; and the same
+/// without the name claim.
+async fn create_flow_floor(args: &Args, create_floor: Duration, single_create_floor: Duration) -> anyhow::Result<()> {
+    let c = args.concurrency;
+    let runs = [
+        ("floor: a create's messages", true, c, args.seconds, create_floor),
+        ("floor: a create's messages (1 client)", true, 1, args.seconds.min(3), single_create_floor),
+        ("floor: a create's messages, no name claim", false, c, args.seconds, create_floor),
+    ];
+    let mut phases = Vec::new();
+    for (name, with_claim, clients, seconds, floor) in runs {
+        let flow = flow::start(&args.nats_url, with_claim).await?;
+        let cl = Arc::new(self::clients(flow.addr, clients, BearerToken::default()).await?);
+        let stats = drive(name, clients, None, seconds, move |i| {
+            let mut g = cl[i % cl.len()].clone();
+            async move { g.create(ClusterCreateRequest { cluster: Some(cluster(i)), upsert: false }).await.is_ok() }
+        })
+        .await;
+        flow.stop().await;
+        phases.push((stats, floor, clients));
+    }
+    for (stats, floor, clients) in &phases {
+        let label = if *clients == 1 { "(echo+pub, 1 client)" } else { "(echo+pub)" };
+        report(stats, Some((label, *floor)));
     }
     Ok(())
 }
@@ -417,6 +450,12 @@ async fn measure_the_api(
     // The registry's share of a Create: the same command sent to it over NATS, past the gateway,
     // alone and with as many clients as above.
     let nats = async_nats::connect(&args.nats_url).await?;
+    if let Err(e) = nats.request(corral_registry::nats_rpc::QUERY_SUBJECT, bytes::Bytes::new()).await
+        && e.kind() == async_nats::RequestErrorKind::NoResponders
+    {
+        println!("no registry answers over NATS (the all-in-one binary?): its share of Create not measured");
+        return Ok(());
+    }
     let direct = registry_creates("Create, registry only (1 client)", &nats, 1, 500, registered + 500).await;
     report(&direct, Some(("(echo+pub, 1 client)", single_create_floor)));
     let label = format!("Create, registry only ({c} clients)");
