@@ -17,7 +17,8 @@ pub const QUEUE_GROUP: &str = "corral-registry";
 pub const ROTATE_SUBJECT: &str = "corralrpc.auth-rotation.rotate";
 pub const ROTATION_QUEUE_GROUP: &str = "corral-auth-rotation";
 
-fn error_reply(code: Code, message: impl Into<String>) -> Reply {
+/// A reply carrying only an error.
+pub fn error_reply(code: Code, message: impl Into<String>) -> Reply {
     Reply {
         revision: 0,
         result: Some(reply::Result::Error(corral_proto::registry::Error {

@@ -5,14 +5,16 @@
 //! projection and the gateway's view) receive every appended message and drop it. Without the
 //! claim, it shows what a create would cost if names did not have to be unique.
 //!
-//! Everything runs in this process, on one connection per stand-in as in the deployment, so the
-//! figure is a lower bound: no switches between processes, no deciding, no sealing, no
-//! projection written.
+//! The stand-ins use the deployment's own pieces for what they keep: the NATS log (its appends
+//! and ordered-consumer followers) and the request/reply of `corral-nats-rpc`. Everything runs
+//! in this process, on one connection per stand-in as in the deployment, so the figure is a
+//! lower bound: no switches between processes, no deciding, no sealing, no projection written.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
-use async_nats::HeaderMap;
-use async_nats::jetstream::{self, consumer, stream};
+use corral_event_log::{EventLog, NatsLog, NatsLogConfig, NewEvent};
 use corral_proto::cluster::cluster_service_server::{ClusterService, ClusterServiceServer};
 use corral_proto::cluster::{ClusterCreateRequest, ClusterQuery, ClusterResponse, ClusterUpdateRequest};
 use corral_proto::registry::{Command, Reply, command, reply};
@@ -24,14 +26,15 @@ use tonic::{Request, Response, Status};
 
 const STREAM: &str = "LOADFLOW";
 const COMMAND_SUBJECT: &str = "loadflowrpc.command";
+const TIMEOUT: Duration = Duration::from_secs(10);
 /// A W3C trace context of the size the gateway sends on.
 const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
-/// The stand-ins, serving until dropped.
+/// The stand-ins, serving until stopped.
 pub struct Flow {
     pub addr: SocketAddr,
     tasks: Vec<JoinHandle<()>>,
-    js: jetstream::Context,
+    nats: async_nats::Client,
 }
 
 impl Flow {
@@ -40,36 +43,30 @@ impl Flow {
         for t in &self.tasks {
             t.abort();
         }
-        let _ = self.js.delete_stream(STREAM).await;
+        let _ = async_nats::jetstream::new(self.nats).delete_stream(STREAM).await;
     }
 }
 
-/// A follower of the whole stream on `js`'s connection, dropping what it receives.
-async fn follower(js: &jetstream::Context) -> anyhow::Result<JoinHandle<()>> {
-    let stream = js.get_stream(STREAM).await?;
-    let consumer = stream
-        .create_consumer(consumer::pull::OrderedConfig {
-            deliver_policy: consumer::DeliverPolicy::All,
-            ..Default::default()
-        })
-        .await?;
-    let mut messages = consumer.messages().await?;
-    Ok(tokio::spawn(async move { while let Some(Ok(_)) = messages.next().await {} }))
+/// A follower of the whole stream, as a projection follows it, dropping what it receives.
+async fn follower(log: &NatsLog) -> anyhow::Result<JoinHandle<()>> {
+    let mut events = log.subscribe(0).await?;
+    Ok(tokio::spawn(async move { while let Some(Ok(_)) = events.next().await {} }))
 }
 
-/// One append as the registry makes it: message id, expected subject sequence, event type and
-/// trace context in the headers.
-async fn append(js: &jetstream::Context, subject: String, event_type: &str, payload: Vec<u8>) -> anyhow::Result<u64> {
-    let mut headers = HeaderMap::new();
-    headers.insert(corral_registry::codec::EVENT_TYPE_HEADER, event_type);
-    headers.insert("traceparent", TRACEPARENT);
-    headers.insert("Nats-Msg-Id", format!("{TRACEPARENT}:{subject}:1").as_str());
-    headers.insert("Nats-Expected-Last-Subject-Sequence", "0");
-    Ok(js.publish_with_headers(subject, headers, payload.into()).await?.await?.sequence)
+/// One append as the registry makes it, through the same log: a de-duplication id, the subject's
+/// expected sequence (new here), the event type and the trace context.
+async fn append(log: &NatsLog, subject: String, event_type: &str, payload: Vec<u8>) -> anyhow::Result<u64> {
+    let headers = vec![
+        (corral_registry::codec::EVENT_TYPE_HEADER.to_string(), event_type.to_string()),
+        ("traceparent".to_string(), TRACEPARENT.to_string()),
+    ];
+    let msg_id = format!("{TRACEPARENT}:{subject}:1");
+    let event = NewEvent { subject, msg_id, expected_subject_seq: Some(0), headers, payload: payload.into() };
+    Ok(log.append(event).await?.seq)
 }
 
 /// The stand-in registry's answer to one command: claim, event, reply.
-async fn handle(js: &jetstream::Context, payload: &[u8], with_claim: bool) -> anyhow::Result<Reply> {
+async fn handle(log: &NatsLog, payload: &[u8], with_claim: bool) -> anyhow::Result<Reply> {
     let command = Command::decode(payload)?;
     let Some(command::Kind::Create(ClusterCreateRequest { cluster: Some(cluster), .. })) = command.kind else {
         anyhow::bail!("not a create");
@@ -78,37 +75,31 @@ async fn handle(js: &jetstream::Context, payload: &[u8], with_claim: bool) -> an
     let name = cluster.name.clone();
     if with_claim {
         let claim = name.clone().into_bytes();
-        append(js, format!("loadflow.names.{name}"), corral_registry::codec::CLUSTER_NAME_CLAIMED, claim).await?;
+        append(log, format!("loadflow.names.{name}"), corral_registry::codec::CLUSTER_NAME_CLAIMED, claim).await?;
     }
     let revision =
-        append(js, format!("loadflow.clusters.{name}"), corral_registry::codec::CLUSTER_REGISTERED, payload.to_vec())
+        append(log, format!("loadflow.clusters.{name}"), corral_registry::codec::CLUSTER_REGISTERED, payload.to_vec())
             .await?;
     Ok(Reply { revision, result: Some(reply::Result::Cluster(cluster)), cluster_version: 1 })
 }
 
-async fn registry(
-    client: async_nats::Client,
-    js: jetstream::Context,
-    with_claim: bool,
-) -> anyhow::Result<JoinHandle<()>> {
-    let mut requests = client.queue_subscribe(COMMAND_SUBJECT, "loadflow".into()).await?;
-    Ok(tokio::spawn(async move {
-        while let Some(msg) = requests.next().await {
-            let Some(reply_to) = msg.reply.clone() else { continue };
-            let (client, js) = (client.clone(), js.clone());
-            tokio::spawn(async move {
-                let reply = handle(&js, &msg.payload, with_claim).await.unwrap_or_else(|e| Reply {
-                    revision: 0,
-                    result: Some(reply::Result::Error(corral_proto::registry::Error {
-                        code: tonic::Code::Internal as i32,
-                        message: e.to_string(),
-                    })),
-                    cluster_version: 0,
-                });
-                let _ = client.publish(reply_to, reply.encode_to_vec().into()).await;
-            });
+/// The stand-in registry, answering commands over NATS request/reply as the registry does.
+fn registry(client: async_nats::Client, log: Arc<NatsLog>, with_claim: bool) -> JoinHandle<()> {
+    let handle = move |_: usize, msg: async_nats::Message| {
+        let log = log.clone();
+        async move {
+            let reply = handle(&log, &msg.payload, with_claim)
+                .await
+                .unwrap_or_else(|e| corral_registry::nats_rpc::error_reply(tonic::Code::Internal, e.to_string()));
+            reply.encode_to_vec()
         }
-    }))
+    };
+    tokio::spawn(async move {
+        let served = corral_nats_rpc::serve(client, "loadflow", &[COMMAND_SUBJECT], handle, std::future::pending());
+        if let Err(e) = served.await {
+            eprintln!("stand-in registry: {e}");
+        }
+    })
 }
 
 struct Gateway {
@@ -119,14 +110,11 @@ struct Gateway {
 impl ClusterService for Gateway {
     async fn create(&self, r: Request<ClusterCreateRequest>) -> Result<Response<Cluster>, Status> {
         let command = Command { context: None, kind: Some(command::Kind::Create(r.into_inner())), expected_version: 0 };
-        let mut headers = HeaderMap::new();
-        headers.insert("traceparent", TRACEPARENT);
-        let answer = self
-            .nats
-            .request_with_headers(COMMAND_SUBJECT, headers, command.encode_to_vec().into())
-            .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
-        match Reply::decode(answer.payload.as_ref()).map_err(|e| Status::internal(e.to_string()))?.result {
+        let answer =
+            corral_nats_rpc::request(&self.nats, COMMAND_SUBJECT, TRACEPARENT, command.encode_to_vec(), TIMEOUT)
+                .await
+                .map_err(|e| Status::unavailable(e.to_string()))?;
+        match Reply::decode(answer.as_ref()).map_err(|e| Status::internal(e.to_string()))?.result {
             Some(reply::Result::Cluster(c)) => Ok(Response::new(c)),
             Some(reply::Result::Error(e)) => Err(Status::internal(e.message)),
             _ => Err(Status::internal("unexpected reply")),
@@ -152,26 +140,17 @@ impl ClusterService for Gateway {
     }
 }
 
-/// Starts the stand-ins on a fresh stream configured as the deployment's (file storage, a
-/// two-minute duplicate window); with or without the name claim.
+/// Starts the stand-ins on a fresh stream made as the deployment's log makes its own; with or
+/// without the name claim.
 pub async fn start(nats_url: &str, with_claim: bool) -> anyhow::Result<Flow> {
     let registry_client = async_nats::connect(nats_url).await?;
     let gateway_client = async_nats::connect(nats_url).await?;
-    let registry_js = jetstream::new(registry_client.clone());
-    let gateway_js = jetstream::new(gateway_client.clone());
-    let _ = registry_js.delete_stream(STREAM).await;
-    registry_js
-        .create_stream(stream::Config {
-            name: STREAM.into(),
-            subjects: vec!["loadflow.>".into()],
-            storage: stream::StorageType::File,
-            duplicate_window: std::time::Duration::from_secs(120),
-            allow_direct: true,
-            ..Default::default()
-        })
-        .await?;
-    let mut tasks = vec![follower(&registry_js).await?, follower(&gateway_js).await?];
-    tasks.push(registry(registry_client, registry_js.clone(), with_claim).await?);
+    let _ = async_nats::jetstream::new(registry_client.clone()).delete_stream(STREAM).await;
+    let config = || NatsLogConfig { stream: STREAM.into(), subjects: vec!["loadflow.>".into()], replicas: 1 };
+    let registry_log = Arc::new(NatsLog::new(registry_client.clone(), config()).await?);
+    let gateway_log = NatsLog::new(gateway_client.clone(), config()).await?;
+    let mut tasks = vec![follower(&registry_log).await?, follower(&gateway_log).await?];
+    tasks.push(registry(registry_client.clone(), registry_log, with_claim));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tasks.push(tokio::spawn(async move {
@@ -180,5 +159,5 @@ pub async fn start(nats_url: &str, with_claim: bool) -> anyhow::Result<Flow> {
             .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)))
             .await;
     }));
-    Ok(Flow { addr, tasks, js: registry_js })
+    Ok(Flow { addr, tasks, nats: registry_client })
 }
