@@ -365,6 +365,30 @@ async fn accounts_tokens_and_rbac_across_two_gateways() {
     let _ = admin0.login("alice", "still-not-it").await.expect_err("third failure");
     let locked = admin1.login("alice", "alice-password-2").await.expect_err("locked out despite the right password");
     assert_eq!(locked.0, 429, "{locked:?}");
+    // The refusal says when to try again: the window (300 s by default) from the oldest failure
+    // that still counts, which was a moment ago.
+    let resp = reqwest::Client::new()
+        .post(admin1.url("/api/v1/session"))
+        .json(&json!({"username": "alice", "password": "alice-password-2"}))
+        .send()
+        .await
+        .expect("login");
+    assert_eq!(resp.status().as_u16(), 429);
+    let retry_after: u64 = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("429 without a Retry-After in seconds: {:?}", resp.headers()));
+    assert!((240..=300).contains(&retry_after), "Retry-After {retry_after}");
+    let err = SessionServiceClient::new(admin0.channel.clone())
+        .create(SessionCreateRequest { username: "alice".into(), password: "x".into(), token: String::new() })
+        .await
+        .expect_err("locked out over gRPC");
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+    let grpc_retry: u64 =
+        err.metadata().get("retry-after").and_then(|v| v.to_str().ok()?.parse().ok()).expect("retry-after");
+    assert!((240..=300).contains(&grpc_retry), "retry-after {grpc_retry}");
 
     // --- Disabling an account in the configuration file ends its tokens (file is watched).
     let path = d.accounts_file.as_ref().expect("accounts file").path().to_path_buf();

@@ -51,8 +51,9 @@ pub enum AuthError {
     NotFound(String),
     #[error("{0}")]
     AlreadyExists(String),
+    /// Locked out until the failure window lets a try through, in `retry_after_secs`.
     #[error("too many failed login attempts; try again later")]
-    TooManyAttempts,
+    TooManyAttempts { retry_after_secs: u64 },
     #[error("{0}")]
     Unavailable(String),
     #[error("internal error: {0}")]
@@ -68,7 +69,7 @@ impl AuthError {
             AuthError::InvalidArgument(_) => 3,
             AuthError::NotFound(_) => 5,
             AuthError::AlreadyExists(_) => 6,
-            AuthError::TooManyAttempts => 8,
+            AuthError::TooManyAttempts { .. } => 8,
             AuthError::Unavailable(_) => 14,
             AuthError::Config(_) | AuthError::Internal(_) => 13,
         }
@@ -641,20 +642,24 @@ impl Auth {
         Principal { account: ADMIN.into(), kind: TokenKind::AuthDisabled, token_id: String::new(), expires_at: None }
     }
 
-    fn locked_out(&self, username: &str, source: &str, config: &AuthConfig) -> bool {
-        let since = now_unix() - config.failure_window.as_secs() as i64;
+    /// Seconds until a login for `username` from `source` is let through, if it is locked out.
+    fn locked_out_for(&self, username: &str, source: &str, config: &AuthConfig) -> Option<u64> {
+        let (now, window) = (now_unix(), config.failure_window.as_secs() as i64);
         let s = self.read();
-        AuthState::failures_since(&s.user_failures, username, since) >= config.max_login_failures
-            || (!source.is_empty()
-                && AuthState::failures_since(&s.source_failures, source, since) >= config.max_source_failures)
+        let by_user = AuthState::lockout_ends(&s.user_failures, username, now, window, config.max_login_failures);
+        let by_source = (!source.is_empty())
+            .then(|| AuthState::lockout_ends(&s.source_failures, source, now, window, config.max_source_failures))
+            .flatten();
+        let ends = by_user.into_iter().chain(by_source).max()?;
+        Some((ends - now).max(1) as u64)
     }
 
     /// Password login: a session token, or the same refusal for an unknown user and a wrong
     /// password, after the same bcrypt work.
     pub async fn login(&self, username: &str, password: &str, source: &str) -> Result<String, AuthError> {
         let config = self.config();
-        if self.locked_out(username, source, &config) {
-            return Err(AuthError::TooManyAttempts);
+        if let Some(retry_after_secs) = self.locked_out_for(username, source, &config) {
+            return Err(AuthError::TooManyAttempts { retry_after_secs });
         }
         let login_password = |s: &AuthState| {
             let usable = config.account(username).is_some_and(|a| a.can(Capability::Login));

@@ -24,7 +24,7 @@ fn from_wire(e: WireError) -> AuthError {
         3 => AuthError::InvalidArgument(e.message),
         5 => AuthError::NotFound(e.message),
         6 => AuthError::AlreadyExists(e.message),
-        8 => AuthError::TooManyAttempts,
+        8 => AuthError::TooManyAttempts { retry_after_secs: 0 },
         14 => AuthError::Unavailable(e.message),
         _ => AuthError::Internal(e.message),
     }

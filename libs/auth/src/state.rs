@@ -171,11 +171,44 @@ impl AuthState {
         Ok(())
     }
 
-    pub fn failures_since(map: &HashMap<String, VecDeque<i64>>, key: &str, since: i64) -> usize {
-        map.get(key).map(|q| q.iter().filter(|t| **t > since).count()).unwrap_or(0)
+    /// When `key` stops being locked out (unix seconds), if `max` or more of its failures fall
+    /// in the `window` seconds before `now`: the moment enough of them have aged out of it.
+    pub fn lockout_ends(
+        map: &HashMap<String, VecDeque<i64>>,
+        key: &str,
+        now: i64,
+        window: i64,
+        max: usize,
+    ) -> Option<i64> {
+        let mut recent: Vec<i64> = map.get(key)?.iter().copied().filter(|t| *t > now - window).collect();
+        if max == 0 || recent.len() < max {
+            return None;
+        }
+        recent.sort_unstable();
+        Some(recent[recent.len() - max] + window)
     }
 
     pub fn subject_seq(&self, account: &str) -> u64 {
         self.accounts.get(account).map(|a| a.subject_seq).unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lockout_ends_when_enough_failures_have_left_the_window() {
+        let map = HashMap::from([("alice".to_string(), VecDeque::from([100, 110, 120, 130]))]);
+        // Three allowed in 300 s, four in the window: a try is let through once 110 ages out.
+        assert_eq!(AuthState::lockout_ends(&map, "alice", 140, 300, 3), Some(410));
+        assert_eq!(AuthState::lockout_ends(&map, "alice", 140, 300, 4), Some(400));
+        assert_eq!(AuthState::lockout_ends(&map, "alice", 140, 300, 5), None);
+        // Only failures inside the window count.
+        assert_eq!(AuthState::lockout_ends(&map, "alice", 405, 300, 3), Some(410));
+        assert_eq!(AuthState::lockout_ends(&map, "alice", 410, 300, 3), None);
+        assert_eq!(AuthState::lockout_ends(&map, "bob", 140, 300, 1), None);
+        // 0 means no limit.
+        assert_eq!(AuthState::lockout_ends(&map, "alice", 140, 300, 0), None);
     }
 }

@@ -28,6 +28,34 @@ pub fn name_subject(key: &str) -> String {
     format!("corral.clustername.{key}")
 }
 
+/// A name sent with `id.type=name_escaped`, decoded as Go's `url.QueryUnescape` decodes it (which
+/// Argo CD uses): `%XX` is a byte, `+` a space; a `%` without two hex digits after it, or bytes
+/// that are not UTF-8, are refused (`None`).
+pub fn unescape_name(escaped: &str) -> Option<String> {
+    let b = escaped.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let hex = |c: u8| (c as char).to_digit(16);
+                let (hi, lo) = (b.get(i + 1).copied().and_then(hex)?, b.get(i + 2).copied().and_then(hex)?);
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
@@ -45,6 +73,18 @@ mod tests {
         // Pinned: a change here would orphan every stored cluster.
         assert_eq!(cluster_id("https://kubernetes.default.svc"), "87be6b76145c5cd0ad4a5c25422539a9");
         assert_eq!(name_key("in-cluster"), "8ccc9961872a5d989a7a4dd03c8bde0c");
+    }
+
+    #[test]
+    fn escaped_names_decode_as_go_query_unescape() {
+        assert_eq!(unescape_name("a+b").as_deref(), Some("a b"));
+        assert_eq!(unescape_name("a%2Bb").as_deref(), Some("a+b"));
+        assert_eq!(unescape_name("a%2fb%2F").as_deref(), Some("a/b/"));
+        assert_eq!(unescape_name("caf%C3%A9").as_deref(), Some("café"));
+        assert_eq!(unescape_name("plain").as_deref(), Some("plain"));
+        for bad in ["%", "%2", "%zz", "a%g1", "%ff"] {
+            assert_eq!(unescape_name(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -72,17 +72,41 @@ pub fn validate(spec: &ClusterSpec) -> Result<(), DomainError> {
     Ok(())
 }
 
+/// The longest server URL accepted. Lookups by server put the URL, percent-encoded (up to three
+/// bytes per byte), in the request path: 2,048 bytes keep it well inside what HTTP servers and
+/// proxies accept, and above any real API server address.
+pub const MAX_SERVER_LEN: usize = 2048;
+
+/// The value itself is echoed only where it cannot hold credentials (user info is refused first
+/// and the other messages never repeat the URL).
 fn validate_server(server: &str) -> Result<(), DomainError> {
-    let err = |m: String| DomainError::invalid("server", m);
+    let err = |m: &str| DomainError::invalid("server", m);
     if server.is_empty() {
-        return Err(err("must not be empty".into()));
+        return Err(err("must not be empty"));
     }
-    let url = url::Url::parse(server).map_err(|e| err(format!("{server:?} is not a valid URL: {e}")))?;
+    if server.len() > MAX_SERVER_LEN {
+        return Err(err(&format!("must be at most {MAX_SERVER_LEN} bytes, is {}", server.len())));
+    }
+    // A URL parser drops leading and trailing spaces and every tab or line break, and reads a
+    // backslash as a slash: stored as sent, one endpoint could be registered as several clusters,
+    // and control characters would reach logs and RBAC objects.
+    if server.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(err("must not contain spaces, tabs, line breaks or other control characters"));
+    }
+    if server.contains('\\') {
+        return Err(err("must not contain a backslash"));
+    }
+    let url = url::Url::parse(server).map_err(|e| err(&format!("is not a valid URL: {e}")))?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(err(
+            "must not contain credentials (user info before '@'); use config.username and config.password",
+        ));
+    }
     if url.scheme() != "http" && url.scheme() != "https" {
-        return Err(err(format!("{server:?} must use http or https, not {:?}", url.scheme())));
+        return Err(err(&format!("must use http or https, not {:?}", url.scheme())));
     }
     if url.host_str().is_none_or(str::is_empty) {
-        return Err(err(format!("{server:?} has no host")));
+        return Err(err("has no host"));
     }
     Ok(())
 }
@@ -254,6 +278,43 @@ mod tests {
         for good in ["http://10.0.0.1:8080", "https://[::1]:6443", "https://k8s"] {
             let spec = ClusterSpec { server: good.into(), ..valid() };
             assert_eq!(validate(&spec), Ok(()), "{good:?}");
+        }
+    }
+
+    #[test]
+    fn server_urls_a_parser_would_rewrite_are_refused() {
+        let long = format!("https://k8s.example.com/{}", "p".repeat(MAX_SERVER_LEN));
+        for bad in [
+            " https://a.example.com",
+            "https://a.example.com ",
+            "https://a\tb.example.com",
+            "https://a.example.com\r\n",
+            "https://a.example.com/\npath",
+            "https://a\u{7f}.example.com",
+            "https:\\\\a.example.com",
+            "https://a.example.com\\x",
+            "https://a.example .com",
+            long.as_str(),
+        ] {
+            let spec = ClusterSpec { server: bad.into(), ..valid() };
+            assert_eq!(field_of(validate(&spec)), "server", "{bad:?}");
+        }
+        let max = format!("https://k8s.example.com/{}", "p".repeat(MAX_SERVER_LEN - 24));
+        assert_eq!(max.len(), MAX_SERVER_LEN);
+        assert_eq!(validate(&ClusterSpec { server: max, ..valid() }), Ok(()));
+    }
+
+    #[test]
+    fn credentials_in_the_server_url_are_refused_without_echoing_them() {
+        for bad in
+            ["https://user:pa55word@k8s.example.com:6443", "https://user@k8s.example.com", "https://:pa55word@k8s"]
+        {
+            let spec = ClusterSpec { server: bad.into(), ..valid() };
+            let err = validate(&spec).unwrap_err();
+            let msg = err.to_string();
+            assert_eq!(field_of(Err(err)), "server", "{bad:?}");
+            assert!(msg.contains("config.username"), "{msg}");
+            assert!(!msg.contains("pa55word") && !msg.contains("user@"), "the message repeats the credential: {msg}");
         }
     }
 

@@ -33,7 +33,11 @@ impl From<AuthError> for ApiError {
             tracing::error!(error = %e, "auth failure");
             return ApiError::new(code, "internal error");
         }
-        ApiError::new(code, e.to_string())
+        let retry = match e {
+            AuthError::TooManyAttempts { retry_after_secs } => Some(retry_after_secs),
+            _ => None,
+        };
+        ApiError { retry_after_secs: retry, ..ApiError::new(code, e.to_string()) }
     }
 }
 

@@ -10,11 +10,19 @@ use tonic::Code;
 pub struct ApiError {
     pub code: Code,
     pub message: String,
+    /// Seconds after which a retry can succeed: `Retry-After` on REST, `retry-after` metadata on
+    /// gRPC.
+    pub retry_after_secs: Option<u64>,
 }
 
 impl ApiError {
     pub fn new(code: Code, message: impl Into<String>) -> ApiError {
-        ApiError { code, message: message.into() }
+        ApiError { code, message: message.into(), retry_after_secs: None }
+    }
+
+    pub fn retry_after(mut self, secs: u64) -> ApiError {
+        self.retry_after_secs = Some(secs);
+        self
     }
 
     pub fn invalid(message: impl Into<String>) -> ApiError {
@@ -24,7 +32,11 @@ impl ApiError {
     /// The Argo CD error body under an HTTP status other than the code's usual one.
     pub fn into_response_with_status(self, status: StatusCode) -> Response {
         let body = corral_api_json::error_body(self.code as i32, &self.message);
-        (status, axum::Json(body)).into_response()
+        let mut response = (status, axum::Json(body)).into_response();
+        if let Some(secs) = self.retry_after_secs {
+            response.headers_mut().insert(http::header::RETRY_AFTER, http::HeaderValue::from(secs));
+        }
+        response
     }
 }
 
@@ -46,16 +58,39 @@ pub fn http_status(code: Code) -> StatusCode {
     }
 }
 
+/// The gRPC code of an HTTP status the router or an extractor answers with by itself (no
+/// handler ran), as grpc-gateway reports its own routing errors: a known path with another method
+/// is Unimplemented.
+pub fn code_for_status(status: StatusCode) -> Code {
+    match status.as_u16() {
+        400 | 414 | 415 | 422 => Code::InvalidArgument,
+        401 => Code::Unauthenticated,
+        403 => Code::PermissionDenied,
+        404 => Code::NotFound,
+        405 | 501 => Code::Unimplemented,
+        409 => Code::AlreadyExists,
+        408 | 504 => Code::DeadlineExceeded,
+        413 | 429 => Code::ResourceExhausted,
+        503 => Code::Unavailable,
+        s if s < 500 => Code::InvalidArgument,
+        _ => Code::Internal,
+    }
+}
+
 impl From<ApiError> for tonic::Status {
     fn from(e: ApiError) -> tonic::Status {
-        tonic::Status::new(e.code, e.message)
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        if let Some(secs) = e.retry_after_secs {
+            metadata.insert("retry-after", tonic::metadata::MetadataValue::from(secs));
+        }
+        tonic::Status::with_metadata(e.code, e.message, metadata)
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = corral_api_json::error_body(self.code as i32, &self.message);
-        (http_status(self.code), axum::Json(body)).into_response()
+        let status = http_status(self.code);
+        self.into_response_with_status(status)
     }
 }
 

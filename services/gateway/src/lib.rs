@@ -180,6 +180,36 @@ async fn grpc_size_limit_status(req: Request, next: Next) -> Response {
     response
 }
 
+/// Errors the router or an extractor answers by itself (405 for a known path and another method,
+/// 400 for a path segment that is not UTF-8, ...) come with an empty or plain-text body: they get
+/// Argo CD's JSON error body like every other REST error, keeping their status and headers
+/// (`Allow` on a 405).
+async fn json_error_bodies(req: Request, next: Next) -> Response {
+    if is_grpc(&req) {
+        return next.run(req).await;
+    }
+    let response = next.run(req).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 4096).await.ok().and_then(|b| String::from_utf8(b.to_vec()).ok());
+    let message = match text.as_deref().map(str::trim) {
+        Some(t) if !t.is_empty() => t.to_string(),
+        _ => status.canonical_reason().unwrap_or("error").to_string(),
+    };
+    let body = corral_api_json::error_body(error::code_for_status(status) as i32, &message).to_string();
+    parts.headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    parts.headers.remove(http::header::CONTENT_LENGTH);
+    Response::from_parts(parts, axum::body::Body::from(body))
+}
+
 async fn not_found() -> Response {
     ApiError::new(Code::NotFound, "no such route").into_response()
 }
@@ -215,6 +245,7 @@ pub fn app(
         .merge(grpc_router)
         .fallback(not_found)
         .layer(from_fn_with_state(auth, auth_layer))
+        .layer(from_fn(json_error_bodies))
         .layer(from_fn(context_layer));
     with_grpc_web(app)
 }

@@ -49,11 +49,12 @@ impl Params {
     }
 
     fn flag(&self, key: &str) -> Result<bool, ApiError> {
-        match self.first(key).as_str() {
-            "" | "false" | "0" => Ok(false),
-            "true" | "1" => Ok(true),
-            other => Err(ApiError::invalid(format!("{key}: expected true or false, got \"{other}\""))),
+        let value = self.first(key);
+        if value.is_empty() {
+            return Ok(false);
         }
+        parse_go_bool(&value)
+            .ok_or_else(|| ApiError::invalid(format!("{key}: expected true or false, got \"{value}\"")))
     }
 
     fn query_for(&self, id_value: Option<String>) -> ClusterQuery {
@@ -65,6 +66,16 @@ impl Params {
             id: (!id_value.is_empty() || !id_type.is_empty()).then_some(ClusterId { r#type: id_type, value: id_value }),
             selector: self.first("selector"),
         }
+    }
+}
+
+/// A boolean query parameter as grpc-gateway (Go's `strconv.ParseBool`) reads it: Argo CD's
+/// generated Python client sends `upsert=True`.
+pub fn parse_go_bool(value: &str) -> Option<bool> {
+    match value {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
+        _ => None,
     }
 }
 
@@ -90,7 +101,11 @@ async fn list(State(s): State<RestState>, Extension(ctx): Extension<CallContext>
     // List filters by server and name; id is an alternative spelling of the same.
     if let Some(id) = q.id.take() {
         match id.r#type.as_str() {
-            "name" | "name_escaped" if q.name.is_empty() => q.name = id.value,
+            "name" if q.name.is_empty() => q.name = id.value,
+            "name_escaped" if q.name.is_empty() => match corral_domain::unescape_name(&id.value) {
+                Some(name) => q.name = name,
+                None => return ApiError::invalid("id.value: invalid escaped name").into_response(),
+            },
             _ if q.server.is_empty() => q.server = id.value,
             _ => {}
         }

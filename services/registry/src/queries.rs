@@ -155,9 +155,8 @@ impl Queries {
                 "" | "server" => Ok(Some(domain::cluster_id(&cid.value))),
                 "name" => by_name(&cid.value),
                 "name_escaped" => {
-                    let name = percent_encoding::percent_decode_str(&cid.value)
-                        .decode_utf8()
-                        .map_err(|_| RegistryError::InvalidArgument("id.value: invalid escaped name".into()))?;
+                    let name = domain::unescape_name(&cid.value)
+                        .ok_or_else(|| RegistryError::InvalidArgument("id.value: invalid escaped name".into()))?;
                     by_name(&name)
                 }
                 other => Err(RegistryError::InvalidArgument(format!(

@@ -123,6 +123,7 @@ pub async fn run_all(api: &Api) {
     oversized_bodies_are_refused(api).await;
     invalidate_cache_and_rotate_auth(api).await;
     health_service_and_grpc_web(api).await;
+    argo_cd_clients_round_two(api).await;
 }
 
 pub async fn in_cluster_is_built_in(api: &Api) {
@@ -550,4 +551,92 @@ pub async fn health_service_and_grpc_web(api: &Api) {
             grpc_web_call(&reqwest::Client::new(), api.url("/cluster.ClusterService/Get"), &query).await;
         assert!(messages.is_empty() && trailers.contains("grpc-status:16"), "{trailers}");
     }
+}
+
+/// What clients written for Argo CD send, and hostile requests, answered as Argo CD answers them.
+pub async fn argo_cd_clients_round_two(api: &Api) {
+    // Booleans in the query string are read as Go's strconv.ParseBool reads them: Argo CD's
+    // generated Python client sends `upsert=True`.
+    let server = "https://bools.example.com";
+    let (s, body) = rest_post(api, "/api/v1/clusters", cluster_json(server, "bools")).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    for (i, yes) in ["1", "t", "T", "TRUE", "true", "True"].into_iter().enumerate() {
+        let mut c = cluster_json(server, "bools");
+        c["labels"] = json!({"round": format!("yes-{i}")});
+        let (s, body) = rest_post(api, &format!("/api/v1/clusters?upsert={yes}"), c).await;
+        assert_eq!(s, StatusCode::OK, "upsert={yes}: {body}");
+        assert_eq!(body["labels"]["round"], format!("yes-{i}"), "upsert={yes}");
+    }
+    for no in ["0", "f", "F", "FALSE", "false", "False"] {
+        let mut c = cluster_json(server, "bools");
+        c["labels"] = json!({"round": "refused"});
+        let (s, body) = rest_post(api, &format!("/api/v1/clusters?upsert={no}"), c).await;
+        assert_error(s, &body, 400, Code::InvalidArgument, "upsert");
+    }
+    for bad in ["yes", "tRUE", "2", "on"] {
+        let (s, body) = rest_post(api, &format!("/api/v1/clusters?upsert={bad}"), cluster_json(server, "bools")).await;
+        assert_error(s, &body, 400, Code::InvalidArgument, "upsert");
+    }
+    let (_, got) = rest_get(api, &format!("/api/v1/clusters/{}", escape(server))).await;
+    assert_eq!(got["labels"]["round"], "yes-5", "refused upserts changed nothing: {got}");
+
+    // `name_escaped` decodes as Go's url.QueryUnescape: `+` is a space.
+    let (s, body) = rest_post(api, "/api/v1/clusters", cluster_json("https://escaped.example.com", "a b")).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let (s, got) = rest_get(api, "/api/v1/clusters/a%2Bb?id.type=name_escaped").await;
+    assert_eq!(s, StatusCode::OK, "{got}");
+    assert_eq!(got["server"], "https://escaped.example.com");
+    let (s, got) = rest_get(api, "/api/v1/clusters/a%2520b?id.type=name_escaped").await;
+    assert_eq!(s, StatusCode::OK, "%20 is a space too: {got}");
+    let (s, listed) = rest_get(api, "/api/v1/clusters?id.type=name_escaped&id.value=a%2Bb").await;
+    assert_eq!(s, StatusCode::OK, "{listed}");
+    assert_eq!(servers(&listed), vec!["https://escaped.example.com".to_string()]);
+    let (s, body) = rest_get(api, "/api/v1/clusters/a%25zz?id.type=name_escaped").await;
+    assert_error(s, &body, 400, Code::InvalidArgument, "escaped");
+
+    // Server URLs a URL parser would rewrite, over-long ones and ones holding credentials are
+    // refused, naming the field, and store nothing.
+    let (_, before) = rest_get(api, "/api/v1/clusters").await;
+    let long = format!("https://long.example.com/{}", "p".repeat(3000));
+    for bad in [
+        " https://ws-lead.example.com",
+        "https://ws-trail.example.com ",
+        "https://a\tb.example.com",
+        "https://crlf.example.com\r\n",
+        "https:\\\\backslash.example.com",
+        "https://back\\slash.example.com",
+        long.as_str(),
+    ] {
+        let (s, body) = rest_post(api, "/api/v1/clusters", json!({"server": bad, "name": "bad-server"})).await;
+        assert_error(s, &body, 400, Code::InvalidArgument, "server");
+    }
+    let secret = "pa55-in-the-url";
+    let with_user = format!("https://ops:{secret}@userinfo.example.com:6443");
+    let (s, body) = rest_post(api, "/api/v1/clusters", json!({"server": with_user, "name": "userinfo"})).await;
+    assert_error(s, &body, 400, Code::InvalidArgument, "config.username");
+    assert!(!body.to_string().contains(secret), "the refusal repeats the password: {body}");
+    let err = api
+        .grpc
+        .clone()
+        .create(ClusterCreateRequest { cluster: Some(grpc_cluster(&with_user, "userinfo")), upsert: false })
+        .await
+        .expect_err("user info over gRPC");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(!err.message().contains(secret), "{}", err.message());
+    let (_, after) = rest_get(api, "/api/v1/clusters").await;
+    assert_eq!(servers(&before), servers(&after), "refused servers stored nothing");
+    assert!(!after.to_string().contains(secret));
+
+    // Errors the router answers by itself carry the same JSON body as every other error.
+    let resp = api.http.patch(api.url("/api/v1/clusters")).send().await.expect("patch");
+    assert_eq!(resp.status().as_u16(), 405);
+    let allow = resp.headers().get("allow").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    assert!(allow.contains("GET") && allow.contains("POST"), "Allow: {allow:?}");
+    let body: Value = resp.json().await.expect("a JSON body on 405");
+    assert_error(StatusCode::METHOD_NOT_ALLOWED, &body, 405, Code::Unimplemented, "");
+    let (s, body) = rest_get(api, "/api/v1/no-such-route").await;
+    assert_error(s, &body, 404, Code::NotFound, "");
+    let (s, body) = rest_get(api, "/api/v1/clusters/%FF%FE").await;
+    assert_eq!(s.as_u16(), 400, "{body}");
+    assert_eq!(body["code"], json!(Code::InvalidArgument as i32), "{body}");
 }
