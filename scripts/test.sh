@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Runs the whole test suite. Installs the pinned nats-server first; every test that needs NATS
-# starts its own server from it on a free loopback port with a temporary store.
+# Runs the whole test suite. Installs the pinned nats-server and schemathesis first; every test that
+# needs NATS starts its own server from it on a free loopback port with a temporary store.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CORRAL_NATS_SERVER="$(scripts/ensure-nats-server.sh)"
 export CORRAL_NATS_SERVER
+CORRAL_SCHEMATHESIS="$(scripts/ensure-schemathesis.sh)"
+export CORRAL_SCHEMATHESIS
 # The end-to-end tests start the service binaries, which `cargo test` alone does not build.
 cargo build --workspace --bins --locked
 # Two cores: two test threads per test binary keeps process-spawning tests from starving.

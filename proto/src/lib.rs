@@ -53,6 +53,14 @@ pub mod session {
     include!(concat!(env!("OUT_DIR"), "/session.rs"));
 }
 
+pub mod version {
+    include!(concat!(env!("OUT_DIR"), "/version.rs"));
+}
+
+/// The encoded `FileDescriptorSet` of the public API (`cluster`, `account`, `session`, `version`
+/// and the messages they use, with their imports and comments).
+pub const PUBLIC_FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/public_descriptor_set.bin"));
+
 pub mod corral {
     pub mod auth {
         pub mod v1 {

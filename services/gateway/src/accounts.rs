@@ -2,11 +2,9 @@
 
 use std::sync::Arc;
 
-use axum::Router;
 use axum::body::Body;
 use axum::extract::{Extension, Path, RawQuery, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post, put};
 use corral_auth::{Auth, AuthError, ISSUER};
 use corral_proto::account::account_service_server::AccountService;
 use corral_proto::account::{
@@ -173,19 +171,6 @@ pub struct RestAccounts {
     pub max_body_bytes: usize,
 }
 
-pub fn router(state: RestAccounts) -> Router {
-    Router::new()
-        .route("/api/v1/session", post(rest_login).delete(rest_logout))
-        .route("/api/v1/session/userinfo", get(rest_user_info))
-        .route("/api/v1/account", get(rest_list))
-        .route("/api/v1/account/password", put(rest_update_password))
-        .route("/api/v1/account/can-i/{resource}/{action}/{subresource}", get(rest_can_i))
-        .route("/api/v1/account/{name}", get(rest_get))
-        .route("/api/v1/account/{name}/token", post(rest_create_token))
-        .route("/api/v1/account/{name}/token/{id}", delete(rest_delete_token))
-        .with_state(state)
-}
-
 fn respond<T: serde::Serialize>(r: Result<T, ApiError>) -> Response {
     match r {
         Ok(v) => axum::Json(v).into_response(),
@@ -199,7 +184,15 @@ async fn json_body<T: for<'de> Deserialize<'de> + Default>(body: Body, limit: us
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    serde_json::from_slice(&bytes).map_err(|e| ApiError::invalid(format!("request body: {e}")).into_response())
+    let invalid = |e: String| ApiError::invalid(format!("request body: {e}")).into_response();
+    // A JSON object, whose null members count as absent, as grpc-gateway reads a message (serde
+    // alone would also take an array for a struct, and refuse null for a string).
+    let serde_json::Value::Object(mut members) = serde_json::from_slice(&bytes).map_err(|e| invalid(e.to_string()))?
+    else {
+        return Err(invalid("expected a JSON object".into()));
+    };
+    members.retain(|_, v| !v.is_null());
+    serde_json::from_value(serde_json::Value::Object(members)).map_err(|e| invalid(e.to_string()))
 }
 
 // Go-style JSON bodies with Argo CD's field names; unknown keys are ignored as grpc-gateway does.
@@ -225,6 +218,10 @@ struct TokenBody {
     #[serde(deserialize_with = "int_or_string")]
     expires_in: i64,
     id: String,
+    /// The account is the one in the path; a name in the body must still be text, as in the
+    /// request message.
+    #[serde(rename = "name")]
+    _name: String,
 }
 
 /// grpc-gateway accepts an int64 as a JSON number or a string.
@@ -242,7 +239,11 @@ fn int_or_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error
     }
 }
 
-async fn rest_login(State(s): State<RestAccounts>, Extension(ctx): Extension<CallContext>, body: Body) -> Response {
+pub(crate) async fn rest_login(
+    State(s): State<RestAccounts>,
+    Extension(ctx): Extension<CallContext>,
+    body: Body,
+) -> Response {
     let b: LoginBody = match json_body(body, s.max_body_bytes).await {
         Ok(b) => b,
         Err(r) => return r,
@@ -262,7 +263,7 @@ async fn rest_login(State(s): State<RestAccounts>, Extension(ctx): Extension<Cal
     }
 }
 
-async fn rest_logout(State(s): State<RestAccounts>, Extension(ctx): Extension<CallContext>) -> Response {
+pub(crate) async fn rest_logout(State(s): State<RestAccounts>, Extension(ctx): Extension<CallContext>) -> Response {
     match s.accounts.logout(&ctx).await {
         Ok(_) => {
             let mut resp = axum::Json(serde_json::json!({})).into_response();
@@ -276,7 +277,7 @@ async fn rest_logout(State(s): State<RestAccounts>, Extension(ctx): Extension<Ca
     }
 }
 
-async fn rest_user_info(State(s): State<RestAccounts>, Extension(ctx): Extension<CallContext>) -> Response {
+pub(crate) async fn rest_user_info(State(s): State<RestAccounts>, Extension(ctx): Extension<CallContext>) -> Response {
     respond(s.accounts.user_info(&ctx).map(|u| {
         let mut v = serde_json::json!({"loggedIn": u.logged_in, "username": u.username, "iss": u.iss});
         if !u.groups.is_empty() {
@@ -308,14 +309,14 @@ fn account_json(a: &Account) -> serde_json::Value {
     v
 }
 
-async fn rest_list(State(s): State<RestAccounts>, Extension(ctx): Extension<CallContext>) -> Response {
+pub(crate) async fn rest_list(State(s): State<RestAccounts>, Extension(ctx): Extension<CallContext>) -> Response {
     respond(s.accounts.list(&ctx).await.map(|l| {
         let items: Vec<_> = l.items.iter().map(account_json).collect();
         serde_json::json!({"items": items})
     }))
 }
 
-async fn rest_get(
+pub(crate) async fn rest_get(
     State(s): State<RestAccounts>,
     Extension(ctx): Extension<CallContext>,
     Path(name): Path<String>,
@@ -323,7 +324,7 @@ async fn rest_get(
     respond(s.accounts.get(&ctx, &name).await.map(|a| account_json(&a)))
 }
 
-async fn rest_update_password(
+pub(crate) async fn rest_update_password(
     State(s): State<RestAccounts>,
     Extension(ctx): Extension<CallContext>,
     body: Body,
@@ -337,7 +338,7 @@ async fn rest_update_password(
     respond(s.accounts.update_password(&ctx, req).await.map(|_| serde_json::json!({})))
 }
 
-async fn rest_can_i(
+pub(crate) async fn rest_can_i(
     State(s): State<RestAccounts>,
     Extension(ctx): Extension<CallContext>,
     Path((resource, action, subresource)): Path<(String, String, String)>,
@@ -349,7 +350,7 @@ async fn rest_can_i(
     )
 }
 
-async fn rest_create_token(
+pub(crate) async fn rest_create_token(
     State(s): State<RestAccounts>,
     Extension(ctx): Extension<CallContext>,
     Path(name): Path<String>,
@@ -375,7 +376,7 @@ async fn rest_create_token(
     respond(s.accounts.create_token(&ctx, req).await.map(|r| serde_json::json!({"token": r.token})))
 }
 
-async fn rest_delete_token(
+pub(crate) async fn rest_delete_token(
     State(s): State<RestAccounts>,
     Extension(ctx): Extension<CallContext>,
     Path((name, id)): Path<(String, String)>,

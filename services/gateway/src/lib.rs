@@ -5,7 +5,10 @@ pub mod accounts;
 pub mod calls;
 pub mod error;
 pub mod grpc;
+pub mod openapi;
 pub mod rest;
+pub mod routes;
+pub mod version;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -20,6 +23,7 @@ use corral_auth::Auth;
 use corral_proto::account::account_service_server::AccountServiceServer;
 use corral_proto::cluster::cluster_service_server::ClusterServiceServer;
 use corral_proto::session::session_service_server::SessionServiceServer;
+use corral_proto::version::version_service_server::VersionServiceServer;
 use corral_registry::RegistryApi;
 use tonic::Code;
 use tracing::Instrument;
@@ -77,13 +81,33 @@ fn is_grpc(req: &Request) -> bool {
         .is_some_and(|v| v.starts_with("application/grpc"))
 }
 
-/// Calls anyone may make: logging in, and the standard health checks of load balancers and
-/// orchestrators.
-fn is_public(req: &Request) -> bool {
+/// Who may make a call.
+#[derive(PartialEq)]
+enum Access {
+    /// Anyone: logging in, the health checks of load balancers and orchestrators, and the
+    /// descriptions of the API (reflection, the OpenAPI document), which hold nothing that is not
+    /// in the published `.proto` files.
+    Public,
+    /// Anyone, but a valid token tells more (the version, as in Argo CD); an invalid one is
+    /// ignored.
+    TokenOptional,
+    Token,
+}
+
+fn access(req: &Request) -> Access {
     let path = req.uri().path();
-    path == "/session.SessionService/Create"
+    if path == "/session.SessionService/Create"
         || (path == "/api/v1/session" && req.method() == http::Method::POST)
         || path.starts_with("/grpc.health.v1.Health/")
+        || path.starts_with("/grpc.reflection.")
+        || path == openapi::DOCUMENT_PATH
+    {
+        Access::Public
+    } else if path == "/api/version" || path == "/version.VersionService/Version" {
+        Access::TokenOptional
+    } else {
+        Access::Token
+    }
 }
 
 fn unauthenticated(grpc: bool, message: &str) -> Response {
@@ -121,32 +145,29 @@ fn find_token(req: &Request) -> Option<TokenSource> {
 
 /// Authenticates every call but login: verifies the token and records who is calling.
 async fn auth_layer(State(auth): State<Arc<Auth>>, mut req: Request, next: Next) -> Response {
-    if is_public(&req) {
+    let access = access(&req);
+    if access == Access::Public {
         return next.run(req).await;
     }
     let grpc = is_grpc(&req);
     let principal = if auth.disabled() {
         auth.anonymous_admin()
-    } else {
+    } else if access == Access::TokenOptional {
         let token = match find_token(&req) {
-            Some(TokenSource::Header(t)) => t,
-            Some(TokenSource::Cookie(t)) => {
-                // A browser sends cookies with cross-site form posts; Argo CD refuses non-JSON
-                // writes for them. Header-token API clients are not affected.
-                let json = req
-                    .headers()
-                    .get(http::header::CONTENT_TYPE)
-                    .and_then(|v| v.to_str().ok())
-                    .is_some_and(|v| v.starts_with("application/json"));
-                if !grpc && req.method() != http::Method::GET && req.method() != http::Method::HEAD && !json {
-                    return ApiError::new(Code::InvalidArgument, "Content-Type must be application/json")
-                        .into_response_with_status(http::StatusCode::UNSUPPORTED_MEDIA_TYPE);
-                }
-                t
-            }
-            None => return unauthenticated(grpc, "no session information"),
+            Some(TokenSource::Header(t) | TokenSource::Cookie(t)) => t,
+            None => return next.run(req).await,
         };
         match auth.verify(&token).await {
+            Ok(p) => p,
+            Err(_) => return next.run(req).await,
+        }
+    } else {
+        let (token, from_cookie) = match find_token(&req) {
+            Some(TokenSource::Header(t)) => (t, false),
+            Some(TokenSource::Cookie(t)) => (t, true),
+            None => return unauthenticated(grpc, "no session information"),
+        };
+        let principal = match auth.verify(&token).await {
             Ok(p) => p,
             Err(e) => {
                 let e = ApiError::from(e);
@@ -155,7 +176,20 @@ async fn auth_layer(State(auth): State<Arc<Auth>>, mut req: Request, next: Next)
                 }
                 return if grpc { tonic::Status::from(e).into_http() } else { e.into_response() };
             }
+        };
+        // A browser sends cookies with cross-site form posts; Argo CD refuses non-JSON writes for
+        // them. Header-token API clients are not affected, and a bad cookie is refused as any bad
+        // token is, first.
+        let json = req
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json"));
+        if from_cookie && !grpc && req.method() != http::Method::GET && req.method() != http::Method::HEAD && !json {
+            return ApiError::new(Code::InvalidArgument, "Content-Type must be application/json")
+                .into_response_with_status(http::StatusCode::UNSUPPORTED_MEDIA_TYPE);
         }
+        principal
     };
     if let Some(ctx) = req.extensions_mut().get_mut::<CallContext>() {
         ctx.actor = principal.account.clone();
@@ -230,17 +264,24 @@ pub fn app(
         AccountServiceServer::new(accounts::GrpcAccounts(accounts.clone())).max_decoding_message_size(limit);
     let grpc_sessions =
         SessionServiceServer::new(accounts::GrpcSessions(accounts.clone())).max_decoding_message_size(limit);
+    let grpc_version = VersionServiceServer::new(version::GrpcVersion);
     let grpc_router = tonic::service::Routes::new(grpc_clusters)
         .add_service(grpc_accounts)
         .add_service(grpc_sessions)
+        .add_service(grpc_version)
         .add_service(health_service())
+        .add_service(reflection_v1())
+        .add_service(reflection_v1alpha())
         .into_axum_router()
         .merge(
             Router::new().route(grpc::LIST_PATH, axum::routing::post(grpc::list)).with_state((clusters.clone(), limit)),
         )
         .layer(from_fn(grpc_size_limit_status));
-    let rest_router = rest::router(rest::RestState { clusters, max_body_bytes: limit })
-        .merge(accounts::router(accounts::RestAccounts { accounts, max_body_bytes: limit }));
+    let rest_router = routes::router(routes::RestState {
+        clusters: rest::ClusterRest { clusters, max_body_bytes: limit },
+        accounts: accounts::RestAccounts { accounts, max_body_bytes: limit },
+    })
+    .route(openapi::DOCUMENT_PATH, axum::routing::get(openapi::serve));
     let app = rest_router
         .merge(grpc_router)
         .fallback(not_found)
@@ -284,6 +325,24 @@ fn health_service() -> tonic_health::pb::health_server::HealthServer<impl tonic_
         }
     }
     service
+}
+
+/// gRPC server reflection (v1, and v1alpha for older tools), so that grpcurl and the like list
+/// and call every public service without the `.proto` files. It describes the public API only.
+fn reflection_v1()
+-> tonic_reflection::server::v1::ServerReflectionServer<impl tonic_reflection::server::v1::ServerReflection> {
+    reflection_builder().build_v1().unwrap_or_else(|e| panic!("the public descriptor set is broken: {e}"))
+}
+
+fn reflection_v1alpha()
+-> tonic_reflection::server::v1alpha::ServerReflectionServer<impl tonic_reflection::server::v1alpha::ServerReflection> {
+    reflection_builder().build_v1alpha().unwrap_or_else(|e| panic!("the public descriptor set is broken: {e}"))
+}
+
+fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(corral_proto::PUBLIC_FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
 }
 
 const CLUSTER_SERVICE: &str = "cluster.ClusterService";

@@ -40,6 +40,8 @@ pub struct Api {
     pub addr: SocketAddr,
     pub channel: Channel,
     pub token: Option<String>,
+    /// The user name and password the token was logged in with, if it was.
+    pub credentials: Option<(String, String)>,
     pub grpc: ClusterServiceClient<Authed>,
     pub http: reqwest::Client,
 }
@@ -57,6 +59,7 @@ impl Api {
             addr: self.addr,
             channel: self.channel.clone(),
             token: token.map(str::to_string),
+            credentials: self.credentials.clone(),
             grpc: ClusterServiceClient::with_interceptor(self.channel.clone(), interceptor),
             http: reqwest::Client::builder().default_headers(headers).build().expect("http client"),
         }
@@ -94,7 +97,13 @@ impl Api {
     /// Logs in as `username` and returns an Api acting with that session.
     pub async fn as_user(&self, username: &str, password: &str) -> Api {
         let token = self.login(username, password).await.unwrap_or_else(|e| panic!("login as {username}: {e:?}"));
-        self.with_token(Some(&token))
+        Api { credentials: Some((username.to_string(), password.to_string())), ..self.with_token(Some(&token)) }
+    }
+
+    /// Another session of the same user.
+    pub async fn new_session(&self) -> Api {
+        let (user, password) = self.credentials.clone().expect("an Api logged in with a password");
+        self.as_user(&user, &password).await
     }
 }
 
@@ -113,6 +122,17 @@ impl Embedded {
     }
 
     pub async fn start_in(dir: tempfile::TempDir) -> Embedded {
+        Self::start_with_accounts(dir, None).await
+    }
+
+    /// The control plane reading `accounts` (TOML, argocd-cm / argocd-rbac-cm keys), kept in the
+    /// data folder.
+    pub async fn start_with_accounts(dir: tempfile::TempDir, accounts: Option<&str>) -> Embedded {
+        let accounts_file = accounts.map(|text| {
+            let path = dir.path().join("accounts.toml");
+            std::fs::write(&path, text).expect("write accounts file");
+            path
+        });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let config = corral::Config {
@@ -121,7 +141,7 @@ impl Embedded {
             nats_url: None,
             seal_key_file: None,
             max_body_bytes: 64 * 1024,
-            auth: corral_gateway::AuthOptions { accounts_file: None, disable_auth: false, admin_password_out: None },
+            auth: corral_gateway::AuthOptions { accounts_file, disable_auth: false, admin_password_out: None },
             // The suite's clusters are made-up hosts: probing them would leave loopback.
             probe_interval_seconds: 0.0,
             cache_check_seconds: 0.0,
@@ -187,6 +207,7 @@ pub async fn wait_for_api_as(addr: SocketAddr, username: &str, password: &str) -
         addr,
         channel: channel.clone(),
         token: None,
+        credentials: None,
         grpc: ClusterServiceClient::with_interceptor(channel, TokenInterceptor::default()),
         http: reqwest::Client::new(),
     };

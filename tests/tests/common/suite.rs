@@ -124,6 +124,7 @@ pub async fn run_all(api: &Api) {
     invalidate_cache_and_rotate_auth(api).await;
     health_service_and_grpc_web(api).await;
     argo_cd_clients_round_two(api).await;
+    version_reflection_and_openapi(api).await;
 }
 
 pub async fn in_cluster_is_built_in(api: &Api) {
@@ -639,4 +640,182 @@ pub async fn argo_cd_clients_round_two(api: &Api) {
     let (s, body) = rest_get(api, "/api/v1/clusters/%FF%FE").await;
     assert_eq!(s.as_u16(), 400, "{body}");
     assert_eq!(body["code"], json!(Code::InvalidArgument as i32), "{body}");
+}
+
+/// `argocd version`'s call, gRPC reflection, and the OpenAPI document naming only served routes.
+pub async fn version_reflection_and_openapi(api: &Api) {
+    use corral_proto::version::version_service_client::VersionServiceClient;
+
+    // Anyone learns the version; a caller with a valid token the build's details too (an invalid
+    // token is ignored, as Argo CD does).
+    let (s, anonymous) = rest(&api.anonymous(), reqwest::Method::GET, "/api/version", None).await;
+    assert_eq!(s, StatusCode::OK, "{anonymous}");
+    let version = anonymous["Version"].as_str().unwrap_or_default().to_string();
+    assert!(version.starts_with(&format!("v{}", env!("CARGO_PKG_VERSION"))), "{anonymous}");
+    assert_eq!(anonymous.as_object().map(|o| o.len()), Some(1), "only the version without a token: {anonymous}");
+    let (s, bad) = rest(&api.with_token(Some("not-a-token")), reqwest::Method::GET, "/api/version", None).await;
+    assert_eq!((s, &bad), (StatusCode::OK, &anonymous));
+    let (s, full) = rest_get(api, "/api/version").await;
+    assert_eq!(s, StatusCode::OK, "{full}");
+    assert_eq!(full["Version"], json!(version));
+    assert!(full["Compiler"].as_str().is_some_and(|c| c.starts_with("rustc ")), "{full}");
+    assert!(full["Platform"].as_str().is_some_and(|p| p.starts_with("linux/")), "{full}");
+    assert!(full["GitCommit"].as_str().is_some_and(|c| c.len() == 40), "built from a git checkout: {full}");
+    assert!(full.get("GoVersion").is_none(), "{full}");
+    let grpc_full = VersionServiceClient::with_interceptor(api.channel.clone(), api.interceptor())
+        .version(())
+        .await
+        .expect("version over gRPC")
+        .into_inner();
+    assert_eq!(
+        (grpc_full.version.as_str(), grpc_full.git_commit.as_str()),
+        (version.as_str(), full["GitCommit"].as_str().unwrap_or_default())
+    );
+    let grpc_anonymous =
+        VersionServiceClient::new(api.channel.clone()).version(()).await.expect("anonymous").into_inner();
+    assert_eq!(grpc_anonymous.version, version);
+    assert!(grpc_anonymous.git_commit.is_empty() && grpc_anonymous.compiler.is_empty());
+
+    reflection_lists_and_calls_every_public_service(api).await;
+
+    // Every documented operation reaches a handler: none is answered by the router as an unknown
+    // route or a method it does not serve. A session of its own, as one operation logs out.
+    let (s, doc) = rest(&api.anonymous(), reqwest::Method::GET, "/swagger.json", None).await;
+    assert_eq!(s, StatusCode::OK, "{doc}");
+    let session = api.new_session().await;
+    let mut operations = 0;
+    for (path, methods) in doc["paths"].as_object().expect("paths") {
+        let concrete: String =
+            path.split('/').map(|seg| if seg.starts_with('{') { "x" } else { seg }).collect::<Vec<_>>().join("/");
+        for method in methods.as_object().expect("methods").keys() {
+            let m = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).expect("method");
+            let body = matches!(m, reqwest::Method::POST | reqwest::Method::PUT).then(|| json!({}));
+            let (s, answer) = rest(&session, m.clone(), &concrete, body).await;
+            let routed = s != StatusCode::METHOD_NOT_ALLOWED
+                && !(s == StatusCode::NOT_FOUND && answer["message"] == "no such route");
+            assert!(routed, "{method} {path} is documented but not served: {s} {answer}");
+            operations += 1;
+        }
+    }
+    assert!(operations >= 17, "{operations} operations documented");
+}
+
+/// Lists the services through gRPC reflection, fetches their descriptors, and calls List knowing
+/// nothing but what reflection answered.
+async fn reflection_lists_and_calls_every_public_service(api: &Api) {
+    use prost::Message as _;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::{ServerReflectionRequest, ServerReflectionResponse};
+
+    let mut client = ServerReflectionClient::new(api.channel.clone());
+    // One request at a time on one stream, as reflection clients talk.
+    let (tx, rx) = tokio::sync::mpsc::channel::<ServerReflectionRequest>(1);
+    let mut answers =
+        client.server_reflection_info(tokio_stream_from(rx)).await.expect("reflection (needs no token)").into_inner();
+    let mut ask = async |m: MessageRequest| -> Option<MessageResponse> {
+        tx.send(ServerReflectionRequest { host: String::new(), message_request: Some(m) }).await.expect("send");
+        let answer: ServerReflectionResponse = answers.message().await.expect("answer").expect("an answer");
+        answer.message_response
+    };
+    let Some(MessageResponse::ListServicesResponse(list)) = ask(MessageRequest::ListServices(String::new())).await
+    else {
+        panic!("no service list")
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for want in [
+        "cluster.ClusterService",
+        "account.AccountService",
+        "session.SessionService",
+        "version.VersionService",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(names.iter().any(|n| n == want), "{want} not listed: {names:?}");
+    }
+    assert!(!names.iter().any(|n| n.starts_with("corral.")), "internal services listed: {names:?}");
+    // The file defining the service, then each file it imports that has not come yet, by name.
+    let mut protos: Vec<prost_types::FileDescriptorProto> = Vec::new();
+    let mut request = MessageRequest::FileContainingSymbol("cluster.ClusterService".into());
+    loop {
+        let Some(MessageResponse::FileDescriptorResponse(files)) = ask(request).await else { panic!("no descriptor") };
+        for b in &files.file_descriptor_proto {
+            let file = prost_types::FileDescriptorProto::decode(b.as_slice()).expect("descriptor");
+            if !protos.iter().any(|p| p.name == file.name) {
+                protos.push(file);
+            }
+        }
+        let missing =
+            protos.iter().flat_map(|p| &p.dependency).find(|d| !protos.iter().any(|p| p.name() == d.as_str()));
+        match missing {
+            Some(name) => request = MessageRequest::FileByFilename(name.clone()),
+            None => break,
+        }
+    }
+    drop(tx);
+    let pool = prost_reflect::DescriptorPool::from_file_descriptor_set(prost_types::FileDescriptorSet { file: protos })
+        .expect("a self-contained descriptor set");
+    let service = pool.get_service_by_name("cluster.ClusterService").expect("ClusterService");
+    let list = service.methods().find(|m| m.name() == "List").expect("List");
+    let request = prost_reflect::DynamicMessage::new(list.input());
+    let mut grpc = tonic::client::Grpc::new(tonic::service::interceptor::InterceptedService::new(
+        api.channel.clone(),
+        api.interceptor(),
+    ));
+    grpc.ready().await.expect("ready");
+    let path =
+        http::uri::PathAndQuery::from_maybe_shared(format!("/{}/{}", service.full_name(), list.name())).expect("path");
+    let answer: bytes::Bytes = grpc
+        .unary(tonic::Request::new(request.encode_to_vec().into()), path, RawCodec)
+        .await
+        .expect("List called from reflection alone")
+        .into_inner();
+    let reply = prost_reflect::DynamicMessage::decode(list.output(), answer).expect("a ClusterList");
+    let items = reply.get_field_by_name("items").expect("items");
+    let names: Vec<String> = items
+        .as_list()
+        .expect("a list")
+        .iter()
+        .filter_map(|c| c.as_message()?.get_field_by_name("name")?.as_str().map(str::to_string))
+        .collect();
+    assert!(names.iter().any(|n| n == "in-cluster"), "{names:?}");
+}
+
+/// A gRPC codec for messages already encoded: reflection clients know no generated types.
+#[derive(Clone, Copy, Default)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = bytes::Bytes;
+    type Decode = bytes::Bytes;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+    fn encoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+    fn decoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = bytes::Bytes;
+    type Error = tonic::Status;
+    fn encode(&mut self, item: bytes::Bytes, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        bytes::BufMut::put(dst, item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = bytes::Bytes;
+    type Error = tonic::Status;
+    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<bytes::Bytes>, tonic::Status> {
+        let n = bytes::Buf::remaining(src);
+        Ok(Some(bytes::Buf::copy_to_bytes(src, n)))
+    }
+}
+
+fn tokio_stream_from<T: Send + 'static>(mut rx: tokio::sync::mpsc::Receiver<T>) -> impl futures::Stream<Item = T> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
