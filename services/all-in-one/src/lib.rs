@@ -41,6 +41,33 @@ pub struct Config {
     pub cache_check_seconds: f64,
 }
 
+/// What `<data-dir>/accounts.toml` holds when the all-in-one writes it on first start: nothing but
+/// how to fill it in. The running control plane reads it again within a second of a change.
+const ACCOUNTS_TEMPLATE: &str = r#"# Accounts and RBAC, in Argo CD's argocd-cm and argocd-rbac-cm keys (quoted: they hold dots).
+# Saved changes take effect within a second; an invalid file is reported and the previous one kept.
+#
+# "accounts.ci" = "apiKey"                 # capabilities: login, apiKey
+# "accounts.alice" = "login"
+# "accounts.alice.enabled" = "false"
+# "users.session.duration" = "24h"
+# "policy.default" = "role:readonly"       # for every authenticated caller
+# "policy.csv" = """
+# p, role:deployer, clusters, update, prod/*, allow
+# g, ci, role:deployer
+# """
+"#;
+
+/// The accounts file of a data folder, written with [`ACCOUNTS_TEMPLATE`] if there is none.
+fn default_accounts_file(data_dir: &std::path::Path) -> std::io::Result<PathBuf> {
+    let path = data_dir.join("accounts.toml");
+    match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
+        Ok(mut f) => std::io::Write::write_all(&mut f, ACCOUNTS_TEMPLATE.as_bytes())?,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    Ok(path)
+}
+
 /// Runs the control plane on an already-bound listener until `shutdown` resolves.
 pub async fn run(
     config: Config,
@@ -66,6 +93,9 @@ pub async fn run(
     let mut auth_options = config.auth.clone();
     if auth_options.admin_password_out.is_none() {
         auth_options.admin_password_out = Some(config.data_dir.join("admin.password"));
+    }
+    if auth_options.accounts_file.is_none() {
+        auth_options.accounts_file = Some(default_accounts_file(&config.data_dir)?);
     }
     let auth = corral_gateway::start_auth(log.clone(), key.clone(), &auth_options).await?;
     if config.probe_interval_seconds > 0.0 {

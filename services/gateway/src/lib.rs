@@ -400,7 +400,8 @@ pub struct ServiceConfig {
 #[derive(Debug, Clone, clap::Args)]
 pub struct AuthOptions {
     /// Accounts and RBAC configuration (TOML with argocd-cm / argocd-rbac-cm keys); reloaded
-    /// when it changes. Without it: the admin account only.
+    /// when it changes. Without it the gateway has the admin account only, and the all-in-one
+    /// reads <data-dir>/accounts.toml (written on first start with how to fill it in).
     #[arg(long, env = "CORRAL_ACCOUNTS_FILE")]
     pub accounts_file: Option<PathBuf>,
     /// Serve every call as the admin without authentication (as Argo CD's --disable-auth).
