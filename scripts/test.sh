@@ -9,5 +9,8 @@ CORRAL_SCHEMATHESIS="$(scripts/ensure-schemathesis.sh)"
 export CORRAL_SCHEMATHESIS
 # The end-to-end tests start the service binaries, which `cargo test` alone does not build.
 cargo build --workspace --bins --locked
+# The workspace's own rules: formatting, and the lints with warnings as errors.
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
 # Two cores: two test threads per test binary keeps process-spawning tests from starving.
 cargo test --workspace --locked "$@" -- --test-threads=2
