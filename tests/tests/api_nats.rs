@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::DeploymentApi as _;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_api_on_nats_with_separate_processes() {
     let d = common::Deployment::start(1, 1).await;

@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::DeploymentApi as _;
+
 use common::suite::escape as enc;
 
 use std::time::Duration;
@@ -442,11 +444,11 @@ async fn accounts_tokens_and_rbac_across_two_gateways() {
 async fn the_embedded_control_plane_requires_a_login_and_keeps_no_secret_in_clear() {
     let cp = common::Embedded::start().await;
     let admin = cp.api.clone();
-    let password = std::fs::read_to_string(cp.dir.path().join("admin.password")).expect("password file");
+    let password = std::fs::read_to_string(cp.dir.as_path().join("admin.password")).expect("password file");
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(cp.dir.path().join("admin.password")).expect("meta").permissions().mode();
+        let mode = std::fs::metadata(cp.dir.as_path().join("admin.password")).expect("meta").permissions().mode();
         assert_eq!(mode & 0o077, 0, "the generated password is readable by its owner only");
     }
     assert_eq!(get(&admin.anonymous(), "/api/v1/clusters").await.0, 401);

@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::DeploymentApi as _;
+
 use common::suite::{b64, escape as enc, rest_post};
 
 use std::time::{Duration, Instant};

@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::DeploymentApi as _;
+
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -139,9 +141,9 @@ async fn kill_9_of_registry_and_gateway_loses_no_acknowledged_write() {
 /// Lists through the registry replicas' own projection, over NATS, bypassing the gateway's view.
 async fn registry_list(d: &common::Deployment) -> corral_proto::v1alpha1::ClusterList {
     use corral_proto::registry::{Query, query, reply};
-    use corral_registry::RegistryApi;
+    use corral_service_api::ClusterQueries as _;
     let client = async_nats::connect(d.nats.url()).await.expect("nats");
-    let registry = corral_registry::nats_rpc::NatsRegistryClient::new(client, Duration::from_secs(30));
+    let registry = corral_service_api::nats::NatsClient::new(client, Duration::from_secs(30));
     let q = Query { linearizable: true, kind: Some(query::Kind::List(Default::default())), ..Default::default() };
     match registry.query(q).await.result {
         Some(reply::Result::List(l)) => l,
@@ -154,7 +156,7 @@ async fn kill_9_of_the_all_in_one_on_the_embedded_log_loses_no_acknowledged_writ
     let dir = tempfile::tempdir().expect("tempdir");
     let start = |dir: std::path::PathBuf| async move {
         let p = ServiceProcess::spawn(
-            &common::workspace_bin("corral"),
+            &corral_test_harness::deployment::workspace_bin("corral"),
             &["--listen".into(), "127.0.0.1:0".into(), "--data-dir".into(), dir.display().to_string()],
             &[
                 ("CORRAL_ADMIN_PASSWORD".into(), common::ADMIN_PASSWORD.into()),

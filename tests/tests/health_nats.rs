@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::DeploymentApi as _;
+
 use common::suite::{b64, escape as enc, rest_post};
 
 use std::time::{Duration, Instant};
@@ -249,10 +251,8 @@ async fn two_probe_replicas_split_the_fleet_and_the_survivor_takes_over() {
     let fake = FakeKube::start(&["fleet-token"]).await;
     let mut first = d.spawn_health_probe(INTERVAL, TIMEOUT).await;
     let second = d.spawn_health_probe(INTERVAL, TIMEOUT).await;
-    let survivor = format!(
-        "health-probe/{}",
-        second.ready_line().rsplit("replica ").next().unwrap_or_default().trim_end_matches(')')
-    );
+    let replica = second.logs().into_iter().find_map(|l| Some(l.split_once(" replica ")?.1.trim().to_string()));
+    let survivor = format!("health-probe/{}", replica.expect("the second replica's id"));
     // Let the replicas hear each other before the fleet arrives.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let api = d.api(0).await;

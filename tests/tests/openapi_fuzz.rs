@@ -59,7 +59,7 @@ async fn every_operation_of_the_openapi_document_holds_under_schemathesis() {
     }
 
     let base = format!("http://{}", admin.addr);
-    let report = cp.dir.path().join("schemathesis.json");
+    let report = cp.dir.as_path().join("schemathesis.json");
     let hooks = Path::new(env!("CARGO_MANIFEST_DIR")).join("schemathesis");
     let out = tokio::process::Command::new(schemathesis())
         .arg("run")
@@ -75,7 +75,7 @@ async fn every_operation_of_the_openapi_document_holds_under_schemathesis() {
         .args(["--report", "json", "--report-json-path"])
         .arg(&report)
         // Its caches go to the temporary folder, not the checkout.
-        .current_dir(cp.dir.path())
+        .current_dir(cp.dir.as_path())
         .env("SCHEMATHESIS_HOOKS", "corral_hooks")
         .env("PYTHONPATH", &hooks)
         .env("CORRAL_FUZZ_BASE", &base)

@@ -166,7 +166,12 @@ fn the_configuration_reference_is_every_binarys_help() {
         "corral-cache-invalidation",
         "corral-auth-rotation",
     ] {
-        let out = std::process::Command::new(common::workspace_bin(name)).arg("--help").output().expect("--help");
+        // No variable of this environment shows up as a value in the help.
+        let out = std::process::Command::new(corral_test_harness::deployment::workspace_bin(name))
+            .arg("--help")
+            .env_clear()
+            .output()
+            .expect("--help");
         assert!(out.status.success(), "{name} --help failed");
         let help = String::from_utf8(out.stdout).expect("UTF-8 help");
         doc.push_str(&format!("\n## `{name}`\n\n```text\n{}\n```\n", help.trim_end()));

@@ -2,6 +2,8 @@
 
 mod common;
 
+use common::DeploymentApi as _;
+
 use common::files_containing;
 use common::suite::{PASSWORD, TOKEN, cluster_json, rest_get, rest_post};
 use corral_event_log::{EventLog, NatsLog};

@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::DeploymentApi as _;
+
 use corral_event_log::{EventLog, NatsLog};
 use corral_proto::events::EventEnvelope;
 use prost::Message;

@@ -14,10 +14,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, SystemTime};
 
-use corral_event_log::{EventLog, LogError, NewEvent};
+use corral_event_log::{EventLog, LogError};
 use corral_proto::account as api;
 use corral_proto::auth as ev;
-use corral_proto::events::EventEnvelope;
 use corral_secrets::{SealingKey, Secret};
 use futures::StreamExt;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -176,20 +175,24 @@ pub enum InitialAdminPassword {
 }
 
 impl InitialAdminPassword {
-    /// From `CORRAL_ADMIN_PASSWORD`, `CORRAL_ADMIN_PASSWORD_FILE` or `CORRAL_ADMIN_PASSWORD_BCRYPT`.
-    pub fn from_env() -> Result<InitialAdminPassword, AuthError> {
-        if let Ok(p) = std::env::var("CORRAL_ADMIN_PASSWORD") {
-            return Ok(InitialAdminPassword::Plain(Secret::new(p)));
+    /// From the password given in clear, a file holding it, or a bcrypt hash, in that order.
+    pub fn from_options(
+        plain: Option<&str>,
+        file: Option<&Path>,
+        bcrypt: Option<&str>,
+    ) -> Result<InitialAdminPassword, AuthError> {
+        if let Some(p) = plain.filter(|p| !p.is_empty()) {
+            return Ok(InitialAdminPassword::Plain(Secret::new(p.to_string())));
         }
-        if let Ok(path) = std::env::var("CORRAL_ADMIN_PASSWORD_FILE") {
-            let p = std::fs::read_to_string(&path)
-                .map_err(|e| AuthError::Config(format!("CORRAL_ADMIN_PASSWORD_FILE {path}: {e}")))?;
+        if let Some(path) = file {
+            let p = std::fs::read_to_string(path)
+                .map_err(|e| AuthError::Config(format!("admin password file {}: {e}", path.display())))?;
             return Ok(InitialAdminPassword::Plain(Secret::new(p.trim_end_matches(['\r', '\n']).to_string())));
         }
-        if let Ok(h) = std::env::var("CORRAL_ADMIN_PASSWORD_BCRYPT") {
+        if let Some(h) = bcrypt.filter(|h| !h.is_empty()) {
             h.parse::<bcrypt::HashParts>()
-                .map_err(|_| AuthError::Config("CORRAL_ADMIN_PASSWORD_BCRYPT is not a bcrypt hash".into()))?;
-            return Ok(InitialAdminPassword::Bcrypt(Secret::new(h)));
+                .map_err(|_| AuthError::Config("the admin password hash is not a bcrypt hash".into()))?;
+            return Ok(InitialAdminPassword::Bcrypt(Secret::new(h.to_string())));
         }
         Ok(InitialAdminPassword::Generate)
     }
@@ -366,25 +369,19 @@ impl Auth {
         expected: Option<u64>,
         actor: &str,
     ) -> Result<Result<u64, ()>, AuthError> {
-        let event_id = uuid::Uuid::new_v4().to_string();
-        let envelope = EventEnvelope {
-            event_id: event_id.clone(),
-            event_type: event_type.to_string(),
+        let draft = corral_events::Draft {
             aggregate_id: subject.clone(),
-            occurred_at_unix_nanos: chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default(),
-            schema_version: 1,
-            actor: actor.to_string(),
-            payload: payload.encode_to_vec(),
-            ..Default::default()
-        };
-        let new = NewEvent {
             subject,
-            msg_id: event_id,
+            // Each account subject is one aggregate; the expected sequence orders its events.
+            aggregate_version: 0,
             expected_subject_seq: expected,
-            headers: vec![],
-            payload: envelope.encode_to_vec().into(),
+            event_type,
+            payload: payload.encode_to_vec(),
+            msg_id: None,
         };
-        match self.log.append(new).await {
+        let origin = corral_events::Origin { actor: actor.to_string(), ..Default::default() };
+        let (event, _) = corral_events::write(draft, &origin);
+        match self.log.append(event).await {
             Ok(out) => Ok(Ok(out.seq)),
             Err(LogError::Conflict { .. }) => Ok(Err(())),
             Err(e) => Err(e.into()),

@@ -11,17 +11,13 @@ use prost::Message;
 
 use crate::AuthError;
 
-pub const KEY_SUBJECT: &str = "corral.auth.key";
-pub const ACCOUNT_SUBJECT_PREFIX: &str = "corral.account.";
-pub const LOGIN_SUBJECT_PREFIX: &str = "corral.login.";
-
-pub const SIGNING_KEY_CREATED: &str = "SigningKeyCreated";
-pub const PASSWORD_SET: &str = "PasswordSet";
-pub const API_TOKEN_ISSUED: &str = "ApiTokenIssued";
-pub const API_TOKEN_REVOKED: &str = "ApiTokenRevoked";
-pub const SESSION_REVOKED: &str = "SessionRevoked";
-pub const LOGIN_FAILED: &str = "LoginFailed";
-pub const LOGIN_SUCCEEDED: &str = "LoginSucceeded";
+pub use corral_events::event_type::{
+    API_TOKEN_ISSUED, API_TOKEN_REVOKED, LOGIN_FAILED, LOGIN_SUCCEEDED, PASSWORD_SET, SESSION_REVOKED,
+    SIGNING_KEY_CREATED,
+};
+pub use corral_events::subject::{
+    ACCOUNT as ACCOUNT_SUBJECT_PREFIX, LOGIN as LOGIN_SUBJECT_PREFIX, SIGNING_KEY as KEY_SUBJECT,
+};
 
 /// Associated data binding sealed auth material to its purpose.
 pub const SIGNING_KEY_AAD: &[u8] = b"corral.auth.signing-key";

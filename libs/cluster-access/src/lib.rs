@@ -6,17 +6,19 @@
 pub mod aws;
 pub mod client;
 pub mod membership;
+pub mod observer;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use corral_cluster_model::{codec, read_model};
 use corral_domain::IN_CLUSTER_SERVER;
-use corral_event_log::{EventLog, LogError, NewEvent, RecordedEvent};
+use corral_event_log::{EventLog, LogError, RecordedEvent};
+use corral_events::subject;
 use corral_proto::events::EventEnvelope;
 use corral_proto::registry::ClusterRecord;
 use corral_proto::v1alpha1::ClusterConfig;
-use corral_registry::read_model::{self, CLUSTER_SUBJECT_PREFIX};
 use corral_secrets::SealingKey;
 use futures::StreamExt;
 use prost::Message;
@@ -66,6 +68,12 @@ impl Fleet {
         Fleet { targets: HashMap::new(), applied: 0, applied_tx: tokio::sync::watch::Sender::new(0), side_prefix }
     }
 
+    /// The subjects the fleet is made of: the clusters' and the service's side subjects. Its
+    /// follower receives these only.
+    pub fn filters(&self) -> Vec<String> {
+        vec![subject::all(subject::CLUSTER), subject::all(self.side_prefix)]
+    }
+
     /// Follows `applied`, to wait for a revision without polling.
     pub fn applied_watch(&self) -> tokio::sync::watch::Receiver<u64> {
         self.applied_tx.subscribe()
@@ -75,7 +83,7 @@ impl Fleet {
     pub fn apply(&mut self, ev: &RecordedEvent, key: &SealingKey) -> Option<String> {
         self.applied = self.applied.max(ev.seq);
         self.applied_tx.send_replace(self.applied);
-        if let Some(id) = ev.subject.strip_prefix(CLUSTER_SUBJECT_PREFIX) {
+        if let Some(id) = ev.subject.strip_prefix(subject::CLUSTER) {
             let env = EventEnvelope::decode(ev.payload.as_ref()).ok()?;
             let previous = self.targets.remove(id);
             let (rec, side) = match previous {
@@ -92,7 +100,7 @@ impl Fleet {
             if rec.deleted {
                 return None;
             }
-            let config = rec.spec.as_ref().and_then(|spec| match corral_registry::codec::open_config(spec, id, key) {
+            let config = rec.spec.as_ref().and_then(|spec| match codec::open_config(spec, id, key) {
                 Ok(c) => Some(Arc::new(c)),
                 Err(e) => {
                     tracing::error!(error = %e, cluster_id = id, "cannot open a cluster's credentials");
@@ -112,17 +120,19 @@ impl Fleet {
     }
 }
 
-/// Folds the log into `fleet`; reports clusters that appear or change after `live_from`.
-pub async fn follow(
+/// Folds the fleet's subjects of the log into `fleet`; reports clusters that appear or change
+/// after `live_from`.
+async fn follow(
     log: Arc<dyn EventLog>,
     key: Arc<SealingKey>,
     fleet: Arc<Mutex<Fleet>>,
     changed: mpsc::UnboundedSender<String>,
     live_from: u64,
 ) {
+    let filters = lock(&fleet).filters();
     loop {
         let from = lock(&fleet).applied + 1;
-        let mut stream = match log.subscribe(from).await {
+        let mut stream = match log.subscribe_matching(from, &filters).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot follow the log; retrying");
@@ -148,19 +158,41 @@ pub async fn follow(
     }
 }
 
+/// A fleet kept up to date from the log, and the clusters that appear or change in it.
+pub struct FleetFeed {
+    pub fleet: Arc<Mutex<Fleet>>,
+    pub changed: mpsc::UnboundedReceiver<String>,
+    follower: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FleetFeed {
+    fn drop(&mut self) {
+        self.follower.abort();
+    }
+}
+
 /// Starts following the log and waits until the fleet holds everything logged so far.
 pub async fn load_fleet(
     log: Arc<dyn EventLog>,
     key: Arc<SealingKey>,
     side_prefix: &'static str,
-) -> Result<(Arc<Mutex<Fleet>>, mpsc::UnboundedReceiver<String>, tokio::task::JoinHandle<()>), LogError> {
+) -> Result<FleetFeed, LogError> {
     let fleet = Arc::new(Mutex::new(Fleet::new(side_prefix)));
     let (tx, rx) = mpsc::unbounded_channel();
-    let last = log.last_seq().await?;
+    let filters = lock(&fleet).filters();
+    let last = log.last_seq_matching(&filters).await?;
     let mut applied = lock(&fleet).applied_watch();
-    let task = tokio::spawn(follow(log, key, fleet.clone(), tx, last));
+    let follower = tokio::spawn(follow(log, key, fleet.clone(), tx, last));
     let _ = applied.wait_for(|a| *a >= last).await;
-    Ok((fleet, rx, task))
+    Ok(FleetFeed { fleet, changed: rx, follower })
+}
+
+/// Waits up to `limit` until `fleet` holds everything `log` acknowledged before the call on the
+/// fleet's subjects; whether it does.
+pub async fn catch_up(log: &dyn EventLog, fleet: &Mutex<Fleet>, limit: Duration) -> Result<bool, LogError> {
+    let filters = lock(fleet).filters();
+    let last = log.last_seq_matching(&filters).await?;
+    Ok(wait_applied(fleet, last, limit).await)
 }
 
 /// Waits up to `limit` for the fleet to apply `seq`; whether it did.
@@ -216,6 +248,28 @@ impl Clients {
         Ok(c)
     }
 
+    /// Runs `call` on the cluster's client (built with `timeout` on each request), bounded by
+    /// `budget` in all; a failure in words an operator can act on, with every credential removed.
+    pub async fn call<T, F, Fut>(
+        &self,
+        target: (&str, &str, &Arc<ClusterConfig>),
+        timeout: Duration,
+        budget: Duration,
+        call: F,
+    ) -> Result<T, String>
+    where
+        F: FnOnce(kube::Client) -> Fut,
+        Fut: Future<Output = Result<T, kube::Error>>,
+    {
+        let (id, server, config) = target;
+        let client = self.get(id, server, config, timeout).await.map_err(|e| redact(e.to_string(), config))?;
+        match tokio::time::timeout(budget, call(client)).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(describe(&e, config)),
+            Err(_) => Err(format!("the API server did not answer within {budget:?}")),
+        }
+    }
+
     pub fn retain(&self, keep: impl Fn(&str) -> bool) {
         lock(&self.clients).retain(|id, _| keep(id));
     }
@@ -269,59 +323,19 @@ pub async fn append_side(
     payload: Vec<u8>,
     expected_seq: u64,
 ) -> Result<(), LogError> {
-    let event_id = uuid::Uuid::new_v4().to_string();
-    let envelope = EventEnvelope {
-        event_id: event_id.clone(),
-        event_type: event_type.into(),
+    let draft = corral_events::Draft {
         aggregate_id: subject.clone(),
-        occurred_at_unix_nanos: chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default(),
-        schema_version: 1,
-        actor,
-        payload,
-        ..Default::default()
-    };
-    let event = NewEvent {
         subject,
-        msg_id: event_id,
+        // Side subjects keep no version of their own: the expected sequence orders them.
+        aggregate_version: 0,
         expected_subject_seq: Some(expected_seq),
-        headers: vec![],
-        payload: envelope.encode_to_vec().into(),
+        event_type,
+        payload,
+        msg_id: None,
     };
+    let (event, _) = corral_events::write(draft, &corral_events::Origin { actor, ..Default::default() });
     match log.append(event).await {
         Ok(_) | Err(LogError::Conflict { .. }) => Ok(()),
         Err(e) => Err(e),
-    }
-}
-
-/// The settings every observing service needs in NATS mode.
-#[derive(Debug, Clone, clap::Args)]
-pub struct NatsServiceArgs {
-    #[arg(long, env = "CORRAL_NATS_URL")]
-    pub nats_url: String,
-    #[arg(long, env = "CORRAL_STREAM", default_value = "CORRAL")]
-    pub stream: String,
-    /// File holding the sealing key (base64); CORRAL_SEAL_KEY takes precedence.
-    #[arg(long, env = "CORRAL_SEAL_KEY_FILE")]
-    pub seal_key_file: Option<std::path::PathBuf>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
-    #[error("cannot connect to NATS: {0}")]
-    Nats(#[from] async_nats::ConnectError),
-    #[error(transparent)]
-    Log(#[from] LogError),
-    #[error(transparent)]
-    Key(#[from] corral_secrets::SecretsError),
-}
-
-impl NatsServiceArgs {
-    /// The NATS connection, the event log on it and the sealing key.
-    pub async fn connect(&self) -> Result<(async_nats::Client, Arc<dyn EventLog>, Arc<SealingKey>), ConnectError> {
-        let client = async_nats::connect(&self.nats_url).await?;
-        let log_config = corral_event_log::NatsLogConfig { stream: self.stream.clone(), ..Default::default() };
-        let log: Arc<dyn EventLog> = Arc::new(corral_event_log::NatsLog::new(client.clone(), log_config).await?);
-        let key = Arc::new(SealingKey::load(corral_registry::SEAL_KEY_ENV, self.seal_key_file.as_deref(), false)?);
-        Ok((client, log, key))
     }
 }

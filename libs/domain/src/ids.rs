@@ -1,4 +1,4 @@
-//! Stable ids and log subjects. Ids are UUID v5, so every process derives the same id from the
+//! Stable ids. Ids are UUID v5, so every process derives the same id from the
 //! same server URL or name without coordination.
 
 use uuid::Uuid;
@@ -16,16 +16,6 @@ pub fn cluster_id(server: &str) -> String {
 /// The key of a cluster name claim: 32 lowercase hex characters, safe in a NATS subject.
 pub fn name_key(name: &str) -> String {
     Uuid::new_v5(&CLUSTER_NAME_NAMESPACE, name.as_bytes()).simple().to_string()
-}
-
-/// The log subject of a cluster's events.
-pub fn cluster_subject(id: &str) -> String {
-    format!("corral.cluster.{id}")
-}
-
-/// The log subject of a cluster name's claims.
-pub fn name_subject(key: &str) -> String {
-    format!("corral.clustername.{key}")
 }
 
 /// A name sent with `id.type=name_escaped`, decoded as Go's `url.QueryUnescape` decodes it (which
@@ -85,11 +75,5 @@ mod tests {
         for bad in ["%", "%2", "%zz", "a%g1", "%ff"] {
             assert_eq!(unescape_name(bad), None, "{bad:?}");
         }
-    }
-
-    #[test]
-    fn subjects() {
-        assert_eq!(cluster_subject("abc"), "corral.cluster.abc");
-        assert_eq!(name_subject("def"), "corral.clustername.def");
     }
 }

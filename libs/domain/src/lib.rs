@@ -15,8 +15,6 @@ mod validate;
 
 pub use aggregate::{ClusterCommand, ClusterEvent, ClusterState, SPEC_IS_DIFFERENT, UPDATABLE_FIELDS, apply, decide};
 pub use error::DomainError;
-pub use ids::{
-    CLUSTER_ID_NAMESPACE, CLUSTER_NAME_NAMESPACE, cluster_id, cluster_subject, name_key, name_subject, unescape_name,
-};
+pub use ids::{CLUSTER_ID_NAMESPACE, CLUSTER_NAME_NAMESPACE, cluster_id, name_key, unescape_name};
 pub use spec::{ClusterSpec, IN_CLUSTER_NAME, IN_CLUSTER_SERVER, in_cluster_spec};
 pub use validate::{MAX_SERVER_LEN, validate};

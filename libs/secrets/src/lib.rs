@@ -23,14 +23,17 @@ pub const KEY_LEN: usize = 32;
 /// Length of an XChaCha20-Poly1305 nonce in bytes.
 pub const NONCE_LEN: usize = 24;
 
+/// The environment variable that gives the sealing key (base64 of 32 bytes).
+pub const SEAL_KEY_ENV: &str = "CORRAL_SEAL_KEY";
+
 /// What can go wrong loading a key or opening a box.
 #[derive(Debug, thiserror::Error)]
 pub enum SecretsError {
     /// The key text is not standard base64 of exactly 32 bytes.
     #[error("invalid sealing key: {0}")]
     InvalidKey(String),
-    /// Neither the env var nor the key file holds a key, and generating one was not allowed.
-    #[error("no sealing key: env var {env_var} is unset and {file} does not exist")]
+    /// No key was given and the key file does not exist, and generating one was not allowed.
+    #[error("no sealing key: {env_var} is unset and {file} does not exist")]
     MissingKey { env_var: String, file: String },
     /// Reading or writing the key file failed.
     #[error("sealing key file {path}: {source}")]
@@ -98,16 +101,12 @@ impl SealingKey {
         &self.key_id
     }
 
-    /// Loads the key from the env var if set (base64), else from `file` if it exists, else if
-    /// `generate_if_missing` creates `file` (mode 0600, parent dirs created) with a new key.
-    pub fn load(env_var: &str, file: Option<&Path>, generate_if_missing: bool) -> Result<SealingKey, SecretsError> {
-        // An empty variable counts as unset, so `VAR=` in a unit file does not shadow the file.
-        match std::env::var(env_var) {
-            Ok(v) if !v.trim().is_empty() => return SealingKey::from_base64(&v),
-            _ => {}
-        }
+    /// Loads the key from `file` if it exists, else if `generate_if_missing` creates `file` (mode
+    /// 0600, parent dirs created) with a new key. (A key given in the environment is read with
+    /// the other process options, and never reaches here.)
+    pub fn load_file(file: Option<&Path>, generate_if_missing: bool) -> Result<SealingKey, SecretsError> {
         let missing = || SecretsError::MissingKey {
-            env_var: env_var.to_owned(),
+            env_var: SEAL_KEY_ENV.to_owned(),
             file: file.map_or_else(|| "(no file)".to_owned(), |p| p.display().to_string()),
         };
         let Some(file) = file else {
@@ -332,14 +331,11 @@ mod tests {
         assert!(!dbg.contains("171"), "{dbg}");
     }
 
-    // A variable name no environment sets, so these tests see it unset.
-    const UNSET_VAR: &str = "CORRAL_SECRETS_TEST_SURELY_UNSET_VAR";
-
     #[test]
     fn file_is_created_with_0600_and_reloaded() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("nested/dir/sealing.key");
-        let created = SealingKey::load(UNSET_VAR, Some(&path), true).unwrap();
+        let created = SealingKey::load_file(Some(&path), true).unwrap();
         assert!(path.exists());
         #[cfg(unix)]
         {
@@ -347,7 +343,7 @@ mod tests {
             let mode = std::fs::metadata(&path).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
-        let reloaded = SealingKey::load(UNSET_VAR, Some(&path), false).unwrap();
+        let reloaded = SealingKey::load_file(Some(&path), false).unwrap();
         assert_eq!(reloaded.key_id(), created.key_id());
         let sealed = created.seal(b"x", b"");
         assert_eq!(reloaded.open(&sealed, b"").unwrap(), b"x");
@@ -361,9 +357,9 @@ mod tests {
     fn missing_key_without_generate_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sealing.key");
-        assert!(matches!(SealingKey::load(UNSET_VAR, Some(&path), false), Err(SecretsError::MissingKey { .. })));
+        assert!(matches!(SealingKey::load_file(Some(&path), false), Err(SecretsError::MissingKey { .. })));
         assert!(!path.exists());
-        assert!(matches!(SealingKey::load(UNSET_VAR, None, true), Err(SecretsError::MissingKey { .. })));
+        assert!(matches!(SealingKey::load_file(None, true), Err(SecretsError::MissingKey { .. })));
     }
 
     #[test]
@@ -371,40 +367,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sealing.key");
         std::fs::write(&path, "garbage").unwrap();
-        assert!(matches!(SealingKey::load(UNSET_VAR, Some(&path), true), Err(SecretsError::InvalidKey(_))));
-    }
-
-    // Setting an env var in-process needs `unsafe` (edition 2024, and the workspace forbids
-    // unsafe), so the env-var test re-runs this test binary with the variable set.
-    const CHILD_VAR: &str = "CORRAL_SECRETS_TEST_CHILD_KEY";
-    const CHILD_FILE: &str = "CORRAL_SECRETS_TEST_CHILD_FILE";
-
-    #[test]
-    fn env_var_wins_over_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("sealing.key");
-        let file_key = SealingKey::load(UNSET_VAR, Some(&path), true).unwrap();
-        let env_key = SealingKey::generate();
-        let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "tests::env_var_child", "--nocapture"])
-            .env(CHILD_VAR, env_key.to_base64())
-            .env(CHILD_FILE, &path)
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "{stdout}");
-        assert!(stdout.contains(&format!("loaded key id {}", env_key.key_id())), "{stdout}");
-        assert!(!stdout.contains(file_key.key_id()), "{stdout}");
-    }
-
-    /// Does its work only when started by `env_var_wins_over_file`.
-    #[test]
-    fn env_var_child() {
-        let Some(file) = std::env::var_os(CHILD_FILE) else {
-            return;
-        };
-        let key = SealingKey::load(CHILD_VAR, Some(Path::new(&file)), true).unwrap();
-        println!("loaded key id {}", key.key_id());
+        assert!(matches!(SealingKey::load_file(Some(&path), true), Err(SecretsError::InvalidKey(_))));
     }
 
     #[test]

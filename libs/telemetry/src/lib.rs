@@ -1,7 +1,7 @@
 //! Tracing and logging set-up shared by every binary, and W3C trace context helpers.
 //!
-//! Logs go to stderr (stdout carries only readiness lines), as text or, with
-//! `CORRAL_LOG_FORMAT=json`, as JSON lines; `RUST_LOG` filters them (default `info`).
+//! Logs go to stderr (stdout carries only readiness lines), as text or JSON lines; `RUST_LOG`
+//! filters them (default `info`).
 
 use tracing_subscriber::EnvFilter;
 
@@ -10,9 +10,8 @@ pub struct Guard {
     _private: (),
 }
 
-pub fn init(service: &str) -> Guard {
+pub fn init(service: &str, json: bool) -> Guard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let json = std::env::var("CORRAL_LOG_FORMAT").is_ok_and(|v| v == "json");
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let result = if json { builder.json().try_init() } else { builder.try_init() };
     if result.is_ok() {

@@ -5,9 +5,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use corral_cluster_model::open_projection_db;
 use corral_event_log::EventLog;
-use corral_registry::{RegistryApi, RegistryConfig};
-use corral_secrets::SealingKey;
+use corral_registry::RegistryConfig;
 
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "corral", about = "Event-sourced cluster registry control plane (all in one process)")]
@@ -15,31 +15,34 @@ pub struct Config {
     /// Address to listen on for gRPC and REST.
     #[arg(long, env = "CORRAL_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
-    /// Folder for the embedded log, projections and the generated sealing key.
+    /// Folder for the embedded log, projections, the generated sealing key and admin password,
+    /// and the accounts file.
     #[arg(long, env = "CORRAL_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
-    /// NATS server URL; without it the embedded event log is used.
+    /// NATS server URLs, comma-separated; without them the embedded event log is used.
     #[arg(long, env = "CORRAL_NATS_URL")]
     pub nats_url: Option<String>,
-    /// File holding the sealing key (base64). Default: <data-dir>/seal.key, generated on first
-    /// start in embedded mode. CORRAL_SEAL_KEY takes precedence.
-    #[arg(long, env = "CORRAL_SEAL_KEY_FILE")]
-    pub seal_key_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub stream: corral_process::StreamOptions,
+    // Without a key or key file: <data-dir>/seal.key, generated on first start.
+    #[command(flatten)]
+    pub seal_key: corral_process::SealKeyOptions,
     /// Largest accepted request body in bytes.
     #[arg(long, env = "CORRAL_MAX_BODY_BYTES", default_value_t = corral_gateway::DEFAULT_MAX_BODY_BYTES)]
     pub max_body_bytes: usize,
     #[command(flatten)]
     pub auth: corral_gateway::AuthOptions,
-    /// Seconds between health-probe rounds; 0 turns the probe off.
-    #[arg(long, env = "CORRAL_PROBE_INTERVAL_SECONDS", default_value_t = 10.0)]
-    pub probe_interval_seconds: f64,
-    /// Seconds the old token keeps working after rotate-auth.
-    #[arg(long, env = "CORRAL_ROTATION_GRACE_SECONDS", default_value_t = 300.0)]
-    pub rotation_grace_seconds: f64,
-    /// Seconds between cache-invalidation checks; 0 turns cache syncing off.
-    #[arg(long, env = "CORRAL_CACHE_CHECK_SECONDS", default_value_t = 5.0)]
-    pub cache_check_seconds: f64,
+    #[command(flatten)]
+    pub probe: corral_health_probe::ProbeOptions,
+    #[command(flatten)]
+    pub cache: corral_cache_invalidation::CacheOptions,
+    #[command(flatten)]
+    pub rotation: corral_auth_rotation::RotationOptions,
+    #[command(flatten)]
+    pub log: corral_process::LogOptions,
 }
+
+pub const NAME: &str = "corral";
 
 /// What `<data-dir>/accounts.toml` holds when the all-in-one writes it on first start: nothing but
 /// how to fill it in. The running control plane reads it again within a second of a change.
@@ -76,19 +79,15 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)?;
     let embedded = config.nats_url.is_none();
-    let key_file = config.seal_key_file.clone().unwrap_or_else(|| config.data_dir.join("seal.key"));
-    let key = Arc::new(SealingKey::load(corral_registry::SEAL_KEY_ENV, Some(&key_file), embedded)?);
+    let key = config.seal_key.load(embedded.then(|| config.data_dir.join("seal.key")).as_deref())?;
     let log: Arc<dyn EventLog> = match &config.nats_url {
         None => Arc::new(corral_event_log::SledLog::open(&config.data_dir.join("log"))?),
-        Some(url) => {
-            let client = async_nats::connect(url.as_str()).await?;
-            Arc::new(corral_event_log::NatsLog::new(client, Default::default()).await?)
-        }
+        Some(urls) => config.stream.open(corral_process::connect(urls, NAME).await?).await?,
     };
-    let db = corral_registry::open_projection_db(Some(&config.data_dir.join("projections")))?;
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let projection_stop = async move {
-        let _ = stop_rx.wait_for(|s| *s).await;
+    let db = open_projection_db(Some(&config.data_dir.join("projections")))?;
+    let (stop_tx, _) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
     };
     let mut auth_options = config.auth.clone();
     if auth_options.admin_password_out.is_none() {
@@ -98,66 +97,44 @@ pub async fn run(
         auth_options.accounts_file = Some(default_accounts_file(&config.data_dir)?);
     }
     let auth = corral_gateway::start_auth(log.clone(), key.clone(), &auth_options).await?;
-    if config.probe_interval_seconds > 0.0 {
-        let probe_config = corral_health_probe::ProbeConfig {
-            interval: std::time::Duration::from_secs_f64(config.probe_interval_seconds.max(0.05)),
-            ..Default::default()
-        };
-        let mut probe_stop = stop_tx.subscribe();
-        tokio::spawn(corral_health_probe::HealthProbe::run(
-            log.clone(),
-            key.clone(),
-            probe_config,
-            corral_health_probe::Membership::solo(),
-            async move {
-                let _ = probe_stop.wait_for(|s| *s).await;
-            },
-        ));
+    // The observers in this process: a fleet of one replica each; an interval of 0 turns one off.
+    if config.probe.probe_interval_seconds > 0.0 {
+        let membership = corral_health_probe::Membership::solo();
+        let probe_config = config.probe.probe_config();
+        let (probe, feed) =
+            corral_health_probe::HealthProbe::start(log.clone(), key.clone(), probe_config, membership).await?;
+        tokio::spawn(probe.run(feed, stopped(stop_tx.subscribe())));
     }
-    if config.cache_check_seconds > 0.0 {
-        let cache_config = corral_cache_invalidation::CacheConfig {
-            check_interval: std::time::Duration::from_secs_f64(config.cache_check_seconds.max(0.05)),
-            ..Default::default()
-        };
-        let mut cache_stop = stop_tx.subscribe();
-        tokio::spawn(corral_cache_invalidation::CacheInvalidation::run(
-            log.clone(),
-            key.clone(),
-            cache_config,
-            corral_cache_invalidation::Membership::solo(),
-            async move {
-                let _ = cache_stop.wait_for(|s| *s).await;
-            },
-        ));
+    if config.cache.cache_check_seconds > 0.0 {
+        let membership = corral_cache_invalidation::Membership::solo();
+        let cache_config = config.cache.cache_config();
+        let (svc, feed) =
+            corral_cache_invalidation::CacheInvalidation::start(log.clone(), key.clone(), cache_config, membership)
+                .await?;
+        tokio::spawn(svc.run(feed, stopped(stop_tx.subscribe())));
     }
     let registry =
-        corral_registry::start(log.clone(), &db, key.clone(), RegistryConfig::default(), projection_stop).await?;
-    let api: Arc<dyn RegistryApi> = registry;
-    let rotation_config = corral_auth_rotation::RotationConfig {
-        grace: std::time::Duration::from_secs_f64(config.rotation_grace_seconds.max(0.0)),
-        ..Default::default()
-    };
-    let mut rotation_stop = stop_tx.subscribe();
+        corral_registry::start(log.clone(), &db, key.clone(), RegistryConfig::default(), stopped(stop_tx.subscribe()))
+            .await?;
     let rotation = corral_auth_rotation::AuthRotation::start(
         log,
         key,
-        api.clone(),
-        rotation_config,
+        registry.clone(),
+        config.rotation.rotation_config(),
         corral_cluster_access::Membership::solo(),
-        async move {
-            let _ = rotation_stop.wait_for(|s| *s).await;
-        },
+        stopped(stop_tx.subscribe()),
     )
     .await?;
     let app = corral_gateway::app(
-        api,
+        registry.clone(),
+        registry,
         rotation,
         auth,
         &corral_gateway::GatewayConfig { max_body_bytes: config.max_body_bytes },
     );
     let addr = listener.local_addr()?;
-    println!("listening on {addr}");
-    tracing::info!(%addr, embedded, "control plane listening");
+    corral_process::announce_ready(NAME, Some(addr));
+    tracing::info!(embedded, "control plane serving");
     corral_gateway::serve(listener, app, shutdown).await?;
     let _ = stop_tx.send(true);
     db.flush_async().await?;

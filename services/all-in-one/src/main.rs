@@ -8,7 +8,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = corral::Config::parse();
-    let _telemetry = corral_telemetry::init("corral");
+    let _telemetry = config.log.init(corral::NAME);
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     corral::run(config, listener, corral_telemetry::shutdown_signal()).await
 }

@@ -17,13 +17,14 @@ use std::time::Duration;
 
 use corral_cluster_access::{Clients, Fleet, Membership, Target, lock};
 use corral_event_log::{EventLog, LogError};
+use corral_events::event_type::{CLUSTER_CREDENTIALS_ROTATED, OLD_CREDENTIALS_RETIRED};
+use corral_events::{now_unix, subject};
 use corral_proto::cluster::{ClusterId, ClusterUpdateRequest};
 use corral_proto::events::{ClusterCredentialsRotated, OldCredentialsRetired};
 use corral_proto::registry::{Command, Reply, RequestContext, RotateAuth, command, reply};
 use corral_proto::v1alpha1::{self, ClusterConfig};
-use corral_registry::read_model::{AUTH_SUBJECT_PREFIX, CLUSTER_CREDENTIALS_ROTATED, OLD_CREDENTIALS_RETIRED};
-use corral_registry::{RegistryApi, RotationApi};
 use corral_secrets::SealingKey;
+use corral_service_api::{ClusterCommands, CredentialRotation};
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
@@ -101,16 +102,12 @@ impl RotationError {
 
 pub struct AuthRotation {
     log: Arc<dyn EventLog>,
-    registry: Arc<dyn RegistryApi>,
+    registry: Arc<dyn ClusterCommands>,
     fleet: Arc<Mutex<Fleet>>,
     clients: Clients,
     config: RotationConfig,
     membership: Membership,
     schedule_failures: Mutex<std::collections::HashMap<String, std::time::Instant>>,
-}
-
-fn now_unix() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or_default()
 }
 
 fn service_account_of(t: &Target) -> (String, String) {
@@ -162,17 +159,16 @@ impl AuthRotation {
     pub async fn start(
         log: Arc<dyn EventLog>,
         key: Arc<SealingKey>,
-        registry: Arc<dyn RegistryApi>,
+        registry: Arc<dyn ClusterCommands>,
         config: RotationConfig,
         membership: Membership,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<Arc<AuthRotation>, LogError> {
-        let (fleet, _changed, follower) =
-            corral_cluster_access::load_fleet(log.clone(), key, AUTH_SUBJECT_PREFIX).await?;
+        let feed = corral_cluster_access::load_fleet(log.clone(), key, subject::CLUSTER_AUTH).await?;
         let svc = Arc::new(AuthRotation {
             log,
             registry,
-            fleet,
+            fleet: feed.fleet.clone(),
             clients: Clients::default(),
             config,
             membership,
@@ -191,15 +187,17 @@ impl AuthRotation {
                     }
                 }
             }
-            follower.abort();
+            drop(feed);
         });
         Ok(svc)
     }
 
     /// Waits until the fleet has applied everything logged before the call.
     async fn catch_up(&self) -> Result<(), RotationError> {
-        let last = self.log.last_seq().await.map_err(|e| RotationError::Unavailable(e.to_string()))?;
-        if corral_cluster_access::wait_applied(&self.fleet, last, Duration::from_secs(5)).await {
+        let caught_up = corral_cluster_access::catch_up(self.log.as_ref(), &self.fleet, Duration::from_secs(5))
+            .await
+            .map_err(|e| RotationError::Unavailable(e.to_string()))?;
+        if caught_up {
             Ok(())
         } else {
             Err(RotationError::Unavailable("the rotation service is behind the log; retry".into()))
@@ -313,7 +311,7 @@ impl AuthRotation {
         let side_seq = lock(&self.fleet).targets.get(id).map(|t| t.side_seq()).unwrap_or(0);
         corral_cluster_access::append_side(
             self.log.as_ref(),
-            format!("{AUTH_SUBJECT_PREFIX}{id}"),
+            subject::cluster_auth(id),
             CLUSTER_CREDENTIALS_ROTATED,
             format!("auth-rotation/{}", self.membership.me()),
             record.encode_to_vec(),
@@ -426,7 +424,7 @@ impl AuthRotation {
             };
             if let Err(e) = corral_cluster_access::append_side(
                 self.log.as_ref(),
-                format!("{AUTH_SUBJECT_PREFIX}{id}"),
+                subject::cluster_auth(&id),
                 OLD_CREDENTIALS_RETIRED,
                 format!("auth-rotation/{}", self.membership.me()),
                 done.encode_to_vec(),
@@ -494,7 +492,7 @@ impl AuthRotation {
 }
 
 #[async_trait::async_trait]
-impl RotationApi for AuthRotation {
+impl CredentialRotation for AuthRotation {
     async fn rotate(&self, request: RotateAuth) -> Reply {
         match self.rotate_inner(request).await {
             Ok(()) => Reply { result: Some(reply::Result::Empty(Default::default())), ..Default::default() },
@@ -506,40 +504,59 @@ impl RotationApi for AuthRotation {
     }
 }
 
-/// Configuration of the stand-alone auth-rotation process.
-#[derive(Debug, Clone, clap::Parser)]
-#[command(name = "corral-auth-rotation", about = "Rotates clusters' bearer tokens (NATS mode)")]
-pub struct ServiceConfig {
-    #[command(flatten)]
-    pub nats: corral_cluster_access::NatsServiceArgs,
+/// How credentials are rotated (the stand-alone service's flags, and the all-in-one's).
+#[derive(Debug, Clone, clap::Args)]
+pub struct RotationOptions {
     /// Seconds the old token keeps working after a rotation.
     #[arg(long, env = "CORRAL_ROTATION_GRACE_SECONDS", default_value_t = 300.0)]
-    pub grace_seconds: f64,
+    pub rotation_grace_seconds: f64,
     /// Seconds each request to a cluster may take.
     #[arg(long, env = "CORRAL_ROTATION_TIMEOUT_SECONDS", default_value_t = 5.0)]
-    pub timeout_seconds: f64,
+    pub rotation_timeout_seconds: f64,
+}
+
+impl RotationOptions {
+    pub fn rotation_config(&self) -> RotationConfig {
+        RotationConfig {
+            grace: Duration::from_secs_f64(self.rotation_grace_seconds.max(0.0)),
+            timeout: Duration::from_secs_f64(self.rotation_timeout_seconds.max(0.05)),
+            ..Default::default()
+        }
+    }
+}
+
+/// Configuration of the stand-alone auth-rotation process.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "corral-auth-rotation", about = "Rotates clusters' bearer tokens and issues API tokens (NATS mode)")]
+pub struct ServiceConfig {
+    #[command(flatten)]
+    pub nats: corral_process::NatsOptions,
+    #[command(flatten)]
+    pub seal_key: corral_process::SealKeyOptions,
+    #[command(flatten)]
+    pub rotation: RotationOptions,
     /// Accounts configuration (the gateways' file): which accounts may hold API tokens.
     #[arg(long, env = "CORRAL_ACCOUNTS_FILE")]
     pub accounts_file: Option<std::path::PathBuf>,
     /// How long to wait for a registry replica, in milliseconds.
     #[arg(long, env = "CORRAL_REGISTRY_TIMEOUT_MS", default_value_t = 15_000)]
     pub registry_timeout_ms: u64,
+    #[command(flatten)]
+    pub log: corral_process::LogOptions,
 }
+
+pub const NAME: &str = "corral-auth-rotation";
 
 pub async fn run(
     config: ServiceConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let (client, log, key) = config.nats.connect().await?;
-    let registry = Arc::new(corral_registry::nats_rpc::NatsRegistryClient::new(
+    let key = config.seal_key.load(None)?;
+    let (client, log) = config.nats.connect_log(NAME).await?;
+    let registry = Arc::new(corral_service_api::nats::NatsClient::new(
         client.clone(),
         Duration::from_millis(config.registry_timeout_ms),
     ));
-    let rotation_config = RotationConfig {
-        grace: Duration::from_secs_f64(config.grace_seconds.max(0.0)),
-        timeout: Duration::from_secs_f64(config.timeout_seconds.max(0.05)),
-        ..Default::default()
-    };
     let membership = Membership::join(client.clone(), HEARTBEAT_SUBJECT, Duration::from_millis(500)).await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -554,9 +571,10 @@ pub async fn run(
     if let Some(path) = &config.accounts_file {
         auth.watch_config_file(path.clone());
     }
+    let rotation_config = config.rotation.rotation_config();
     let svc = AuthRotation::start(log, key, registry, rotation_config, membership, stopped(stop_rx.clone())).await?;
-    println!("auth-rotation ready");
-    let serving = corral_registry::nats_rpc::serve_rotation(client.clone(), svc, stopped(stop_rx.clone()));
+    corral_process::announce_ready(NAME, None);
+    let serving = corral_service_api::nats::serve_rotation(client.clone(), svc, stopped(stop_rx.clone()));
     let tokens = corral_auth::nats::serve(client, auth, stopped(stop_rx));
     tokio::select! {
         r = serving => r?,

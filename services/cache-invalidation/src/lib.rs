@@ -13,10 +13,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub use corral_cluster_access::Membership;
-use corral_cluster_access::{Clients, Fleet, Target, lock};
+use corral_cluster_access::observer::Observer;
+use corral_cluster_access::{Clients, Fleet, FleetFeed, Target, lock};
 use corral_event_log::{EventLog, LogError};
+use corral_events::event_type::CLUSTER_CACHE_SYNCED;
+use corral_events::{now_unix, subject};
 use corral_proto::events::ClusterCacheSynced;
-use corral_registry::read_model::{CACHE_SUBJECT_PREFIX, CLUSTER_CACHE_SYNCED};
 use corral_secrets::SealingKey;
 use prost::Message;
 
@@ -50,10 +52,6 @@ pub struct CacheInvalidation {
     clients: Clients,
     membership: Membership,
     syncing: Mutex<HashSet<String>>,
-}
-
-fn now_unix() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or_default()
 }
 
 /// The last sync the log holds for this incarnation of the cluster.
@@ -98,39 +96,46 @@ async fn discover(client: &kube::Client) -> Result<(i64, i64), kube::Error> {
     Ok((apis, resources))
 }
 
+impl Observer for CacheInvalidation {
+    async fn round(self: Arc<Self>) {
+        self.check_all();
+    }
+
+    /// A new cluster, a spec change or a refresh request: look at it now.
+    fn changed(self: &Arc<Self>, id: String) {
+        self.check(&self.membership.live(), &id);
+    }
+
+    fn membership(&self) -> &Membership {
+        &self.membership
+    }
+}
+
 impl CacheInvalidation {
-    /// Follows the log and keeps this replica's share of the fleet synced until `shutdown`.
-    pub async fn run(
+    /// Loads the fleet from the log; [`CacheInvalidation::run`] then keeps this replica's share
+    /// of it synced.
+    pub async fn start(
         log: Arc<dyn EventLog>,
         key: Arc<SealingKey>,
         config: CacheConfig,
         membership: Membership,
-        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-    ) -> Result<(), LogError> {
-        let (fleet, mut changed_rx, follower) =
-            corral_cluster_access::load_fleet(log.clone(), key, CACHE_SUBJECT_PREFIX).await?;
+    ) -> Result<(Arc<CacheInvalidation>, FleetFeed), LogError> {
+        let feed = corral_cluster_access::load_fleet(log.clone(), key, subject::CLUSTER_CACHE).await?;
         let svc = Arc::new(CacheInvalidation {
             log,
-            fleet,
+            fleet: feed.fleet.clone(),
             config,
             clients: Clients::default(),
             membership,
             syncing: Mutex::default(),
         });
-        println!("cache-invalidation ready (replica {})", svc.membership.me());
-        let mut ticker = tokio::time::interval(svc.config.check_interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                _ = &mut shutdown => break,
-                _ = ticker.tick() => svc.check_all(),
-                // A new cluster, a spec change or a refresh request: look at it now.
-                Some(id) = changed_rx.recv() => svc.check(&svc.membership.live(), &id),
-            }
-        }
-        follower.abort();
-        Ok(())
+        Ok((svc, feed))
+    }
+
+    /// Checks every `check_interval`, and at once on a change, until `shutdown` resolves.
+    pub async fn run(self: Arc<Self>, feed: FleetFeed, shutdown: impl std::future::Future<Output = ()> + Send) {
+        let interval = self.config.check_interval;
+        corral_cluster_access::observer::run(self, feed, interval, shutdown).await;
     }
 
     fn check_all(self: &Arc<Self>) {
@@ -186,14 +191,13 @@ impl CacheInvalidation {
         let budget = self.config.timeout * 4;
         let outcome = match &config {
             None => Err("the cluster's credentials cannot be opened".to_string()),
-            Some(config) => match self.clients.get(id, &server, config, self.config.timeout).await {
-                Err(e) => Err(corral_cluster_access::redact(e.to_string(), config)),
-                Ok(client) => match tokio::time::timeout(budget, discover(&client)).await {
-                    Ok(Ok(counts)) => Ok(counts),
-                    Ok(Err(e)) => Err(corral_cluster_access::describe(&e, config)),
-                    Err(_) => Err(format!("discovery did not finish within {budget:?}")),
-                },
-            },
+            Some(config) => {
+                let discovered =
+                    self.clients.call((id, &server, config), self.config.timeout, budget, |c| async move {
+                        discover(&c).await
+                    });
+                discovered.await
+            }
         };
         let (apis_count, resources_count, error) = match outcome {
             Ok((a, r)) => (a, r, String::new()),
@@ -212,7 +216,7 @@ impl CacheInvalidation {
         };
         let appended = corral_cluster_access::append_side(
             self.log.as_ref(),
-            format!("{CACHE_SUBJECT_PREFIX}{id}"),
+            subject::cluster_cache(id),
             CLUSTER_CACHE_SYNCED,
             format!("cache-invalidation/{}", self.membership.me()),
             event.encode_to_vec(),
@@ -225,40 +229,58 @@ impl CacheInvalidation {
     }
 }
 
+/// How cache info is kept (the stand-alone service's flags, and the all-in-one's).
+#[derive(Debug, Clone, clap::Args)]
+pub struct CacheOptions {
+    /// Seconds between checks for clusters that need a sync (in the all-in-one, 0 turns cache
+    /// syncing off).
+    #[arg(long, env = "CORRAL_CACHE_CHECK_SECONDS", default_value_t = 5.0)]
+    pub cache_check_seconds: f64,
+    /// Seconds after which a good sync is redone anyway.
+    #[arg(long, env = "CORRAL_CACHE_RESYNC_SECONDS", default_value_t = 3600.0)]
+    pub cache_resync_seconds: f64,
+    /// Seconds each request to a cluster may take.
+    #[arg(long, env = "CORRAL_CACHE_TIMEOUT_SECONDS", default_value_t = 5.0)]
+    pub cache_timeout_seconds: f64,
+}
+
+impl CacheOptions {
+    pub fn cache_config(&self) -> CacheConfig {
+        CacheConfig {
+            check_interval: Duration::from_secs_f64(self.cache_check_seconds.max(0.05)),
+            resync: Duration::from_secs_f64(self.cache_resync_seconds.max(1.0)),
+            timeout: Duration::from_secs_f64(self.cache_timeout_seconds.max(0.05)),
+        }
+    }
+}
+
 /// Configuration of the stand-alone cache-invalidation process.
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "corral-cache-invalidation", about = "Keeps each cluster's cache info (NATS mode)")]
 pub struct ServiceConfig {
     #[command(flatten)]
-    pub nats: corral_cluster_access::NatsServiceArgs,
-    /// Seconds between checks for clusters that need a sync.
-    #[arg(long, env = "CORRAL_CACHE_CHECK_SECONDS", default_value_t = 5.0)]
-    pub check_seconds: f64,
-    /// Seconds after which a good sync is redone anyway.
-    #[arg(long, env = "CORRAL_CACHE_RESYNC_SECONDS", default_value_t = 3600.0)]
-    pub resync_seconds: f64,
-    /// Seconds each request to a cluster may take.
-    #[arg(long, env = "CORRAL_CACHE_TIMEOUT_SECONDS", default_value_t = 5.0)]
-    pub timeout_seconds: f64,
+    pub nats: corral_process::NatsOptions,
+    #[command(flatten)]
+    pub seal_key: corral_process::SealKeyOptions,
+    #[command(flatten)]
+    pub cache: CacheOptions,
+    #[command(flatten)]
+    pub log: corral_process::LogOptions,
 }
 
-impl ServiceConfig {
-    pub fn cache_config(&self) -> CacheConfig {
-        CacheConfig {
-            check_interval: Duration::from_secs_f64(self.check_seconds.max(0.05)),
-            resync: Duration::from_secs_f64(self.resync_seconds.max(1.0)),
-            timeout: Duration::from_secs_f64(self.timeout_seconds.max(0.05)),
-        }
-    }
-}
+pub const NAME: &str = "corral-cache-invalidation";
 
 pub async fn run(
     config: ServiceConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let (client, log, key) = config.nats.connect().await?;
-    let cache_config = config.cache_config();
+    let key = config.seal_key.load(None)?;
+    let (client, log) = config.nats.connect_log(NAME).await?;
+    let cache_config = config.cache.cache_config();
     let membership = Membership::join(client, HEARTBEAT_SUBJECT, cache_config.check_interval / 3).await?;
-    CacheInvalidation::run(log, key, cache_config, membership, shutdown).await?;
+    let (svc, feed) = CacheInvalidation::start(log, key, cache_config, membership).await?;
+    println!("{NAME} replica {}", svc.membership.me());
+    corral_process::announce_ready(NAME, None);
+    svc.run(feed, shutdown).await;
     Ok(())
 }

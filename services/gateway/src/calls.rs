@@ -10,10 +10,11 @@ use std::sync::Arc;
 
 use corral_auth::{Auth, Principal};
 
+use corral_cluster_model::{EncodedList, Queries};
 use corral_proto::cluster::{ClusterCreateRequest, ClusterQuery, ClusterUpdateRequest};
 use corral_proto::registry::{Command, Query, Reply, RequestContext, RotateAuth, command, query, reply};
 use corral_proto::v1alpha1::{Cluster, ClusterList};
-use corral_registry::{EncodedList, RegistryApi, RotationApi};
+use corral_service_api::{ClusterCommands, ClusterQueries, CredentialRotation};
 use tonic::Code;
 
 use crate::error::ApiError;
@@ -52,8 +53,9 @@ impl CallContext {
 
 #[derive(Clone)]
 pub struct Clusters {
-    api: Arc<dyn RegistryApi>,
-    rotation: Arc<dyn RotationApi>,
+    commands: Arc<dyn ClusterCommands>,
+    queries: Arc<dyn ClusterQueries>,
+    rotation: Arc<dyn CredentialRotation>,
     auth: Arc<Auth>,
 }
 
@@ -77,7 +79,7 @@ fn denied() -> ApiError {
 }
 
 fn not_found(q: &ClusterQuery) -> ApiError {
-    let e = corral_registry::Queries::not_found(q);
+    let e = Queries::not_found(q);
     ApiError::new(e.code(), e.to_string())
 }
 
@@ -94,8 +96,13 @@ fn unexpected() -> ApiError {
 }
 
 impl Clusters {
-    pub fn new(api: Arc<dyn RegistryApi>, rotation: Arc<dyn RotationApi>, auth: Arc<Auth>) -> Clusters {
-        Clusters { api, rotation, auth }
+    pub fn new(
+        commands: Arc<dyn ClusterCommands>,
+        queries: Arc<dyn ClusterQueries>,
+        rotation: Arc<dyn CredentialRotation>,
+        auth: Arc<Auth>,
+    ) -> Clusters {
+        Clusters { commands, queries, rotation, auth }
     }
 
     fn may(&self, who: &Principal, action: &str, c: &Cluster) -> bool {
@@ -166,7 +173,7 @@ impl Clusters {
         expected_version: u64,
     ) -> Result<Reply, ApiError> {
         let cmd = Command { context: Some(ctx.request_context()), kind: Some(kind), expected_version };
-        let reply = self.api.command(cmd).await;
+        let reply = self.commands.command(cmd).await;
         match reply_error(&reply) {
             Some(e) => Err(e),
             None => Ok(reply),
@@ -177,7 +184,7 @@ impl Clusters {
     /// any gateway and any registry replica.
     async fn query(&self, ctx: &CallContext, kind: query::Kind) -> Result<Reply, ApiError> {
         let q = Query { context: Some(ctx.request_context()), min_revision: 0, linearizable: true, kind: Some(kind) };
-        let reply = self.api.query(q).await;
+        let reply = self.queries.query(q).await;
         match reply_error(&reply) {
             Some(e) => Err(e),
             None => Ok(reply),
@@ -206,7 +213,7 @@ impl Clusters {
             kind: Some(query::Kind::List(q)),
         };
         let (_, mut list) =
-            self.api.list_encoded(query).await.map_err(|reply| reply_error(&reply).unwrap_or_else(unexpected))?;
+            self.queries.list_encoded(query).await.map_err(|reply| reply_error(&reply).unwrap_or_else(unexpected))?;
         // One look at the configuration for the whole fleet, and no work when unrestricted.
         let can = self.auth.enforcer(who);
         if !can.unrestricted() {

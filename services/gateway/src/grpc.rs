@@ -60,8 +60,8 @@ pub struct EncodedListService {
 }
 
 impl tonic::server::UnaryService<ClusterQuery> for EncodedListService {
-    type Response = corral_registry::EncodedList;
-    type Future = futures::future::BoxFuture<'static, Result<Response<corral_registry::EncodedList>, Status>>;
+    type Response = corral_cluster_model::EncodedList;
+    type Future = futures::future::BoxFuture<'static, Result<Response<corral_cluster_model::EncodedList>, Status>>;
 
     fn call(&mut self, req: Request<ClusterQuery>) -> Self::Future {
         let clusters = self.clusters.clone();
@@ -79,7 +79,7 @@ pub async fn list(
     axum::extract::State((clusters, max_body_bytes)): axum::extract::State<(Clusters, usize)>,
     req: axum::extract::Request,
 ) -> axum::response::Response {
-    let codec = tonic_prost::ProstCodec::<corral_registry::EncodedList, ClusterQuery>::default();
+    let codec = tonic_prost::ProstCodec::<corral_cluster_model::EncodedList, ClusterQuery>::default();
     let mut grpc = tonic::server::Grpc::new(codec).apply_max_message_size_config(Some(max_body_bytes), None);
     grpc.unary(EncodedListService { clusters }, req).await.map(axum::body::Body::new)
 }

@@ -24,7 +24,7 @@ use corral_proto::account::account_service_server::AccountServiceServer;
 use corral_proto::cluster::cluster_service_server::ClusterServiceServer;
 use corral_proto::session::session_service_server::SessionServiceServer;
 use corral_proto::version::version_service_server::VersionServiceServer;
-use corral_registry::RegistryApi;
+use corral_service_api::{ClusterCommands, ClusterQueries, CredentialRotation};
 use tonic::Code;
 use tracing::Instrument;
 
@@ -250,12 +250,13 @@ async fn not_found() -> Response {
 
 /// The whole public API as one router: REST routes, gRPC services, and the shared layers.
 pub fn app(
-    api: Arc<dyn RegistryApi>,
-    rotation: Arc<dyn corral_registry::RotationApi>,
+    commands: Arc<dyn ClusterCommands>,
+    queries: Arc<dyn ClusterQueries>,
+    rotation: Arc<dyn CredentialRotation>,
     auth: Arc<Auth>,
     config: &GatewayConfig,
 ) -> Router {
-    let clusters = Clusters::new(api, rotation, auth.clone());
+    let clusters = Clusters::new(commands, queries, rotation, auth.clone());
     let accounts = accounts::Accounts { auth: auth.clone() };
     let limit = config.max_body_bytes;
     let grpc_clusters =
@@ -373,9 +374,8 @@ pub async fn serve(
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "corral-gateway", about = "The public API gateway (NATS mode)")]
 pub struct ServiceConfig {
-    /// NATS server URL.
-    #[arg(long, env = "CORRAL_NATS_URL")]
-    pub nats_url: String,
+    #[command(flatten)]
+    pub nats: corral_process::NatsOptions,
     /// Address to listen on for gRPC and REST.
     #[arg(long, env = "CORRAL_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
@@ -385,16 +385,16 @@ pub struct ServiceConfig {
     /// How long to wait for a registry replica to answer, in milliseconds.
     #[arg(long, env = "CORRAL_REGISTRY_TIMEOUT_MS", default_value_t = 15_000)]
     pub registry_timeout_ms: u64,
-    /// JetStream stream name.
-    #[arg(long, env = "CORRAL_STREAM", default_value = "CORRAL")]
-    pub stream: String,
-    /// File holding the sealing key (base64); CORRAL_SEAL_KEY takes precedence. The gateway
-    /// opens the token signing key and password hashes with it.
-    #[arg(long, env = "CORRAL_SEAL_KEY_FILE")]
-    pub seal_key_file: Option<PathBuf>,
+    // The gateway opens the token signing key and password hashes with it.
+    #[command(flatten)]
+    pub seal_key: corral_process::SealKeyOptions,
     #[command(flatten)]
     pub auth: AuthOptions,
+    #[command(flatten)]
+    pub log: corral_process::LogOptions,
 }
+
+pub const NAME: &str = "corral-gateway";
 
 /// Authentication settings shared by the gateway and the all-in-one binary.
 #[derive(Debug, Clone, clap::Args)]
@@ -407,6 +407,16 @@ pub struct AuthOptions {
     /// Serve every call as the admin without authentication (as Argo CD's --disable-auth).
     #[arg(long, env = "CORRAL_DISABLE_AUTH", default_value_t = false)]
     pub disable_auth: bool,
+    /// The admin's first password (used when the log has none yet). Give it in the environment
+    /// or a file, not on the command line. Without any of the three, one is generated.
+    #[arg(long, env = "CORRAL_ADMIN_PASSWORD", hide_env_values = true)]
+    pub admin_password: Option<String>,
+    /// File holding the admin's first password.
+    #[arg(long, env = "CORRAL_ADMIN_PASSWORD_FILE")]
+    pub admin_password_file: Option<PathBuf>,
+    /// The admin's first password as a bcrypt hash (Argo CD's admin.password, imported as is).
+    #[arg(long, env = "CORRAL_ADMIN_PASSWORD_BCRYPT", hide_env_values = true)]
+    pub admin_password_bcrypt: Option<String>,
     /// Where to write the admin password when it is generated on first start (mode 0600).
     #[arg(long, env = "CORRAL_ADMIN_PASSWORD_OUT")]
     pub admin_password_out: Option<PathBuf>,
@@ -415,7 +425,7 @@ pub struct AuthOptions {
 /// Starts authentication on `log`: the auth projection, the signing key, the admin's first
 /// password (shown once when generated) and the configuration file watch.
 pub async fn start_auth(
-    log: Arc<dyn corral_registry::EventLog>,
+    log: Arc<dyn corral_event_log::EventLog>,
     key: Arc<corral_secrets::SealingKey>,
     options: &AuthOptions,
 ) -> anyhow::Result<Arc<Auth>> {
@@ -424,7 +434,12 @@ pub async fn start_auth(
         None => corral_auth::AuthConfig::default(),
     };
     let auth = Auth::start(log, key, config, options.disable_auth).await?;
-    if let Some(password) = auth.ensure_admin_password(corral_auth::InitialAdminPassword::from_env()?).await? {
+    let first = corral_auth::InitialAdminPassword::from_options(
+        options.admin_password.as_deref(),
+        options.admin_password_file.as_deref(),
+        options.admin_password_bcrypt.as_deref(),
+    )?;
+    if let Some(password) = auth.ensure_admin_password(first).await? {
         if let Some(path) = &options.admin_password_out {
             // A file left from an earlier data folder holds a password that no longer works.
             match std::fs::remove_file(path) {
@@ -451,19 +466,10 @@ pub async fn run(
     config: ServiceConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let client = async_nats::connect(&config.nats_url).await?;
+    let key = config.seal_key.load(None)?;
+    let (client, log) = config.nats.connect_log(NAME).await?;
     let timeout = Duration::from_millis(config.registry_timeout_ms);
-    let commands = Arc::new(corral_registry::nats_rpc::NatsRegistryClient::new(client.clone(), timeout));
-    let rotation: Arc<dyn corral_registry::RotationApi> = commands.clone();
-    // Reads are answered from this replica's own view of the log: no hop to a registry.
-    let log_config = corral_registry::NatsLogConfig { stream: config.stream.clone(), ..Default::default() };
-    let log: Arc<dyn corral_registry::EventLog> =
-        Arc::new(corral_registry::NatsLog::new(client.clone(), log_config).await?);
-    let key = Arc::new(corral_secrets::SealingKey::load(
-        corral_registry::SEAL_KEY_ENV,
-        config.seal_key_file.as_deref(),
-        false,
-    )?);
+    let services = Arc::new(corral_service_api::nats::NatsClient::new(client.clone(), timeout));
     let auth = start_auth(log.clone(), key, &config.auth).await?;
     // API tokens are issued and revoked by the auth-rotation service; the gateway authorises.
     auth.delegate_tokens(Arc::new(corral_auth::nats::NatsTokenIssuer::new(client.clone(), timeout)));
@@ -471,14 +477,13 @@ pub async fn run(
     let view_stop = async move {
         let _ = stop_rx.wait_for(|s| *s).await;
     };
-    let queries = corral_registry::start_view(log, timeout, view_stop).await?;
-    let api = Arc::new(corral_registry::SplitApi { commands, queries });
+    // Reads are answered from this replica's own view of the log: no hop to a registry.
+    let queries = corral_cluster_model::start_view(log, timeout, view_stop).await?;
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
-    println!("listening on {addr}");
-    tracing::info!(%addr, "gateway listening");
-    serve(listener, app(api, rotation, auth, &GatewayConfig { max_body_bytes: config.max_body_bytes }), shutdown)
-        .await?;
+    let app = app(services.clone(), queries, services, auth, &GatewayConfig { max_body_bytes: config.max_body_bytes });
+    corral_process::announce_ready(NAME, Some(addr));
+    serve(listener, app, shutdown).await?;
     let _ = stop_tx.send(true);
     Ok(())
 }

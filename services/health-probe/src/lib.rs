@@ -13,10 +13,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub use corral_cluster_access::Membership;
-use corral_cluster_access::{Clients, Fleet, lock};
+use corral_cluster_access::observer::Observer;
+use corral_cluster_access::{Clients, Fleet, FleetFeed, lock};
 use corral_event_log::{EventLog, LogError};
+use corral_events::event_type::CLUSTER_CONNECTION_OBSERVED;
+use corral_events::subject;
 use corral_proto::events::ClusterConnectionObserved;
-use corral_registry::read_model::{CLUSTER_CONNECTION_OBSERVED, STATE_SUBJECT_PREFIX};
 use corral_secrets::SealingKey;
 use prost::Message;
 use tokio::sync::Semaphore;
@@ -73,59 +75,7 @@ fn recorded(t: &corral_cluster_access::Target) -> Option<Observed> {
     })
 }
 
-impl HealthProbe {
-    /// Follows the log and probes this replica's share of the fleet until `shutdown` resolves.
-    pub async fn run(
-        log: Arc<dyn EventLog>,
-        key: Arc<SealingKey>,
-        config: ProbeConfig,
-        membership: Membership,
-        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-    ) -> Result<(), LogError> {
-        let (fleet, mut changed_rx, follower) =
-            corral_cluster_access::load_fleet(log.clone(), key, STATE_SUBJECT_PREFIX).await?;
-        let probe = Arc::new(HealthProbe { log, fleet, config, clients: Clients::default(), membership });
-        println!("health-probe ready (replica {})", probe.membership.me());
-        tracing::info!(clusters = lock(&probe.fleet).targets.len(), "health probe ready");
-        let mut ticker = tokio::time::interval(probe.config.interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // Replicas leaving are noticed between rounds: their clusters are probed at once, not at
-        // the next tick, so a dead replica's share moves within one interval.
-        let mut watch = tokio::time::interval(probe.config.interval / 6);
-        watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut live = probe.membership.live();
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                _ = &mut shutdown => break,
-                _ = ticker.tick() => probe.clone().round().await,
-                _ = watch.tick() => {
-                    let now = probe.membership.live();
-                    let someone_left = live.iter().any(|r| !now.contains(r));
-                    live = now;
-                    if someone_left {
-                        tracing::info!(replicas = live.len(), "a replica left; taking over its clusters");
-                        probe.clone().round().await;
-                    }
-                }
-                Some(id) = changed_rx.recv() => {
-                    // New or changed clusters are probed at once, not at the next tick.
-                    if probe.mine(&probe.membership.live(), &id) {
-                        let p = probe.clone();
-                        tokio::spawn(async move { p.probe_one(id).await });
-                    }
-                }
-            }
-        }
-        follower.abort();
-        Ok(())
-    }
-
-    fn mine(&self, live: &[String], id: &str) -> bool {
-        let shard = lock(&self.fleet).targets.get(id).and_then(|t| t.shard());
-        corral_cluster_access::reachable(id) && self.membership.owns(live, id, shard)
-    }
-
+impl Observer for HealthProbe {
     async fn round(self: Arc<Self>) {
         let live = self.membership.live();
         let all: Vec<(String, Option<i64>)> =
@@ -152,31 +102,74 @@ impl HealthProbe {
         }
     }
 
+    fn changed(self: &Arc<Self>, id: String) {
+        // New or changed clusters are probed at once, not at the next tick.
+        if self.mine(&self.membership.live(), &id) {
+            let p = self.clone();
+            tokio::spawn(async move { p.probe_one(id).await });
+        }
+    }
+
+    fn membership(&self) -> &Membership {
+        &self.membership
+    }
+}
+
+impl HealthProbe {
+    /// Loads the fleet from the log; [`corral_cluster_access::observer::run`] then probes this
+    /// replica's share of it.
+    pub async fn start(
+        log: Arc<dyn EventLog>,
+        key: Arc<SealingKey>,
+        config: ProbeConfig,
+        membership: Membership,
+    ) -> Result<(Arc<HealthProbe>, FleetFeed), LogError> {
+        let feed = corral_cluster_access::load_fleet(log.clone(), key, subject::CLUSTER_STATE).await?;
+        let probe =
+            Arc::new(HealthProbe { log, fleet: feed.fleet.clone(), config, clients: Clients::default(), membership });
+        tracing::info!(
+            clusters = lock(&probe.fleet).targets.len(),
+            replica = probe.membership.me(),
+            "health probe loaded"
+        );
+        Ok((probe, feed))
+    }
+
+    /// Probes until `shutdown` resolves.
+    pub async fn run(self: Arc<Self>, feed: FleetFeed, shutdown: impl std::future::Future<Output = ()> + Send) {
+        let interval = self.config.interval;
+        corral_cluster_access::observer::run(self, feed, interval, shutdown).await;
+    }
+
+    fn mine(&self, live: &[String], id: &str) -> bool {
+        let shard = lock(&self.fleet).targets.get(id).and_then(|t| t.shard());
+        corral_cluster_access::reachable(id) && self.membership.owns(live, id, shard)
+    }
+
     async fn probe_one(&self, id: String) {
         let Some((server, config, created)) =
             lock(&self.fleet).targets.get(&id).map(|t| (t.server(), t.config.clone(), t.record.created_at_unix_nanos))
         else {
             return;
         };
-        let attempted_at = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or_default();
+        let attempted_at = corral_events::now_unix();
         let failed = |message: String| Observed { status: "Failed".into(), message, server_version: String::new() };
+        let timeout = self.config.timeout;
         let observed = match config {
             None => failed("the cluster's credentials cannot be opened".into()),
-            Some(config) => match self.clients.get(&id, &server, &config, self.config.timeout).await {
-                Err(e) => failed(corral_cluster_access::redact(e.to_string(), &config)),
-                Ok(c) => match tokio::time::timeout(self.config.timeout, c.apiserver_version()).await {
-                    Ok(Ok(info)) => Observed {
+            Some(config) => {
+                let version = self
+                    .clients
+                    .call((&id, &server, &config), timeout, timeout, |c| async move { c.apiserver_version().await });
+                match version.await {
+                    Ok(info) => Observed {
                         status: "Successful".into(),
                         message: String::new(),
                         server_version: major_minor(&info),
                     },
-                    Ok(Err(e)) => failed(corral_cluster_access::describe(&e, &config)),
-                    Err(_) => failed(format!("the API server did not answer within {:?}", self.config.timeout)),
-                },
-            },
+                    Err(message) => failed(message),
+                }
+            }
         };
         let (unchanged, side_seq) = match lock(&self.fleet).targets.get(&id) {
             Some(t) => (recorded(t).as_ref() == Some(&observed), t.side_seq()),
@@ -197,7 +190,7 @@ impl HealthProbe {
         };
         let appended = corral_cluster_access::append_side(
             self.log.as_ref(),
-            format!("{STATE_SUBJECT_PREFIX}{id}"),
+            subject::cluster_state(&id),
             CLUSTER_CONNECTION_OBSERVED,
             format!("health-probe/{}", self.membership.me()),
             payload.encode_to_vec(),
@@ -210,40 +203,57 @@ impl HealthProbe {
     }
 }
 
+/// How the health probe probes (the stand-alone service's flags, and the all-in-one's).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProbeOptions {
+    /// Seconds between probe rounds (in the all-in-one, 0 turns the probe off).
+    #[arg(long, env = "CORRAL_PROBE_INTERVAL_SECONDS", default_value_t = 10.0)]
+    pub probe_interval_seconds: f64,
+    /// Probes running at once.
+    #[arg(long, env = "CORRAL_PROBE_CONCURRENCY", default_value_t = 32)]
+    pub probe_concurrency: usize,
+    /// Seconds each request to a cluster may take.
+    #[arg(long, env = "CORRAL_PROBE_TIMEOUT_SECONDS", default_value_t = 5.0)]
+    pub probe_timeout_seconds: f64,
+}
+
+impl ProbeOptions {
+    pub fn probe_config(&self) -> ProbeConfig {
+        ProbeConfig {
+            interval: Duration::from_secs_f64(self.probe_interval_seconds.max(0.05)),
+            concurrency: self.probe_concurrency,
+            timeout: Duration::from_secs_f64(self.probe_timeout_seconds.max(0.05)),
+        }
+    }
+}
+
 /// Configuration of the stand-alone health-probe process.
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "corral-health-probe", about = "Probes every registered cluster (NATS mode)")]
 pub struct ServiceConfig {
     #[command(flatten)]
-    pub nats: corral_cluster_access::NatsServiceArgs,
-    /// Seconds between probe rounds.
-    #[arg(long, env = "CORRAL_PROBE_INTERVAL_SECONDS", default_value_t = 10.0)]
-    pub interval_seconds: f64,
-    /// Probes running at once.
-    #[arg(long, env = "CORRAL_PROBE_CONCURRENCY", default_value_t = 32)]
-    pub concurrency: usize,
-    /// Seconds each request to a cluster may take.
-    #[arg(long, env = "CORRAL_PROBE_TIMEOUT_SECONDS", default_value_t = 5.0)]
-    pub timeout_seconds: f64,
+    pub nats: corral_process::NatsOptions,
+    #[command(flatten)]
+    pub seal_key: corral_process::SealKeyOptions,
+    #[command(flatten)]
+    pub probe: ProbeOptions,
+    #[command(flatten)]
+    pub log: corral_process::LogOptions,
 }
 
-impl ServiceConfig {
-    pub fn probe_config(&self) -> ProbeConfig {
-        ProbeConfig {
-            interval: Duration::from_secs_f64(self.interval_seconds.max(0.05)),
-            concurrency: self.concurrency,
-            timeout: Duration::from_secs_f64(self.timeout_seconds.max(0.05)),
-        }
-    }
-}
+pub const NAME: &str = "corral-health-probe";
 
 pub async fn run(
     config: ServiceConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let (client, log, key) = config.nats.connect().await?;
-    let probe_config = config.probe_config();
+    let key = config.seal_key.load(None)?;
+    let (client, log) = config.nats.connect_log(NAME).await?;
+    let probe_config = config.probe.probe_config();
     let membership = Membership::join(client, HEARTBEAT_SUBJECT, probe_config.interval / 3).await?;
-    HealthProbe::run(log, key, probe_config, membership, shutdown).await?;
+    let (probe, feed) = HealthProbe::start(log, key, probe_config, membership).await?;
+    println!("{NAME} replica {}", probe.membership.me());
+    corral_process::announce_ready(NAME, None);
+    probe.run(feed, shutdown).await;
     Ok(())
 }

@@ -16,11 +16,11 @@ use corral_secrets::SealingKey;
 use prost::Message;
 use tracing::{Instrument, info_span};
 
-use crate::api::RegistryApi;
-use crate::codec::{self, EVENT_TYPE_HEADER, EnvelopeFields, from_unix_nanos};
-use crate::error::RegistryError;
-use crate::queries::Queries;
-use crate::read_model::{self, cluster_record, name_record};
+use corral_cluster_model::read_model::{self, cluster_record, name_record};
+use corral_cluster_model::{EncodedList, Queries, RegistryError, codec};
+use corral_events::event_type::{CLUSTER_NAME_CLAIMED, CLUSTER_NAME_RELEASED};
+use corral_events::{Draft, from_unix_nanos, subject};
+use corral_service_api::{ClusterCommands, ClusterQueries, to_reply};
 
 #[derive(Clone, Debug)]
 pub struct RegistryConfig {
@@ -59,26 +59,26 @@ pub struct Registry {
     config: RegistryConfig,
 }
 
-/// Who caused a change, carried into the events' envelopes.
+/// Who caused a change, carried into the events' envelopes, and the cluster version the caller
+/// was authorised against.
 struct Origin {
     expected_version: u64,
-    actor: String,
-    correlation_id: String,
-    traceparent: String,
+    event: corral_events::Origin,
 }
 
 impl Origin {
     fn from_context(ctx: Option<RequestContext>) -> Origin {
         let ctx = ctx.unwrap_or_default();
+        let correlation_id =
+            if ctx.correlation_id.is_empty() { uuid::Uuid::new_v4().to_string() } else { ctx.correlation_id };
         Origin {
             expected_version: 0,
-            actor: ctx.actor,
-            correlation_id: if ctx.correlation_id.is_empty() {
-                uuid::Uuid::new_v4().to_string()
-            } else {
-                ctx.correlation_id
+            event: corral_events::Origin {
+                correlation_id,
+                causation_id: String::new(),
+                traceparent: ctx.traceparent,
+                actor: ctx.actor,
             },
-            traceparent: ctx.traceparent,
         }
     }
 }
@@ -237,7 +237,7 @@ impl Registry {
             let expected = (i == 0).then_some(subject_seq);
             batch.push(Self::event(
                 origin,
-                domain::cluster_subject(id),
+                subject::cluster(id),
                 format!("cluster/{id}"),
                 version,
                 expected,
@@ -308,25 +308,18 @@ impl Registry {
         event_type: &str,
         payload: Vec<u8>,
     ) -> (NewEvent, events::EventEnvelope) {
-        let env = codec::envelope(EnvelopeFields {
-            event_type,
+        // A retried request re-sends the same id for the same step, so the log drops the copy.
+        let msg_id = format!("{}:{}:{}", origin.event.correlation_id, subject, version);
+        let draft = Draft {
+            subject,
             aggregate_id,
             aggregate_version: version,
-            correlation_id: &origin.correlation_id,
-            causation_id: &origin.correlation_id,
-            traceparent: &origin.traceparent,
-            actor: &origin.actor,
+            expected_subject_seq: expected,
+            event_type,
             payload,
-        });
-        let mut headers = vec![(EVENT_TYPE_HEADER.to_string(), event_type.to_string())];
-        if !origin.traceparent.is_empty() {
-            headers.push(("traceparent".to_string(), origin.traceparent.clone()));
-        }
-        // A retried request re-sends the same id for the same step, so the log drops the copy.
-        let msg_id = format!("{}:{}:{}", origin.correlation_id, subject, version);
-        let event =
-            NewEvent { subject, msg_id, expected_subject_seq: expected, headers, payload: env.encode_to_vec().into() };
-        (event, env)
+            msg_id: Some(msg_id),
+        };
+        corral_events::write(draft, &origin.event)
     }
 
     /// A claim holds while its cluster holds the name, or while a create may still be in flight.
@@ -366,11 +359,11 @@ impl Registry {
         let payload = events::ClusterNameClaimed { cluster_id: id.to_string() }.encode_to_vec();
         Ok(Some(Self::event(
             origin,
-            domain::name_subject(&key),
+            subject::cluster_name(&key),
             format!("clustername/{key}"),
             version + 1,
             Some(expected),
-            codec::CLUSTER_NAME_CLAIMED,
+            CLUSTER_NAME_CLAIMED,
             payload,
         )))
     }
@@ -390,11 +383,11 @@ impl Registry {
         let payload = events::ClusterNameReleased { cluster_id: id.to_string() }.encode_to_vec();
         Ok(Some(Self::event(
             origin,
-            domain::name_subject(&key),
+            subject::cluster_name(&key),
             format!("clustername/{key}"),
             claim.version + 1,
             Some(claim.subject_seq),
-            codec::CLUSTER_NAME_RELEASED,
+            CLUSTER_NAME_RELEASED,
             payload,
         )))
     }
@@ -490,20 +483,8 @@ impl Registry {
     }
 }
 
-pub(crate) fn to_reply(result: Result<(u64, reply::Result), RegistryError>) -> Reply {
-    match result {
-        Ok((revision, result)) => Reply { revision, result: Some(result), cluster_version: 0 },
-        Err(e) => {
-            if matches!(e, RegistryError::Internal(_)) {
-                tracing::error!(error = %e, "registry call failed");
-            }
-            Reply { revision: 0, result: Some(reply::Result::Error(e.to_reply_error())), cluster_version: 0 }
-        }
-    }
-}
-
 #[async_trait::async_trait]
-impl RegistryApi for Registry {
+impl ClusterCommands for Registry {
     async fn command(&self, command: Command) -> Reply {
         let kind = match &command.kind {
             Some(command::Kind::Create(_)) => "create",
@@ -518,12 +499,15 @@ impl RegistryApi for Registry {
         span.record("revision", reply.revision);
         reply
     }
+}
 
+#[async_trait::async_trait]
+impl ClusterQueries for Registry {
     async fn query(&self, query: Query) -> Reply {
         self.queries.query(query).await
     }
 
-    async fn list_encoded(&self, query: Query) -> Result<(u64, crate::EncodedList), Reply> {
+    async fn list_encoded(&self, query: Query) -> Result<(u64, EncodedList), Reply> {
         self.queries.list_encoded(query).await
     }
 }

@@ -6,18 +6,14 @@
 pub mod suite;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+
 use std::time::Duration;
 
-use base64::Engine;
 use corral_proto::cluster::cluster_service_client::ClusterServiceClient;
-use corral_test_harness::{NatsServer, ServiceProcess, parse_listen_addr};
+pub use corral_test_harness::deployment::{ADMIN_PASSWORD, AllInOne, Deployment};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
-
-/// The admin password the spawned gateways start with (CORRAL_ADMIN_PASSWORD).
-pub const ADMIN_PASSWORD: &str = "corral-test-admin-password";
 
 /// Puts the caller's token in the `authorization` metadata of every gRPC call.
 #[derive(Clone, Default)]
@@ -107,18 +103,17 @@ impl Api {
     }
 }
 
-/// The all-in-one control plane, in this process, on the embedded log.
+/// The all-in-one control plane (the `corral` binary) on its embedded log, logged in as the
+/// admin with the password it generated.
 pub struct Embedded {
     pub api: Api,
-    pub dir: tempfile::TempDir,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
+    pub dir: std::path::PathBuf,
+    all_in_one: AllInOne,
 }
 
 impl Embedded {
     pub async fn start() -> Embedded {
-        let dir = tempfile::tempdir().expect("tempdir");
-        Self::start_in(dir).await
+        Self::start_in(tempfile::tempdir().expect("tempdir")).await
     }
 
     pub async fn start_in(dir: tempfile::TempDir) -> Embedded {
@@ -133,53 +128,13 @@ impl Embedded {
             std::fs::write(&path, text).expect("write accounts file");
             path
         });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let config = corral::Config {
-            listen: addr,
-            data_dir: dir.path().to_path_buf(),
-            nats_url: None,
-            seal_key_file: None,
-            max_body_bytes: 64 * 1024,
-            auth: corral_gateway::AuthOptions { accounts_file, disable_auth: false, admin_password_out: None },
-            // The suite's clusters are made-up hosts: probing them would leave loopback.
-            probe_interval_seconds: 0.0,
-            cache_check_seconds: 0.0,
-            rotation_grace_seconds: 300.0,
-        };
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            corral::run(config, listener, async move {
-                let _ = rx.await;
-            })
-            .await
-            .expect("control plane");
-        });
-        // First start: the generated admin password is in the data folder, for its owner only.
-        let file = dir.path().join("admin.password");
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        let password = loop {
-            match std::fs::read_to_string(&file) {
-                Ok(p) if !p.trim().is_empty() => break p,
-                _ => {
-                    assert!(tokio::time::Instant::now() < deadline, "no generated admin password in {}", file.display())
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        let api = wait_for_api_as(addr, "admin", password.trim()).await;
-        Embedded { api, dir, stop: Some(tx), task: Some(task) }
+        let all_in_one = AllInOne::start_in(dir, accounts_file.as_deref()).await.expect("the all-in-one");
+        let api = wait_for_api_as(all_in_one.addr, "admin", &all_in_one.admin_password()).await;
+        Embedded { api, dir: all_in_one.dir.path().to_path_buf(), all_in_one }
     }
 
     pub async fn stop(self) -> tempfile::TempDir {
-        let Embedded { dir, stop, task, .. } = self;
-        if let Some(tx) = stop {
-            let _ = tx.send(());
-        }
-        if let Some(t) = task {
-            let _ = t.await;
-        }
-        dir
+        self.all_in_one.stop().await
     }
 }
 
@@ -214,210 +169,13 @@ pub async fn wait_for_api_as(addr: SocketAddr, username: &str, password: &str) -
     anonymous.as_user(username, password).await
 }
 
-/// A binary of this workspace. `cargo test --workspace` only builds the binaries of packages that
-/// have integration tests, so a missing one is built here (cargo's own lock serialises racing
-/// test binaries).
-pub fn workspace_bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let path = dir.join(name);
-    if !path.exists() {
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let status = std::process::Command::new(cargo)
-            .args(["build", "--workspace", "--bins"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "cargo build --workspace --bins failed");
-    }
-    assert!(path.exists(), "{} is missing after cargo build --workspace --bins", path.display());
-    path
+/// A client of gateway `i` of a deployment, logged in as the admin.
+pub trait DeploymentApi {
+    async fn api(&self, i: usize) -> Api;
 }
 
-pub fn new_seal_key() -> String {
-    let bytes: [u8; 32] = std::array::from_fn(|i| (i as u8).wrapping_mul(37).wrapping_add(rand_byte()));
-    base64::engine::general_purpose::STANDARD.encode(bytes)
-}
-
-fn rand_byte() -> u8 {
-    (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(7) & 0xff)
-        as u8
-}
-
-/// Gateways and registries as separate processes on their own nats-server.
-pub struct Deployment {
-    pub nats: NatsServer,
-    pub seal_key: String,
-    pub registries: Vec<ServiceProcess>,
-    pub registry_dirs: Vec<tempfile::TempDir>,
-    pub gateways: Vec<ServiceProcess>,
-    pub gateway_addrs: Vec<SocketAddr>,
-    /// Accounts and RBAC configuration every gateway reads (CORRAL_ACCOUNTS_FILE).
-    pub accounts_file: Option<tempfile::NamedTempFile>,
-}
-
-impl Deployment {
-    pub async fn start(registries: usize, gateways: usize) -> Deployment {
-        Self::start_with_accounts(registries, gateways, None).await
-    }
-
-    /// A deployment whose gateways read `accounts` (TOML) as their accounts configuration.
-    pub async fn start_with_accounts(registries: usize, gateways: usize, accounts: Option<&str>) -> Deployment {
-        let accounts_file = accounts.map(|text| {
-            let f = tempfile::NamedTempFile::new().expect("accounts file");
-            std::fs::write(f.path(), text).expect("write accounts file");
-            f
-        });
-        let nats = NatsServer::start().await.expect("nats-server");
-        let mut d = Deployment {
-            nats,
-            seal_key: new_seal_key(),
-            registries: Vec::new(),
-            registry_dirs: Vec::new(),
-            gateways: Vec::new(),
-            gateway_addrs: Vec::new(),
-            accounts_file,
-        };
-        for _ in 0..registries {
-            let dir = tempfile::tempdir().expect("tempdir");
-            let p = d.spawn_registry(dir.path()).await;
-            d.registries.push(p);
-            d.registry_dirs.push(dir);
-        }
-        for _ in 0..gateways {
-            let (p, addr) = d.spawn_gateway().await;
-            d.gateways.push(p);
-            d.gateway_addrs.push(addr);
-        }
-        d
-    }
-
-    pub async fn spawn_registry(&self, dir: &std::path::Path) -> ServiceProcess {
-        ServiceProcess::spawn(
-            &workspace_bin("corral-registry"),
-            &["--nats-url".into(), self.nats.url(), "--data-dir".into(), dir.display().to_string()],
-            &[("CORRAL_SEAL_KEY".into(), self.seal_key.clone())],
-            "registry ready",
-            Duration::from_secs(60),
-        )
-        .await
-        .expect("registry process")
-    }
-
-    pub async fn spawn_gateway(&self) -> (ServiceProcess, SocketAddr) {
-        let p = ServiceProcess::spawn(
-            &workspace_bin("corral-gateway"),
-            &[
-                "--nats-url".into(),
-                self.nats.url(),
-                "--listen".into(),
-                "127.0.0.1:0".into(),
-                "--max-body-bytes".into(),
-                "65536".into(),
-            ],
-            &self.gateway_env(),
-            "listening on",
-            Duration::from_secs(60),
-        )
-        .await
-        .expect("gateway process");
-        let addr = parse_listen_addr(&p.ready_line()).expect("gateway address");
-        (p, addr)
-    }
-
-    /// A health-probe process probing every `interval_seconds`, each request bounded by `timeout_seconds`.
-    pub async fn spawn_health_probe(&self, interval_seconds: f64, timeout_seconds: f64) -> ServiceProcess {
-        self.spawn_health_probe_with(interval_seconds, timeout_seconds, &[]).await
-    }
-
-    /// A health-probe process with extra environment variables.
-    pub async fn spawn_health_probe_with(
-        &self,
-        interval_seconds: f64,
-        timeout_seconds: f64,
-        extra_env: &[(&str, &str)],
-    ) -> ServiceProcess {
-        let mut env: Vec<(String, String)> = vec![
-            ("CORRAL_SEAL_KEY".into(), self.seal_key.clone()),
-            // Example credentials for clusters with AWS IAM authentication (never sent to AWS:
-            // the fake API servers only check the token's shape).
-            ("AWS_ACCESS_KEY_ID".into(), "AKIDEXAMPLE".into()),
-            ("AWS_SECRET_ACCESS_KEY".into(), "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY".into()),
-            ("AWS_REGION".into(), "eu-west-1".into()),
-        ];
-        env.extend(extra_env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        ServiceProcess::spawn(
-            &workspace_bin("corral-health-probe"),
-            &[
-                "--nats-url".into(),
-                self.nats.url(),
-                "--interval-seconds".into(),
-                interval_seconds.to_string(),
-                "--timeout-seconds".into(),
-                timeout_seconds.to_string(),
-            ],
-            &env,
-            "health-probe ready",
-            Duration::from_secs(60),
-        )
-        .await
-        .expect("health-probe process")
-    }
-
-    /// A cache-invalidation process checking every `check_seconds`.
-    pub async fn spawn_cache_invalidation(&self, check_seconds: f64) -> ServiceProcess {
-        ServiceProcess::spawn(
-            &workspace_bin("corral-cache-invalidation"),
-            &[
-                "--nats-url".into(),
-                self.nats.url(),
-                "--check-seconds".into(),
-                check_seconds.to_string(),
-                "--timeout-seconds".into(),
-                "2".into(),
-            ],
-            &[("CORRAL_SEAL_KEY".into(), self.seal_key.clone())],
-            "cache-invalidation ready",
-            Duration::from_secs(60),
-        )
-        .await
-        .expect("cache-invalidation process")
-    }
-
-    /// An auth-rotation process whose old tokens live `grace_seconds` after a rotation.
-    pub async fn spawn_auth_rotation(&self, grace_seconds: f64) -> ServiceProcess {
-        ServiceProcess::spawn(
-            &workspace_bin("corral-auth-rotation"),
-            &["--nats-url".into(), self.nats.url(), "--grace-seconds".into(), grace_seconds.to_string()],
-            &self.service_env(),
-            "auth-rotation ready",
-            Duration::from_secs(60),
-        )
-        .await
-        .expect("auth-rotation process")
-    }
-
-    /// The sealing key, and the accounts file when the deployment has one.
-    pub fn service_env(&self) -> Vec<(String, String)> {
-        let mut env = vec![("CORRAL_SEAL_KEY".to_string(), self.seal_key.clone())];
-        if let Some(f) = &self.accounts_file {
-            env.push(("CORRAL_ACCOUNTS_FILE".to_string(), f.path().display().to_string()));
-        }
-        env
-    }
-
-    pub fn gateway_env(&self) -> Vec<(String, String)> {
-        let mut env = vec![
-            ("CORRAL_SEAL_KEY".to_string(), self.seal_key.clone()),
-            ("CORRAL_ADMIN_PASSWORD".to_string(), ADMIN_PASSWORD.to_string()),
-        ];
-        if let Some(f) = &self.accounts_file {
-            env.push(("CORRAL_ACCOUNTS_FILE".to_string(), f.path().display().to_string()));
-        }
-        env
-    }
-
-    pub async fn api(&self, i: usize) -> Api {
+impl DeploymentApi for Deployment {
+    async fn api(&self, i: usize) -> Api {
         wait_for_api(self.gateway_addrs[i]).await
     }
 }

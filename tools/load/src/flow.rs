@@ -57,7 +57,7 @@ async fn follower(log: &NatsLog) -> anyhow::Result<JoinHandle<()>> {
 /// expected sequence (new here), the event type and the trace context.
 async fn append(log: &NatsLog, subject: String, event_type: &str, payload: Vec<u8>) -> anyhow::Result<u64> {
     let headers = vec![
-        (corral_registry::codec::EVENT_TYPE_HEADER.to_string(), event_type.to_string()),
+        (corral_events::EVENT_TYPE_HEADER.to_string(), event_type.to_string()),
         ("traceparent".to_string(), TRACEPARENT.to_string()),
     ];
     let msg_id = format!("{TRACEPARENT}:{subject}:1");
@@ -75,11 +75,15 @@ async fn handle(log: &NatsLog, payload: &[u8], with_claim: bool) -> anyhow::Resu
     let name = cluster.name.clone();
     if with_claim {
         let claim = name.clone().into_bytes();
-        append(log, format!("loadflow.names.{name}"), corral_registry::codec::CLUSTER_NAME_CLAIMED, claim).await?;
+        append(log, format!("loadflow.names.{name}"), corral_events::event_type::CLUSTER_NAME_CLAIMED, claim).await?;
     }
-    let revision =
-        append(log, format!("loadflow.clusters.{name}"), corral_registry::codec::CLUSTER_REGISTERED, payload.to_vec())
-            .await?;
+    let revision = append(
+        log,
+        format!("loadflow.clusters.{name}"),
+        corral_events::event_type::CLUSTER_REGISTERED,
+        payload.to_vec(),
+    )
+    .await?;
     Ok(Reply { revision, result: Some(reply::Result::Cluster(cluster)), cluster_version: 1 })
 }
 
@@ -90,7 +94,7 @@ fn registry(client: async_nats::Client, log: Arc<NatsLog>, with_claim: bool) -> 
         async move {
             let reply = handle(&log, &msg.payload, with_claim)
                 .await
-                .unwrap_or_else(|e| corral_registry::nats_rpc::error_reply(tonic::Code::Internal, e.to_string()));
+                .unwrap_or_else(|e| corral_service_api::error_reply(tonic::Code::Internal, e.to_string()));
             reply.encode_to_vec()
         }
     };

@@ -450,7 +450,7 @@ async fn measure_the_api(
     // The registry's share of a Create: the same command sent to it over NATS, past the gateway,
     // alone and with as many clients as above.
     let nats = async_nats::connect(&args.nats_url).await?;
-    if let Err(e) = nats.request(corral_registry::nats_rpc::QUERY_SUBJECT, bytes::Bytes::new()).await
+    if let Err(e) = nats.request(corral_service_api::nats::QUERY_SUBJECT, bytes::Bytes::new()).await
         && e.kind() == async_nats::RequestErrorKind::NoResponders
     {
         println!("no registry answers over NATS (the all-in-one binary?): its share of Create not measured");
@@ -477,7 +477,7 @@ async fn registry_creates(name: &str, nats: &async_nats::Client, clients: usize,
                 upsert: false,
             });
             let command = corral_proto::registry::Command { context: None, kind: Some(kind), expected_version: 0 };
-            match nats.request(corral_registry::nats_rpc::COMMAND_SUBJECT, command.encode_to_vec().into()).await {
+            match nats.request(corral_service_api::nats::COMMAND_SUBJECT, command.encode_to_vec().into()).await {
                 Ok(m) => corral_proto::registry::Reply::decode(m.payload.as_ref())
                     .is_ok_and(|r| !matches!(r.result, Some(corral_proto::registry::reply::Result::Error(_)))),
                 Err(_) => false,

@@ -3,10 +3,10 @@
 //! prints how long the first full round takes (every cluster observed once), how many events a
 //! steady healthy fleet appends per minute (target: zero), and the process's peak memory.
 //!
-//! The registry and the probe replicas (each with its own NATS connection and membership) run in
-//! this process over real NATS JetStream; the fake API servers run in a child process
-//! (`fake-kube-servers`), so client and server connections do not share one file-descriptor
-//! limit.
+//! The registry and the probe replicas are the service binaries (`corral-registry`,
+//! `corral-health-probe`, built beside this one), each a process of its own on real NATS
+//! JetStream; the fake API servers run in a child process too (`fake-kube-servers`), so client
+//! and server connections do not share one file-descriptor limit.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,7 +16,8 @@ use corral_event_log::{EventLog, NatsLog};
 use corral_proto::cluster::ClusterCreateRequest;
 use corral_proto::registry::{Command, command, reply};
 use corral_proto::v1alpha1::{Cluster, ClusterConfig, TlsClientConfig};
-use corral_registry::RegistryApi;
+use corral_service_api::ClusterCommands;
+use corral_test_harness::ServiceProcess;
 use futures::StreamExt;
 
 #[derive(Parser, Debug)]
@@ -45,8 +46,14 @@ struct Args {
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
+/// A service binary built beside this one.
+fn sibling(name: &str) -> std::path::PathBuf {
+    std::env::current_exe().map(|e| e.with_file_name(name)).unwrap_or_else(|_| name.into())
+}
+
+/// The peak resident memory of process `pid`.
+fn peak_rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
@@ -70,17 +77,21 @@ async fn observed(log: &NatsLog) -> anyhow::Result<usize> {
 async fn run_size(args: &Args, n: usize) -> anyhow::Result<()> {
     let nats = corral_test_harness::NatsServer::start().await?;
     let client = async_nats::connect(nats.url()).await?;
-    let log: Arc<dyn EventLog> = Arc::new(NatsLog::new(client.clone(), Default::default()).await?);
-    let key = Arc::new(corral_secrets::SealingKey::generate());
+    let seal_key = corral_secrets::SealingKey::generate().to_base64();
+    let env = vec![("CORRAL_SEAL_KEY".to_string(), seal_key)];
     let fakes = FakeServers::start(args.servers.max(1)).await?;
-    let db = corral_registry::open_projection_db(None)?;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
-    let registry =
-        corral_registry::start(log.clone(), &db, key.clone(), Default::default(), stopped(stop_rx.clone())).await?;
-
+    let data = std::env::temp_dir().join(format!("corral-probe-bench-{}", std::process::id()));
+    let registry_args = ["--nats-url".to_string(), nats.url(), "--data-dir".into(), data.display().to_string()];
+    let ready = |name: &str| corral_process::ready_line(name, None);
+    let registry_process = ServiceProcess::spawn(
+        &sibling("corral-registry"),
+        &registry_args,
+        &env,
+        &ready("corral-registry"),
+        Duration::from_secs(60),
+    )
+    .await?;
+    let registry = Arc::new(corral_service_api::nats::NatsClient::new(client.clone(), Duration::from_secs(30)));
     let started = Instant::now();
     let configs: Vec<ClusterConfig> = fakes
         .servers
@@ -117,29 +128,20 @@ async fn run_size(args: &Args, n: usize) -> anyhow::Result<()> {
     anyhow::ensure!(created == n, "only {created} of {n} clusters registered");
     println!("{n} clusters registered in {:.1} s", started.elapsed().as_secs_f64());
 
-    // Replicas first hear each other, then probe: the round measured is a split one.
-    let interval = Duration::from_secs_f64(args.interval);
-    let mut memberships = Vec::new();
-    for _ in 0..args.replicas.max(1) {
-        let c = async_nats::connect(nats.url()).await?;
-        memberships.push((
-            c.clone(),
-            corral_cluster_access::Membership::join(c, corral_health_probe::HEARTBEAT_SUBJECT, interval / 3).await?,
-        ));
-    }
-    tokio::time::sleep(interval / 2).await;
-    let probe_config =
-        corral_health_probe::ProbeConfig { interval, concurrency: args.concurrency, timeout: Duration::from_secs(5) };
+    // The replicas start together; the round measured is split between them.
+    let probe_args = [
+        "--nats-url".to_string(),
+        nats.url(),
+        "--probe-interval-seconds".into(),
+        args.interval.to_string(),
+        "--probe-concurrency".into(),
+        args.concurrency.to_string(),
+    ];
+    let (probe_bin, probe_ready) = (sibling("corral-health-probe"), ready("corral-health-probe"));
     let round_started = Instant::now();
-    for (c, m) in memberships {
-        let log: Arc<dyn EventLog> = Arc::new(NatsLog::new(c, Default::default()).await?);
-        tokio::spawn(corral_health_probe::HealthProbe::run(
-            log,
-            key.clone(),
-            probe_config.clone(),
-            m,
-            stopped(stop_rx.clone()),
-        ));
+    let mut probes = Vec::new();
+    for _ in 0..args.replicas.max(1) {
+        probes.push(ServiceProcess::spawn(&probe_bin, &probe_args, &env, &probe_ready, Duration::from_secs(60)).await?);
     }
     let reader = NatsLog::new(client.clone(), Default::default()).await?;
     loop {
@@ -154,6 +156,7 @@ async fn run_size(args: &Args, n: usize) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let round = round_started.elapsed();
+    let pids: Vec<u32> = probes.iter().chain([&registry_process]).filter_map(ServiceProcess::pid).collect();
     let events_before = reader.last_seq().await?;
     let steady = Duration::from_secs_f64(args.steady_seconds);
     tokio::time::sleep(steady).await;
@@ -169,7 +172,7 @@ async fn run_size(args: &Args, n: usize) -> anyhow::Result<()> {
         appended,
         steady.as_secs_f64(),
         appended as f64 * 60.0 / steady.as_secs_f64(),
-        peak_rss_mib()
+        pids.iter().map(|p| peak_rss_mib(*p)).sum::<f64>()
     );
     if appended > 0 {
         // What changed in a fleet that should be steady: the observations, grouped.
@@ -188,8 +191,9 @@ async fn run_size(args: &Args, n: usize) -> anyhow::Result<()> {
             println!("  {v:>6} × {k}");
         }
     }
-    let _ = stop_tx.send(true);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(probes);
+    drop(registry_process);
+    let _ = std::fs::remove_dir_all(&data);
     Ok(())
 }
 

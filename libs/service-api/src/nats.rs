@@ -1,14 +1,14 @@
-//! The registry's interface over NATS request/reply: replicas share the work through a queue
-//! group, and the gateway's client speaks the same `RegistryApi` as the in-process registry.
+//! The interfaces over NATS request/reply: replicas share the work through a queue group, and
+//! the clients speak the same traits as the services in-process.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use corral_proto::registry::{Command, Query, Reply, reply};
+use corral_proto::registry::{Command, Query, Reply};
 use prost::Message;
 use tonic::Code;
 
-use crate::api::RegistryApi;
+use crate::api::{ClusterCommands, ClusterQueries, CredentialRotation, error_reply};
 
 /// Outside the event stream's subjects, so requests are never stored.
 pub const COMMAND_SUBJECT: &str = "corralrpc.registry.command";
@@ -17,35 +17,23 @@ pub const QUEUE_GROUP: &str = "corral-registry";
 pub const ROTATE_SUBJECT: &str = "corralrpc.auth-rotation.rotate";
 pub const ROTATION_QUEUE_GROUP: &str = "corral-auth-rotation";
 
-/// A reply carrying only an error.
-pub fn error_reply(code: Code, message: impl Into<String>) -> Reply {
-    Reply {
-        revision: 0,
-        result: Some(reply::Result::Error(corral_proto::registry::Error {
-            code: code as i32,
-            message: message.into(),
-        })),
-        cluster_version: 0,
-    }
-}
-
 /// Serves commands and queries until `shutdown` resolves.
-pub async fn serve(
+pub async fn serve_registry<R: ClusterCommands + ClusterQueries>(
     client: async_nats::Client,
-    api: Arc<dyn RegistryApi>,
+    registry: Arc<R>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), async_nats::SubscribeError> {
     let handle = move |subject: usize, msg: async_nats::Message| {
-        let api = api.clone();
+        let registry = registry.clone();
         async move {
             let reply = if subject == 0 {
                 match Command::decode(msg.payload.as_ref()) {
-                    Ok(c) => api.command(c).await,
+                    Ok(c) => registry.command(c).await,
                     Err(e) => error_reply(Code::InvalidArgument, format!("malformed command: {e}")),
                 }
             } else {
                 match Query::decode(msg.payload.as_ref()) {
-                    Ok(q) => api.query(q).await,
+                    Ok(q) => registry.query(q).await,
                     Err(e) => error_reply(Code::InvalidArgument, format!("malformed query: {e}")),
                 }
             };
@@ -55,19 +43,19 @@ pub async fn serve(
     corral_nats_rpc::serve(client, QUEUE_GROUP, &[COMMAND_SUBJECT, QUERY_SUBJECT], handle, shutdown).await
 }
 
-/// The gateway's handle on the registry replicas.
+/// The callers' handle on the service replicas: the registry's commands and queries, rotation.
 #[derive(Clone)]
-pub struct NatsRegistryClient {
+pub struct NatsClient {
     client: async_nats::Client,
     timeout: Duration,
 }
 
-impl NatsRegistryClient {
-    pub fn new(client: async_nats::Client, timeout: Duration) -> NatsRegistryClient {
-        NatsRegistryClient { client, timeout }
+impl NatsClient {
+    pub fn new(client: async_nats::Client, timeout: Duration) -> NatsClient {
+        NatsClient { client, timeout }
     }
 
-    pub(crate) async fn call(&self, subject: &'static str, traceparent: &str, payload: Vec<u8>) -> Reply {
+    async fn call(&self, subject: &'static str, traceparent: &str, payload: Vec<u8>) -> Reply {
         match corral_nats_rpc::request(&self.client, subject, traceparent, payload, self.timeout).await {
             Ok(payload) => Reply::decode(payload.as_ref())
                 .unwrap_or_else(|e| error_reply(Code::Internal, format!("malformed registry reply: {e}"))),
@@ -81,12 +69,15 @@ impl NatsRegistryClient {
 }
 
 #[async_trait::async_trait]
-impl RegistryApi for NatsRegistryClient {
+impl ClusterCommands for NatsClient {
     async fn command(&self, command: Command) -> Reply {
         let tp = command.context.as_ref().map(|c| c.traceparent.clone()).unwrap_or_default();
         self.call(COMMAND_SUBJECT, &tp, command.encode_to_vec()).await
     }
+}
 
+#[async_trait::async_trait]
+impl ClusterQueries for NatsClient {
     async fn query(&self, query: Query) -> Reply {
         let tp = query.context.as_ref().map(|c| c.traceparent.clone()).unwrap_or_default();
         self.call(QUERY_SUBJECT, &tp, query.encode_to_vec()).await
@@ -96,7 +87,7 @@ impl RegistryApi for NatsRegistryClient {
 /// Serves rotation requests from the gateways until `shutdown` resolves.
 pub async fn serve_rotation(
     client: async_nats::Client,
-    api: Arc<dyn crate::api::RotationApi>,
+    api: Arc<dyn CredentialRotation>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), async_nats::SubscribeError> {
     let handle = move |_: usize, msg: async_nats::Message| {
@@ -113,7 +104,7 @@ pub async fn serve_rotation(
 }
 
 #[async_trait::async_trait]
-impl crate::api::RotationApi for NatsRegistryClient {
+impl CredentialRotation for NatsClient {
     async fn rotate(&self, request: corral_proto::registry::RotateAuth) -> Reply {
         let tp = request.context.as_ref().map(|c| c.traceparent.clone()).unwrap_or_default();
         self.call(ROTATE_SUBJECT, &tp, request.encode_to_vec()).await

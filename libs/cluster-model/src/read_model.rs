@@ -1,4 +1,4 @@
-//! The registry's projection: one record per cluster and one per claimed name, folded from the
+//! The clusters' projection: one record per cluster and one per claimed name, folded from the
 //! log. Records keep credentials sealed; the redacted config is what responses show.
 
 use corral_event_log::RecordedEvent;
@@ -9,21 +9,14 @@ use corral_proto::registry::{ClusterRecord, NameRecord};
 use corral_proto::v1alpha1::{self, ClusterConfig, ConnectionState};
 use prost::Message;
 
-use crate::codec;
+use corral_events::event_type::{
+    CLUSTER_CACHE_SYNCED, CLUSTER_CONNECTION_OBSERVED, CLUSTER_DELETED, CLUSTER_NAME_CLAIMED, CLUSTER_NAME_RELEASED,
+    CLUSTER_REFRESH_REQUESTED, CLUSTER_REGISTERED, CLUSTER_SPEC_CHANGED,
+};
+use corral_events::subject;
+
 use crate::error::RegistryError;
 
-pub const CLUSTER_SUBJECT_PREFIX: &str = "corral.cluster.";
-pub const NAME_SUBJECT_PREFIX: &str = "corral.clustername.";
-/// Observed connection state, appended by the health probe.
-pub const STATE_SUBJECT_PREFIX: &str = "corral.clusterstate.";
-pub const CLUSTER_CONNECTION_OBSERVED: &str = "ClusterConnectionObserved";
-/// Cache info, appended by the cache-invalidation service.
-pub const CACHE_SUBJECT_PREFIX: &str = "corral.clustercache.";
-pub const CLUSTER_CACHE_SYNCED: &str = "ClusterCacheSynced";
-/// Credential rotations, appended by the auth-rotation service.
-pub const AUTH_SUBJECT_PREFIX: &str = "corral.clusterauth.";
-pub const CLUSTER_CREDENTIALS_ROTATED: &str = "ClusterCredentialsRotated";
-pub const OLD_CREDENTIALS_RETIRED: &str = "OldCredentialsRetired";
 const CLUSTER_KEY_PREFIX: &[u8] = b"c/";
 const NAME_KEY_PREFIX: &[u8] = b"n/";
 
@@ -80,7 +73,7 @@ pub fn fold_cluster(
     rec.subject_seq = seq;
     rec.version += 1;
     match env.event_type.as_str() {
-        codec::CLUSTER_REGISTERED => {
+        CLUSTER_REGISTERED => {
             let e = events::ClusterRegistered::decode(env.payload.as_slice())?;
             let spec = e.spec.unwrap_or_default();
             rec.redacted_config = spec.redacted_config.clone();
@@ -97,16 +90,16 @@ pub fn fold_cluster(
             rec.cache_resources_count = 0;
             rec.cache_synced_at_unix = 0;
         }
-        codec::CLUSTER_SPEC_CHANGED => {
+        CLUSTER_SPEC_CHANGED => {
             let e = events::ClusterSpecChanged::decode(env.payload.as_slice())?;
             let spec = e.spec.unwrap_or_default();
             rec.redacted_config = spec.redacted_config.clone();
             rec.spec = Some(spec);
         }
-        codec::CLUSTER_DELETED => {
+        CLUSTER_DELETED => {
             rec.deleted = true;
         }
-        codec::CLUSTER_REFRESH_REQUESTED => {
+        CLUSTER_REFRESH_REQUESTED => {
             let e = events::ClusterRefreshRequested::decode(env.payload.as_slice())?;
             rec.refresh_requested_at_unix_nanos = e.requested_at_unix_nanos;
         }
@@ -121,11 +114,11 @@ pub fn fold_cluster(
 /// Folds one logged event into the changes it makes to the projection.
 pub fn fold(p: &Staged<'_>, ev: &RecordedEvent) -> Result<Changes, RegistryError> {
     let mut changes = Changes::default();
-    if let Some(id) = ev.subject.strip_prefix(CLUSTER_SUBJECT_PREFIX) {
+    if let Some(id) = ev.subject.strip_prefix(subject::CLUSTER) {
         let env = decode_envelope(ev)?;
         let rec = fold_cluster(cluster_record(p, id)?, id, ev.seq, &env)?;
         changes.put(cluster_key(id), rec.encode_to_vec());
-    } else if let Some(id) = ev.subject.strip_prefix(STATE_SUBJECT_PREFIX) {
+    } else if let Some(id) = ev.subject.strip_prefix(subject::CLUSTER_STATE) {
         let env = decode_envelope(ev)?;
         if env.event_type == CLUSTER_CONNECTION_OBSERVED
             && let Some(mut rec) = cluster_record(p, id)?
@@ -140,7 +133,7 @@ pub fn fold(p: &Staged<'_>, ev: &RecordedEvent) -> Result<Changes, RegistryError
                 changes.put(cluster_key(id), rec.encode_to_vec());
             }
         }
-    } else if let Some(id) = ev.subject.strip_prefix(CACHE_SUBJECT_PREFIX) {
+    } else if let Some(id) = ev.subject.strip_prefix(subject::CLUSTER_CACHE) {
         let env = decode_envelope(ev)?;
         if env.event_type == CLUSTER_CACHE_SYNCED
             && let Some(mut rec) = cluster_record(p, id)?
@@ -154,19 +147,19 @@ pub fn fold(p: &Staged<'_>, ev: &RecordedEvent) -> Result<Changes, RegistryError
                 changes.put(cluster_key(id), rec.encode_to_vec());
             }
         }
-    } else if let Some(k) = ev.subject.strip_prefix(NAME_SUBJECT_PREFIX) {
+    } else if let Some(k) = ev.subject.strip_prefix(subject::CLUSTER_NAME) {
         let env = decode_envelope(ev)?;
         let mut rec = name_record(p, k)?.unwrap_or_default();
         rec.subject_seq = ev.seq;
         rec.version += 1;
         match env.event_type.as_str() {
-            codec::CLUSTER_NAME_CLAIMED => {
+            CLUSTER_NAME_CLAIMED => {
                 let e = events::ClusterNameClaimed::decode(env.payload.as_slice())?;
                 rec.cluster_id = e.cluster_id;
                 rec.released = false;
                 rec.claimed_at_unix_nanos = env.occurred_at_unix_nanos;
             }
-            codec::CLUSTER_NAME_RELEASED => {
+            CLUSTER_NAME_RELEASED => {
                 rec.released = true;
             }
             other => tracing::warn!(event_type = other, seq = ev.seq, "skipping unknown name event type"),

@@ -9,15 +9,12 @@ use corral_domain as domain;
 use corral_event_log::EventLog;
 use corral_projection::Projection;
 use corral_proto::cluster::ClusterQuery;
-use corral_proto::registry::{ClusterRecord, Query, Reply, query, reply};
+use corral_proto::registry::{ClusterRecord, Query, query, reply};
 use corral_proto::v1alpha1::{self, ClusterList};
-use tracing::{Instrument, info_span};
 
-use crate::api::RegistryApi;
 use crate::barrier::ReadBarrier;
 use crate::error::RegistryError;
 use crate::read_model::{self, cluster_record, name_record};
-use crate::service::to_reply;
 
 pub struct Queries {
     projection: Projection,
@@ -257,7 +254,7 @@ impl Queries {
     }
 
     /// Waits until the projection holds what `q` must see; the revision it answers at.
-    async fn reach(&self, q: &Query) -> Result<u64, RegistryError> {
+    pub async fn reach(&self, q: &Query) -> Result<u64, RegistryError> {
         let mut need = q.min_revision;
         if q.linearizable {
             need = need.max(self.barrier.last_seq().await.map_err(RegistryError::Unavailable)?);
@@ -276,37 +273,6 @@ impl Queries {
                 Ok((revision, reply::Result::Cluster(cluster), version))
             }
             query::Kind::List(cq) => Ok((revision, reply::Result::List(self.list(&cq)?), 0)),
-        }
-    }
-}
-
-#[async_trait::async_trait]
-impl RegistryApi for Queries {
-    async fn command(&self, _command: corral_proto::registry::Command) -> Reply {
-        to_reply(Err(RegistryError::FailedPrecondition("this view answers queries only".into())))
-    }
-
-    async fn list_encoded(&self, query: Query) -> Result<(u64, EncodedList), Reply> {
-        let span = info_span!("registry.list", min_revision = query.min_revision, linearizable = query.linearizable);
-        let listed = async {
-            let revision = self.reach(&query).await?;
-            match &query.kind {
-                Some(query::Kind::List(q)) => Ok((revision, self.list_selected(q)?)),
-                _ => Err(RegistryError::InvalidArgument("not a List query".into())),
-            }
-        };
-        listed.instrument(span).await.map_err(|e| to_reply(Err(e)))
-    }
-
-    async fn query(&self, query: Query) -> Reply {
-        let span = info_span!("registry.query", min_revision = query.min_revision, linearizable = query.linearizable);
-        match self.handle_query(query).instrument(span).await {
-            Ok((revision, result, cluster_version)) => {
-                let mut reply = to_reply(Ok((revision, result)));
-                reply.cluster_version = cluster_version;
-                reply
-            }
-            Err(e) => to_reply(Err(e)),
         }
     }
 }

@@ -1,26 +1,15 @@
 //! Domain events to and from their stored form. Credentials are sealed here, at the edge of the
 //! domain, so that nothing in clear reaches the log or a projection.
 
-use chrono::{DateTime, TimeZone, Utc};
 use corral_domain::{ClusterEvent, ClusterSpec};
-use corral_proto::events::{self, EventEnvelope};
+use corral_events::event_type::{CLUSTER_DELETED, CLUSTER_REFRESH_REQUESTED, CLUSTER_REGISTERED, CLUSTER_SPEC_CHANGED};
+use corral_events::unix_nanos;
+use corral_proto::events;
 use corral_proto::v1alpha1::ClusterConfig;
 use corral_secrets::SealingKey;
 use prost::Message;
 
 use crate::error::RegistryError;
-
-pub const SCHEMA_VERSION: u32 = 1;
-
-pub const CLUSTER_REGISTERED: &str = "ClusterRegistered";
-pub const CLUSTER_SPEC_CHANGED: &str = "ClusterSpecChanged";
-pub const CLUSTER_DELETED: &str = "ClusterDeleted";
-pub const CLUSTER_REFRESH_REQUESTED: &str = "ClusterRefreshRequested";
-pub const CLUSTER_NAME_CLAIMED: &str = "ClusterNameClaimed";
-pub const CLUSTER_NAME_RELEASED: &str = "ClusterNameReleased";
-
-/// Header naming the event type, so subscribers can filter without decoding.
-pub const EVENT_TYPE_HEADER: &str = "Corral-Event-Type";
 
 /// The cluster id is the associated data of its sealed config: a sealed config copied onto
 /// another cluster does not open.
@@ -110,40 +99,4 @@ pub fn encode_event(event: &ClusterEvent, cluster_id: &str, key: &SealingKey) ->
             events::ClusterRefreshRequested { requested_at_unix_nanos: unix_nanos(at) }.encode_to_vec(),
         ),
     }
-}
-
-pub struct EnvelopeFields<'a> {
-    pub event_type: &'a str,
-    pub aggregate_id: String,
-    pub aggregate_version: u64,
-    pub correlation_id: &'a str,
-    pub causation_id: &'a str,
-    pub traceparent: &'a str,
-    pub actor: &'a str,
-    pub payload: Vec<u8>,
-}
-
-pub fn envelope(f: EnvelopeFields<'_>) -> EventEnvelope {
-    EventEnvelope {
-        event_id: uuid::Uuid::new_v4().to_string(),
-        event_type: f.event_type.to_string(),
-        aggregate_id: f.aggregate_id,
-        aggregate_version: f.aggregate_version,
-        occurred_at_unix_nanos: unix_nanos(&Utc::now()),
-        correlation_id: f.correlation_id.to_string(),
-        causation_id: f.causation_id.to_string(),
-        traceparent: f.traceparent.to_string(),
-        tracestate: String::new(),
-        schema_version: SCHEMA_VERSION,
-        actor: f.actor.to_string(),
-        payload: f.payload,
-    }
-}
-
-pub fn unix_nanos(t: &DateTime<Utc>) -> i64 {
-    t.timestamp_nanos_opt().unwrap_or(i64::MAX)
-}
-
-pub fn from_unix_nanos(n: i64) -> DateTime<Utc> {
-    Utc.timestamp_nanos(n)
 }

@@ -1,0 +1,170 @@
+//! What every binary shares: the options for NATS, the stream, the sealing key and logging (one
+//! set of clap arguments, each also an environment variable, all listed by `--help`), connecting
+//! to NATS and opening the log on it, and the line a process prints once it is ready.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use corral_event_log::{EventLog, LogError, NatsLog, NatsLogConfig};
+use corral_secrets::{SealingKey, SecretsError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error("invalid NATS URL {url:?}: {message}")]
+    NatsUrl { url: String, message: String },
+    #[error("cannot connect to NATS: {0}")]
+    Nats(#[from] async_nats::ConnectError),
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error(transparent)]
+    Key(#[from] SecretsError),
+}
+
+/// The stream every service follows, and how durable it is made when a process finds it missing.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StreamOptions {
+    /// JetStream stream name.
+    #[arg(long, env = "CORRAL_STREAM", default_value = "CORRAL")]
+    pub stream: String,
+    /// Replicas of the stream, should this process be the one to create it (3 on a three-node
+    /// NATS cluster). Every kind of service creates it when it is missing, so give all the same.
+    #[arg(long, env = "CORRAL_STREAM_REPLICAS", default_value_t = 1)]
+    pub stream_replicas: usize,
+}
+
+impl StreamOptions {
+    /// The log on `client`: the stream, created with these settings if missing.
+    pub async fn open(&self, client: async_nats::Client) -> Result<Arc<dyn EventLog>, ProcessError> {
+        let config =
+            NatsLogConfig { stream: self.stream.clone(), replicas: self.stream_replicas, ..Default::default() };
+        Ok(Arc::new(NatsLog::new(client, config).await?))
+    }
+}
+
+/// A service's NATS connection and stream.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NatsOptions {
+    /// NATS server URLs, comma-separated (nats://a:4222,nats://b:4222); the client tries each.
+    #[arg(long, env = "CORRAL_NATS_URL")]
+    pub nats_url: String,
+    #[command(flatten)]
+    pub stream: StreamOptions,
+}
+
+impl NatsOptions {
+    pub async fn connect(&self, name: &str) -> Result<async_nats::Client, ProcessError> {
+        connect(&self.nats_url, name).await
+    }
+
+    /// The connection and the log on it.
+    pub async fn connect_log(&self, name: &str) -> Result<(async_nats::Client, Arc<dyn EventLog>), ProcessError> {
+        let client = self.connect(name).await?;
+        let log = self.stream.open(client.clone()).await?;
+        Ok((client, log))
+    }
+}
+
+/// Connects to the NATS servers in `urls` (comma-separated), naming the connection `name`. A
+/// server that is down at start is retried rather than refused: the others, or it, will answer.
+pub async fn connect(urls: &str, name: &str) -> Result<async_nats::Client, ProcessError> {
+    let addrs = server_addrs(urls)?;
+    Ok(async_nats::ConnectOptions::new().name(name).retry_on_initial_connect().connect(addrs).await?)
+}
+
+fn server_addrs(urls: &str) -> Result<Vec<async_nats::ServerAddr>, ProcessError> {
+    let addrs: Vec<async_nats::ServerAddr> = urls
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| u.parse().map_err(|e: std::io::Error| ProcessError::NatsUrl { url: u.into(), message: e.to_string() }))
+        .collect::<Result<_, _>>()?;
+    if addrs.is_empty() {
+        return Err(ProcessError::NatsUrl { url: urls.into(), message: "no URL given".into() });
+    }
+    Ok(addrs)
+}
+
+/// The key that seals credentials in events.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SealKeyOptions {
+    /// The sealing key, base64 of 32 bytes. Give it in the environment, not on the command line;
+    /// it wins over the file.
+    #[arg(long, env = "CORRAL_SEAL_KEY", hide_env_values = true)]
+    pub seal_key: Option<String>,
+    /// File holding the sealing key (base64).
+    #[arg(long, env = "CORRAL_SEAL_KEY_FILE")]
+    pub seal_key_file: Option<PathBuf>,
+}
+
+impl SealKeyOptions {
+    /// The key; with `generate_at`, a key file made there (mode 0600) when none is given.
+    pub fn load(&self, generate_at: Option<&Path>) -> Result<Arc<SealingKey>, ProcessError> {
+        if let Some(k) = self.seal_key.as_deref().filter(|k| !k.trim().is_empty()) {
+            return Ok(Arc::new(SealingKey::from_base64(k)?));
+        }
+        let file = self.seal_key_file.as_deref().or(generate_at);
+        Ok(Arc::new(SealingKey::load_file(file, generate_at.is_some())?))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// How the process logs (to stderr; stdout carries only the readiness line).
+#[derive(Debug, Clone, clap::Args)]
+pub struct LogOptions {
+    /// Log line format. What is logged is chosen with RUST_LOG (default info).
+    #[arg(long, env = "CORRAL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl LogOptions {
+    pub fn init(&self, service: &str) -> corral_telemetry::Guard {
+        corral_telemetry::init(service, self.log_format == LogFormat::Json)
+    }
+}
+
+/// The line a process prints on stdout once it serves: `NAME ready`, with the address it listens
+/// on when it has one. Tests and orchestration wait for it.
+pub fn ready_line(service: &str, listening: Option<SocketAddr>) -> String {
+    match listening {
+        Some(addr) => format!("{service} ready, listening on {addr}"),
+        None => format!("{service} ready"),
+    }
+}
+
+/// Prints [`ready_line`] and logs it.
+pub fn announce_ready(service: &str, listening: Option<SocketAddr>) {
+    println!("{}", ready_line(service, listening));
+    match listening {
+        Some(addr) => tracing::info!(service, %addr, "ready"),
+        None => tracing::info!(service, "ready"),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nats_urls_are_a_comma_separated_list() {
+        assert_eq!(server_addrs("nats://127.0.0.1:4222").unwrap().len(), 1);
+        let three = server_addrs("nats://a:4222, nats://b:4223,nats://c:4224").unwrap();
+        assert_eq!(three.len(), 3);
+        assert_eq!(three[1].port(), 4223);
+        assert!(matches!(server_addrs(""), Err(ProcessError::NatsUrl { .. })));
+        assert!(matches!(server_addrs("nats://a:notaport"), Err(ProcessError::NatsUrl { .. })));
+    }
+
+    #[test]
+    fn the_ready_line() {
+        assert_eq!(ready_line("corral-registry", None), "corral-registry ready");
+        let addr: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        assert_eq!(ready_line("corral", Some(addr)), "corral ready, listening on 127.0.0.1:8080");
+    }
+}
