@@ -7,7 +7,6 @@
 //! own share.
 
 use std::collections::HashMap;
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,10 +19,19 @@ pub struct Membership {
     expiry: Duration,
 }
 
+/// The rendezvous score of (replica, cluster): the first 8 bytes of SHA-256 over both, with a
+/// separator. A hash with a fixed definition, so that replicas built by different toolchains (a
+/// rolling upgrade) agree on who owns what; std's hasher promises no such thing.
 fn score(replica: &str, cluster: &str) -> u64 {
-    let mut h = DefaultHasher::new();
-    (replica, cluster).hash(&mut h);
-    h.finish()
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    h.update(replica.as_bytes());
+    h.update([0]);
+    h.update(cluster.as_bytes());
+    let digest = h.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(first)
 }
 
 impl Membership {
@@ -96,8 +104,20 @@ impl Membership {
 mod tests {
     use super::*;
 
+    const SCORE_A: u64 = 1_551_752_090_149_556_540;
+    const SCORE_B: u64 = 16_244_622_253_575_201_220;
+
     fn member(me: &str) -> Membership {
         Membership { me: me.into(), seen: Arc::default(), expiry: Duration::MAX }
+    }
+
+    #[test]
+    fn the_score_is_pinned() {
+        // SHA-256("replica-a" 0x00 "87be…") computed apart from this code (Python's hashlib): a
+        // change here would move clusters between replicas of different builds.
+        assert_eq!(score("replica-a", "87be6b76145c5cd0ad4a5c25422539a9"), SCORE_A);
+        assert_eq!(score("b", "x"), SCORE_B);
+        assert_ne!(score("ab", "c"), score("a", "bc"), "the separator keeps the parts apart");
     }
 
     #[test]
