@@ -163,3 +163,43 @@ async fn a_command_expecting_a_stale_version_is_refused_and_changes_nothing() {
         other => panic!("get: {other:?}"),
     }
 }
+
+/// Whichever kind of service starts first against an empty three-node cluster creates the stream,
+/// and creates it with the replicas it was told, every kind alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_kind_of_service_creates_the_stream_with_the_configured_replicas() {
+    use corral_test_harness::ServiceProcess;
+    use corral_test_harness::cluster::NatsCluster;
+    use corral_test_harness::deployment::{ADMIN_PASSWORD, new_seal_key, workspace_bin};
+    use std::time::Duration;
+    let kinds: [(&str, Vec<String>); 6] = [
+        ("corral-registry", vec!["--data-dir".into(), "DATA".into()]),
+        ("corral-gateway", vec!["--listen".into(), "127.0.0.1:0".into()]),
+        ("corral-health-probe", vec![]),
+        ("corral-cache-invalidation", vec![]),
+        ("corral-auth-rotation", vec![]),
+        ("corral", vec!["--data-dir".into(), "DATA".into(), "--listen".into(), "127.0.0.1:0".into()]),
+    ];
+    let nats = NatsCluster::start().await.expect("three nats-server nodes");
+    for (name, extra) in kinds {
+        let data = tempfile::tempdir().expect("tempdir");
+        let mut args = vec!["--nats-url".to_string(), nats.urls()];
+        args.extend(extra.into_iter().map(|a| if a == "DATA" { data.path().display().to_string() } else { a }));
+        let env = vec![
+            ("CORRAL_STREAM_REPLICAS".to_string(), "3".to_string()),
+            ("CORRAL_SEAL_KEY".to_string(), new_seal_key()),
+            ("CORRAL_ADMIN_PASSWORD".to_string(), ADMIN_PASSWORD.to_string()),
+        ];
+        let ready = corral_process::ready_line(name, None);
+        let mut service = ServiceProcess::spawn(&workspace_bin(name), &args, &env, &ready, Duration::from_secs(60))
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let js = async_nats::jetstream::new(async_nats::connect(nats.url(2)).await.expect("nats"));
+        let mut stream = js.get_stream("CORRAL").await.expect("the stream exists");
+        let info = stream.info().await.expect("stream info");
+        assert_eq!(info.config.num_replicas, 3, "{name} created the stream with {} replicas", info.config.num_replicas);
+        // The next kind starts against a cluster without the stream again.
+        service.kill_9().await;
+        js.delete_stream("CORRAL").await.expect("delete the stream");
+    }
+}

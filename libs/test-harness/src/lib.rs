@@ -3,6 +3,7 @@
 //! binaries. Readiness comes from a line the process prints, never from a fixed sleep; a failing
 //! test gets the process's last log lines on stderr.
 
+pub mod cluster;
 pub mod deployment;
 
 use std::net::SocketAddr;
