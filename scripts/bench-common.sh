@@ -35,4 +35,4 @@ fi
 
 # The address a gateway writing its output to $1 listens on, once it does (up to 2 minutes: a
 # gateway under valgrind starts slowly).
-wait_listening() { for _ in $(seq 1200); do grep -q "listening on" "$1" && break; sleep 0.1; done; sed -n 's/^listening on //p' "$1" | head -1; }
+wait_listening() { for _ in $(seq 1200); do grep -q "listening on" "$1" && break; sleep 0.1; done; sed -n 's/.*listening on //p' "$1" | head -1; }

@@ -14,11 +14,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, SystemTime};
 
-use corral_event_log::{EventLog, LogError};
+use corral_event_log::{EventLog, LogError, RecordedEvent};
 use corral_proto::account as api;
 use corral_proto::auth as ev;
 use corral_secrets::{SealingKey, Secret};
-use futures::StreamExt;
+
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use prost::Message;
 use tokio::sync::watch;
@@ -892,48 +892,51 @@ impl Auth {
     }
 }
 
-/// Follows the log from the start, folding auth events into `state`; resumes after errors.
+/// The authentication state as a follower of the log (its own subjects only, so a replica is
+/// not woken by every cluster event).
+struct AuthFollower {
+    key: Arc<SealingKey>,
+    state: Arc<RwLock<AuthState>>,
+    applied: watch::Sender<u64>,
+}
+
+impl corral_projection::Follower for AuthFollower {
+    /// A broken event must not stop every login: it is reported and skipped.
+    type Error = std::convert::Infallible;
+
+    fn name(&self) -> &str {
+        "auth"
+    }
+
+    fn last_applied(&self) -> u64 {
+        self.state.read().unwrap_or_else(|p| p.into_inner()).applied
+    }
+
+    fn apply(&mut self, events: &[RecordedEvent]) -> Result<(), Self::Error> {
+        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+        for event in events {
+            if let Err(e) = state.apply(event, &self.key) {
+                tracing::error!(error = %e, seq = event.seq, "auth projection skipped an event");
+            }
+        }
+        drop(state);
+        if let Some(last) = events.last() {
+            self.applied.send_replace(last.seq);
+        }
+        Ok(())
+    }
+}
+
+/// Follows the log into `state` until nothing waits on `applied` any more.
 async fn run_projection(
     log: Arc<dyn EventLog>,
     key: Arc<SealingKey>,
     state: Arc<RwLock<AuthState>>,
     applied: watch::Sender<u64>,
 ) {
-    loop {
-        let from = state.read().unwrap_or_else(|p| p.into_inner()).applied + 1;
-        // Only the auth subjects: a replica is not woken by every cluster event.
-        let mut stream = match log.subscribe_matching(from, &state::subject_filters()).await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "auth projection cannot subscribe; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
-            }
-        };
-        loop {
-            let next = tokio::select! {
-                n = stream.next() => n,
-                _ = applied.closed() => return,
-            };
-            match next {
-                Some(Ok(event)) => {
-                    let seq = event.seq;
-                    let result = state.write().unwrap_or_else(|p| p.into_inner()).apply(&event, &key);
-                    if let Err(e) = result {
-                        // A broken event must not stop every login; it is reported and skipped.
-                        tracing::error!(error = %e, seq, "auth projection skipped an event");
-                    }
-                    applied.send_replace(seq);
-                }
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "auth projection subscription failed; resubscribing");
-                    break;
-                }
-                None => break,
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let closed = applied.clone();
+    let mut follower = AuthFollower { key, state, applied };
+    let _ = corral_projection::follow(log, &state::subject_filters(), &mut follower, closed.closed()).await;
 }
 
 #[cfg(test)]

@@ -20,7 +20,6 @@ use corral_proto::events::EventEnvelope;
 use corral_proto::registry::ClusterRecord;
 use corral_proto::v1alpha1::ClusterConfig;
 use corral_secrets::SealingKey;
-use futures::StreamExt;
 use prost::Message;
 use tokio::sync::mpsc;
 
@@ -120,41 +119,36 @@ impl Fleet {
     }
 }
 
-/// Folds the fleet's subjects of the log into `fleet`; reports clusters that appear or change
-/// after `live_from`.
-async fn follow(
-    log: Arc<dyn EventLog>,
-    key: Arc<SealingKey>,
+/// The fleet as a follower of the log: reports the clusters that appear or change after
+/// `live_from`.
+struct FleetFollower {
     fleet: Arc<Mutex<Fleet>>,
+    key: Arc<SealingKey>,
     changed: mpsc::UnboundedSender<String>,
     live_from: u64,
-) {
-    let filters = lock(&fleet).filters();
-    loop {
-        let from = lock(&fleet).applied + 1;
-        let mut stream = match log.subscribe_matching(from, &filters).await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot follow the log; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
-            }
-        };
-        while let Some(next) = stream.next().await {
-            match next {
-                Ok(ev) => {
-                    let touched = lock(&fleet).apply(&ev, &key);
-                    if let Some(id) = touched.filter(|_| ev.seq > live_from) {
-                        let _ = changed.send(id);
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "lost the log; resubscribing");
-                    break;
-                }
+}
+
+impl corral_projection::Follower for FleetFollower {
+    /// An event the fleet cannot fold is reported and skipped: one broken cluster must not stop
+    /// the observation of the others.
+    type Error = std::convert::Infallible;
+
+    fn name(&self) -> &str {
+        "fleet"
+    }
+
+    fn last_applied(&self) -> u64 {
+        lock(&self.fleet).applied
+    }
+
+    fn apply(&mut self, events: &[RecordedEvent]) -> Result<(), Self::Error> {
+        let mut fleet = lock(&self.fleet);
+        for ev in events {
+            if let Some(id) = fleet.apply(ev, &self.key).filter(|_| ev.seq > self.live_from) {
+                let _ = self.changed.send(id);
             }
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        Ok(())
     }
 }
 
@@ -182,7 +176,10 @@ pub async fn load_fleet(
     let filters = lock(&fleet).filters();
     let last = log.last_seq_matching(&filters).await?;
     let mut applied = lock(&fleet).applied_watch();
-    let follower = tokio::spawn(follow(log, key, fleet.clone(), tx, last));
+    let mut follower = FleetFollower { fleet: fleet.clone(), key, changed: tx, live_from: last };
+    let follower = tokio::spawn(async move {
+        let _ = corral_projection::follow(log, &filters, &mut follower, std::future::pending()).await;
+    });
     let _ = applied.wait_for(|a| *a >= last).await;
     Ok(FleetFeed { fleet, changed: rx, follower })
 }

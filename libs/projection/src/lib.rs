@@ -1,4 +1,4 @@
-//! Sled projections: read model and last applied sequence written atomically, rebuildable.
+//! Sled projections: read model and last applied sequence written atomically.
 //!
 //! A [`Projection`] keeps a read model in one sled tree together with the sequence of the last
 //! event applied to it, under the reserved key prefix [`META_PREFIX`]. Both are written by one
@@ -6,24 +6,24 @@
 //! the projection resumes exactly after the last event whose changes are visible, and applying
 //! an event twice changes nothing.
 //!
-//! The read model lives in generations (`{name}/gen{N}` trees). [`Projection::begin_rebuild`]
-//! fills the next generation from zero while the active one keeps serving; [`Rebuild::switch`]
-//! makes it active with a single write to the meta tree.
+//! A projection is rebuilt by deleting it: it then starts from the first event of the log.
 //!
 //! Reads are served from a copy of the read model in memory, which follows every stored batch:
 //! sled lookups copy and merge pages, and cost more than the rest of a fold. A projection that
 //! is rebuilt from the log on every start anyway (a gateway's view) can be made with
 //! [`Projection::in_memory`] and skip sled altogether.
 //!
-//! [`run`] follows an event log and feeds each event through a fold function.
+//! [`follow`] is the one way to follow the log, for a projection ([`run`] feeds each event
+//! through a fold function) and for a state kept in memory alike.
 
+mod follow;
 mod runner;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
+pub use follow::{Follower, follow};
 pub use runner::run;
 use tokio::sync::watch;
 
@@ -31,8 +31,6 @@ use tokio::sync::watch;
 pub const META_PREFIX: &[u8] = b"\0meta/";
 /// Where the last applied sequence (u64, big endian) is kept, inside the read model's tree.
 const LAST_APPLIED_KEY: &[u8] = b"\0meta/last_applied";
-/// The tree holding each projection's active generation (key: projection name, value: u64 BE).
-const META_TREE: &[u8] = b"corral-projection/meta";
 
 /// What can go wrong with a projection.
 #[derive(Debug, thiserror::Error)]
@@ -50,18 +48,6 @@ pub enum ProjectionError {
     /// `wait_for` gave up.
     #[error("timed out waiting for sequence {seq}; last applied is {last_applied}")]
     Timeout { seq: u64, last_applied: u64 },
-    /// Only one rebuild of a projection may run at a time.
-    #[error("projection {0} is already being rebuilt")]
-    RebuildInProgress(String),
-    /// `begin_rebuild` was called on a rebuild's own projection.
-    #[error("projection {0} is a rebuild; rebuild the live projection instead")]
-    NotLive(String),
-    /// `switch` would move the read model backwards.
-    #[error("rebuild is at sequence {rebuild}, behind the live projection at {live}")]
-    NotCaughtUp { rebuild: u64, live: u64 },
-    /// The rebuild was switched in or abandoned; its handle no longer accepts changes.
-    #[error("projection {0} was switched in or abandoned and accepts no more changes")]
-    Retired(String),
     /// The fold function refused an event; the projection stops there.
     #[error("fold failed at sequence {seq}: {source}")]
     Fold {
@@ -151,7 +137,6 @@ impl Read for Staged<'_> {
 type Mirror = BTreeMap<Vec<u8>, sled::IVec>;
 
 struct Active {
-    generation: u64,
     /// None for a projection kept in memory only.
     tree: Option<sled::Tree>,
     data: Mirror,
@@ -169,27 +154,15 @@ fn load_mirror(tree: &sled::Tree) -> Result<Mirror, ProjectionError> {
     Ok(data)
 }
 
-/// Where a stored projection lives.
-#[derive(Clone)]
-struct Store {
-    db: sled::Db,
-    meta: sled::Tree,
-}
-
 struct Inner {
-    /// None for a projection kept in memory only.
-    store: Option<Store>,
+    /// The database a stored projection lives in; None for one kept in memory only.
+    db: Option<sled::Db>,
     name: String,
-    /// False for a rebuild's own handle.
-    live: bool,
     active: RwLock<Active>,
     /// Serializes writers so the seq check and the batch are one step.
     write: Mutex<()>,
     /// Last applied sequence; the single source of truth in memory, mirrored in the tree.
     applied: watch::Sender<u64>,
-    /// Set once a rebuild's handle is switched in or abandoned; a watch so `run` can stop.
-    retired: watch::Sender<bool>,
-    rebuilding: AtomicBool,
 }
 
 /// A sled-backed projection. Cheap to clone; clones share state.
@@ -205,7 +178,6 @@ impl std::fmt::Debug for Projection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Projection")
             .field("name", &self.inner.name)
-            .field("generation", &self.generation())
             .field("last_applied", &self.last_applied())
             .finish()
     }
@@ -216,8 +188,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-fn tree_name(name: &str, generation: u64) -> String {
-    format!("{name}/gen{generation}")
+/// The tree of projection `name`: named as the first generation of earlier versions, which
+/// rebuilt projections into new trees, so that a data folder from then keeps its projections.
+fn tree_name(name: &str) -> String {
+    format!("{name}/gen0")
 }
 
 fn decode_u64(name: &str, what: &str, v: &[u8]) -> Result<u64, ProjectionError> {
@@ -243,27 +217,15 @@ fn check_key(key: &[u8]) -> Result<(), ProjectionError> {
 }
 
 impl Projection {
-    /// Opens (or creates) the projection `name` in `db` at its active generation.
+    /// Opens (or creates) the projection `name` in `db`.
     pub fn open(db: &sled::Db, name: &str) -> Result<Projection, ProjectionError> {
         if name.is_empty() {
             return Err(ProjectionError::EmptyName);
         }
-        let meta = db.open_tree(META_TREE)?;
-        let generation = match meta.get(name.as_bytes())? {
-            Some(v) => decode_u64(name, "active generation", &v)?,
-            None => 0,
-        };
-        // Older generations are leftovers of a switch whose cleanup was interrupted; nothing
-        // else can hold them now. Newer ones belong to an unfinished rebuild and are cleared
-        // when the next rebuild begins.
-        for old in 0..generation {
-            db.drop_tree(tree_name(name, old))?;
-        }
-        let tree = db.open_tree(tree_name(name, generation))?;
+        let tree = db.open_tree(tree_name(name))?;
         let last = read_last_applied(name, &tree)?;
         let data = load_mirror(&tree)?;
-        let store = Store { db: db.clone(), meta };
-        Ok(Projection::from_parts(Some(store), name, true, Active { generation, tree: Some(tree), data }, last))
+        Ok(Projection::from_parts(Some(db.clone()), name, Active { tree: Some(tree), data }, last))
     }
 
     /// A projection kept in memory only: it starts empty on every start and is filled from the
@@ -272,21 +234,18 @@ impl Projection {
         if name.is_empty() {
             return Err(ProjectionError::EmptyName);
         }
-        Ok(Projection::from_parts(None, name, true, Active { generation: 0, tree: None, data: Mirror::new() }, 0))
+        Ok(Projection::from_parts(None, name, Active { tree: None, data: Mirror::new() }, 0))
     }
 
-    fn from_parts(store: Option<Store>, name: &str, live: bool, active: Active, last: u64) -> Projection {
+    fn from_parts(db: Option<sled::Db>, name: &str, active: Active, last: u64) -> Projection {
         let (applied, _) = watch::channel(last);
         Projection {
             inner: Arc::new(Inner {
-                store,
+                db,
                 name: name.to_owned(),
-                live,
                 active: RwLock::new(active),
                 write: Mutex::new(()),
                 applied,
-                retired: watch::channel(false).0,
-                rebuilding: AtomicBool::new(false),
             }),
         }
     }
@@ -307,11 +266,6 @@ impl Projection {
         &self.inner.name
     }
 
-    /// The generation whose tree this handle reads and writes.
-    pub fn generation(&self) -> u64 {
-        self.active().generation
-    }
-
     /// The sequence of the last applied event (0: none).
     pub fn last_applied(&self) -> u64 {
         *self.inner.applied.borrow()
@@ -321,9 +275,6 @@ impl Projection {
     /// seq <= last_applied, does nothing and returns Ok(false).
     pub fn apply(&self, seq: u64, changes: Changes) -> Result<bool, ProjectionError> {
         let _writer = lock(&self.inner.write);
-        if *self.inner.retired.borrow() {
-            return Err(ProjectionError::Retired(self.inner.name.clone()));
-        }
         if seq <= self.last_applied() {
             return Ok(false);
         }
@@ -395,185 +346,25 @@ impl Projection {
         }
     }
 
-    /// Resolves once this handle is retired (a rebuild switched in or abandoned); never for a
-    /// live projection.
-    pub(crate) async fn retired(&self) {
-        let mut rx = self.inner.retired.subscribe();
-        // The sender lives in `self.inner`, so the channel cannot close while we wait.
-        let _ = rx.wait_for(|retired| *retired).await;
-    }
-
-    /// A receiver of last_applied; it sees every advance (and a switch to a rebuild).
+    /// A receiver of last_applied; it sees every advance.
     pub fn subscribe_applied(&self) -> watch::Receiver<u64> {
         self.inner.applied.subscribe()
     }
 
-    /// Starts a new empty generation; events are applied to it via `Rebuild::apply` (or by
-    /// running [`run`] on [`Rebuild::projection`]), and `Rebuild::switch` makes it active in
-    /// one write and drops the old trees. Only one rebuild at a time.
-    pub fn begin_rebuild(&self) -> Result<Rebuild, ProjectionError> {
-        if !self.inner.live {
-            return Err(ProjectionError::NotLive(self.inner.name.clone()));
-        }
-        if self.inner.rebuilding.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire).is_err() {
-            return Err(ProjectionError::RebuildInProgress(self.inner.name.clone()));
-        }
-        let started = (|| {
-            let generation = self.generation() + 1;
-            let (store, tree) = match &self.inner.store {
-                Some(store) => {
-                    let name = tree_name(&self.inner.name, generation);
-                    // Whatever an abandoned rebuild left there must not leak into this one.
-                    store.db.drop_tree(&name)?;
-                    let tree = store.db.open_tree(&name)?;
-                    (Some(store.clone()), Some(tree))
-                }
-                None => (None, None),
-            };
-            let active = Active { generation, tree, data: Mirror::new() };
-            Ok::<_, ProjectionError>(Projection::from_parts(store, &self.inner.name, false, active, 0))
-        })();
-        match started {
-            Ok(next) => Ok(Rebuild { live: self.clone(), next, done: false }),
-            Err(e) => {
-                self.inner.rebuilding.store(false, Ordering::Release);
-                Err(e)
-            }
-        }
-    }
-
     /// Makes everything applied so far durable.
     pub fn flush(&self) -> Result<(), ProjectionError> {
-        if let Some(store) = &self.inner.store {
-            store.db.flush()?;
+        if let Some(db) = &self.inner.db {
+            db.flush()?;
         }
         Ok(())
     }
 
     /// Like [`Projection::flush`], without blocking the executor.
     pub async fn flush_async(&self) -> Result<(), ProjectionError> {
-        if let Some(store) = &self.inner.store {
-            store.db.flush_async().await?;
+        if let Some(db) = &self.inner.db {
+            db.flush_async().await?;
         }
         Ok(())
-    }
-}
-
-/// A generation being built from zero beside the live one. Dropping it without
-/// [`Rebuild::switch`] abandons it: the live projection is untouched.
-pub struct Rebuild {
-    live: Projection,
-    next: Projection,
-    done: bool,
-}
-
-impl std::fmt::Debug for Rebuild {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Rebuild").field("live", &self.live).field("next", &self.next).finish()
-    }
-}
-
-impl Rebuild {
-    /// The generation being built.
-    pub fn generation(&self) -> u64 {
-        self.next.generation()
-    }
-
-    /// A projection handle on the generation being built, for the fold to read and for
-    /// [`run`] to feed. It stops accepting changes once the rebuild is switched or dropped.
-    pub fn projection(&self) -> &Projection {
-        &self.next
-    }
-
-    pub fn last_applied(&self) -> u64 {
-        self.next.last_applied()
-    }
-
-    pub fn apply(&self, seq: u64, changes: Changes) -> Result<bool, ProjectionError> {
-        self.next.apply(seq, changes)
-    }
-
-    /// Makes the new generation active: one write to the meta tree, then the live handle (and
-    /// all its clones) reads the new tree and the old one is emptied. Refused with
-    /// `NotCaughtUp` (abandoning the rebuild) if the new generation is behind the live one;
-    /// see [`Rebuild::switch_when_caught_up`] while the live projection keeps moving.
-    pub fn switch(mut self) -> Result<(), ProjectionError> {
-        self.try_switch()
-    }
-
-    /// Waits until the new generation has reached the live one and switches, retrying while
-    /// the live projection moves on; gives up (abandoning the rebuild) after `timeout`.
-    pub async fn switch_when_caught_up(mut self, timeout: Duration) -> Result<(), ProjectionError> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let target = self.live.last_applied();
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            self.next.wait_for(target, left).await?;
-            match self.try_switch() {
-                Err(ProjectionError::NotCaughtUp { .. }) => continue,
-                other => return other,
-            }
-        }
-    }
-
-    fn try_switch(&mut self) -> Result<(), ProjectionError> {
-        // Both writers are held: no event lands in either generation while the pointer moves.
-        let _live_writer = lock(&self.live.inner.write);
-        let _next_writer = lock(&self.next.inner.write);
-        let live_last = self.live.last_applied();
-        let next_last = self.next.last_applied();
-        if next_last < live_last {
-            return Err(ProjectionError::NotCaughtUp { rebuild: next_last, live: live_last });
-        }
-        let inner = &self.live.inner;
-        let generation = self.next.generation();
-        if let Some(store) = &inner.store {
-            // The new generation must be durable before anything points at it; a failure here
-            // leaves everything as it was.
-            store.db.flush()?;
-            // The switch itself: from here on the new generation is the projection.
-            store.meta.insert(inner.name.as_bytes(), &generation.to_be_bytes())?;
-        }
-        let data = std::mem::take(&mut self.next.active_mut().data);
-        let next = Active { generation, tree: self.next.tree(), data };
-        let old = std::mem::replace(&mut *self.live.active_mut(), next);
-        inner.applied.send_replace(next_last);
-        self.next.inner.retired.send_replace(true);
-        self.done = true;
-        inner.rebuilding.store(false, Ordering::Release);
-        if let Some(store) = &inner.store
-            && let Err(e) = store.db.flush()
-        {
-            // Not fatal: sled persists the switch with its next background flush.
-            tracing::warn!(projection = %inner.name, error = %e, "could not flush the switch");
-        }
-        // Emptied rather than dropped: a reader may still hold the old tree for a moment, and
-        // sled frees a dropped tree's pages under it. `open` drops it on the next start.
-        if let Some(tree) = old.tree
-            && let Err(e) = tree.clear()
-        {
-            tracing::warn!(projection = %inner.name, error = %e, "could not clear old generation");
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Rebuild {
-    fn drop(&mut self) {
-        if self.done {
-            return;
-        }
-        {
-            // Under the writer lock, so no apply to the abandoned tree can follow the clear.
-            let _next_writer = lock(&self.next.inner.write);
-            self.next.inner.retired.send_replace(true);
-            // Best effort: a leftover tree is dropped by the next begin_rebuild anyway.
-            if let Some(tree) = self.next.tree() {
-                let _ = tree.clear();
-            }
-            self.next.active_mut().data.clear();
-        }
-        self.live.inner.rebuilding.store(false, Ordering::Release);
     }
 }
 
@@ -694,7 +485,7 @@ mod tests {
     async fn a_projection_in_memory_behaves_as_a_stored_one() {
         assert!(matches!(Projection::in_memory(""), Err(ProjectionError::EmptyName)));
         let p = Projection::in_memory("view").unwrap();
-        assert_eq!((p.last_applied(), p.generation()), (0, 0));
+        assert_eq!(p.last_applied(), 0);
         p.apply(1, changes(&[("c/1", Some("a")), ("c/2", Some("b")), ("n/1", Some("c"))])).unwrap();
         assert!(!p.apply(1, changes(&[("c/1", Some("x"))])).unwrap());
         assert!(matches!(
@@ -708,23 +499,6 @@ mod tests {
         assert_eq!(keys, vec![b"c/1".to_vec()]);
         p.wait_for(2, Duration::from_millis(10)).await.unwrap();
         p.flush_async().await.unwrap();
-
-        // A rebuild fills a generation of its own and switches it in.
-        let rebuild = p.begin_rebuild().unwrap();
-        assert_eq!(rebuild.generation(), 1);
-        rebuild.apply(1, changes(&[("c/9", Some("z"))])).unwrap();
-        assert_eq!(read(&p, "c/9"), None);
-        assert!(matches!(p.begin_rebuild().map(|_| ()), Err(ProjectionError::RebuildInProgress(_))));
-        rebuild.apply(2, changes(&[("c/8", Some("y"))])).unwrap();
-        rebuild.switch().unwrap();
-        assert_eq!((p.generation(), p.last_applied()), (1, 2));
-        assert_eq!(all(&p), vec![("c/8".to_owned(), "y".to_owned()), ("c/9".to_owned(), "z".to_owned())]);
-        // An abandoned one leaves the live projection as it was.
-        let abandoned = p.begin_rebuild().unwrap();
-        abandoned.apply(1, changes(&[("c/7", Some("q"))])).unwrap();
-        drop(abandoned);
-        assert_eq!(all(&p).len(), 2);
-        assert!(p.begin_rebuild().is_ok());
     }
 
     #[test]
@@ -764,82 +538,6 @@ mod tests {
     }
 
     #[test]
-    fn rebuild_fills_a_new_generation_and_switches() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("db");
-        {
-            let db = sled::open(&path).unwrap();
-            let live = Projection::open(&db, "t").unwrap();
-            live.apply(1, changes(&[("old", Some("1"))])).unwrap();
-            live.apply(2, changes(&[("stale", Some("1"))])).unwrap();
-            let reader = live.clone();
-
-            // when a rebuild starts
-            let rebuild = live.begin_rebuild().unwrap();
-            assert_eq!(rebuild.generation(), 1);
-            assert!(matches!(live.begin_rebuild(), Err(ProjectionError::RebuildInProgress(_))));
-            // then it starts empty while the live one keeps serving
-            assert_eq!(rebuild.last_applied(), 0);
-            assert_eq!(rebuild.projection().scan_prefix(b"").count(), 0);
-            rebuild.apply(1, changes(&[("new", Some("1"))])).unwrap();
-            assert_eq!(read(&live, "new"), None);
-            rebuild.apply(2, changes(&[("new2", Some("2"))])).unwrap();
-            let rx = live.subscribe_applied();
-            rebuild.switch().unwrap();
-
-            // then every clone of the live handle reads the new generation
-            assert_eq!(reader.generation(), 1);
-            assert_eq!(all(&reader), vec![("new".to_owned(), "1".to_owned()), ("new2".to_owned(), "2".to_owned())]);
-            assert_eq!(reader.last_applied(), 2);
-            assert!(rx.has_changed().unwrap());
-            // the old generation is emptied
-            assert!(db.open_tree("t/gen0").unwrap().is_empty());
-            // and live writes land in the new generation
-            live.apply(3, changes(&[("after", Some("3"))])).unwrap();
-            assert_eq!(read(&reader, "after").as_deref(), Some("3"));
-            live.flush().unwrap();
-        }
-        // and the switch survives a restart, the old tree being dropped
-        let db = sled::open(&path).unwrap();
-        let p = Projection::open(&db, "t").unwrap();
-        assert_eq!(p.generation(), 1);
-        assert_eq!(p.last_applied(), 3);
-        assert_eq!(read(&p, "after").as_deref(), Some("3"));
-        assert_eq!(read(&p, "old"), None);
-        assert!(!db.tree_names().iter().any(|n| n.as_ref() == b"t/gen0"));
-    }
-
-    #[test]
-    fn switch_refuses_a_rebuild_that_is_behind() {
-        let (_dir, db) = db();
-        let live = Projection::open(&db, "t").unwrap();
-        live.apply(5, changes(&[("a", Some("1"))])).unwrap();
-        let rebuild = live.begin_rebuild().unwrap();
-        rebuild.apply(3, Changes::new()).unwrap();
-        assert!(matches!(rebuild.switch(), Err(ProjectionError::NotCaughtUp { rebuild: 3, live: 5 })));
-        // the live projection is untouched and a new rebuild may begin
-        assert_eq!(live.generation(), 0);
-        assert_eq!(read(&live, "a").as_deref(), Some("1"));
-        let again = live.begin_rebuild().unwrap();
-        // the abandoned generation's data is gone
-        assert_eq!(again.last_applied(), 0);
-        assert_eq!(again.projection().scan_prefix(b"").count(), 0);
-    }
-
-    #[test]
-    fn an_abandoned_rebuild_retires_its_handle() {
-        let (_dir, db) = db();
-        let live = Projection::open(&db, "t").unwrap();
-        let rebuild = live.begin_rebuild().unwrap();
-        let handle = rebuild.projection().clone();
-        assert!(matches!(handle.begin_rebuild(), Err(ProjectionError::NotLive(_))));
-        drop(rebuild);
-        assert!(matches!(handle.apply(1, Changes::new()), Err(ProjectionError::Retired(_))));
-        assert_eq!(live.generation(), 0);
-        assert!(live.begin_rebuild().is_ok());
-    }
-
-    #[test]
     fn empty_name_is_refused() {
         let (_dir, db) = db();
         assert!(matches!(Projection::open(&db, ""), Err(ProjectionError::EmptyName)));
@@ -863,24 +561,5 @@ mod tests {
         // never reached
         let err = p.wait_for(10, Duration::from_millis(20)).await.unwrap_err();
         assert!(matches!(err, ProjectionError::Timeout { seq: 10, last_applied: 4 }));
-    }
-
-    #[tokio::test]
-    async fn switch_when_caught_up_waits_for_the_rebuild() {
-        let (_dir, db) = db();
-        let live = Projection::open(&db, "t").unwrap();
-        live.apply(2, Changes::new()).unwrap();
-        let rebuild = live.begin_rebuild().unwrap();
-        let feeder = rebuild.projection().clone();
-        let task = tokio::spawn(async move {
-            for seq in 1..=2 {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                feeder.apply(seq, changes(&[("k", Some(&seq.to_string()))])).unwrap();
-            }
-        });
-        rebuild.switch_when_caught_up(Duration::from_secs(5)).await.unwrap();
-        task.await.unwrap();
-        assert_eq!(live.generation(), 1);
-        assert_eq!(read(&live, "k").as_deref(), Some("2"));
     }
 }

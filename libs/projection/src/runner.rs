@@ -1,22 +1,53 @@
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use corral_event_log::{EventLog, RecordedEvent};
-use futures::{FutureExt as _, StreamExt as _};
 
-use crate::{Changes, Projection, ProjectionError, Staged};
+use crate::{Changes, Follower, Projection, ProjectionError, Staged};
 
-const MIN_BACKOFF: Duration = Duration::from_millis(50);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
-const MAX_EVENTS_PER_WRITE: usize = 512;
+/// A projection and the fold that makes it, as a [`Follower`].
+struct Folding<F> {
+    projection: Projection,
+    fold: F,
+}
 
-fn log_stream_end(projection: &Projection, end: Option<Result<RecordedEvent, corral_event_log::LogError>>) {
-    match end {
-        Some(Err(e)) => {
-            tracing::warn!(projection = projection.name(), error = %e, "event stream failed; resubscribing")
+impl<F, E> Follower for Folding<F>
+where
+    F: FnMut(&Staged<'_>, &RecordedEvent) -> Result<Changes, E> + Send,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    type Error = ProjectionError;
+
+    fn name(&self) -> &str {
+        self.projection.name()
+    }
+
+    fn last_applied(&self) -> u64 {
+        self.projection.last_applied()
+    }
+
+    /// Folds each event on the changes of the ones before it and writes them all in one batch.
+    /// The events before a refused one are kept; the run stops at the refused one.
+    fn apply(&mut self, events: &[RecordedEvent]) -> Result<(), ProjectionError> {
+        let mut pending = Changes::new();
+        let mut staged_upto = None;
+        let mut failed = None;
+        for event in events {
+            match (self.fold)(&Staged::new(&self.projection, &pending), event) {
+                Ok(changes) => {
+                    pending.extend(changes);
+                    staged_upto = Some(event.seq);
+                }
+                Err(e) => {
+                    failed = Some(ProjectionError::Fold { seq: event.seq, source: Box::new(e) });
+                    break;
+                }
+            }
         }
-        _ => tracing::debug!(projection = projection.name(), "event stream ended; resubscribing"),
+        if let Some(seq) = staged_upto {
+            self.projection.apply(seq, pending)?;
+        }
+        failed.map_or(Ok(()), Err)
     }
 }
 
@@ -26,106 +57,18 @@ fn log_stream_end(projection: &Projection, end: Option<Result<RecordedEvent, cor
 ///
 /// Log trouble (a failed subscribe, a stream error or end) is retried with backoff from the
 /// last applied event, since the log may come back. A fold error or a storage error ends the
-/// run with `Err`: retrying the same event would fail the same way. A rebuild's projection
-/// that gets switched in or abandoned ends the run with `Ok`.
-///
-/// Run one runner per live projection: after a rebuild is switched in, the live runner goes on
-/// with its fold on the new generation, so a new fold needs a restarted runner.
+/// run with `Err`: retrying the same event would fail the same way.
 pub async fn run<F, E>(
     log: Arc<dyn EventLog>,
     projection: Projection,
-    mut fold: F,
+    fold: F,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ProjectionError>
 where
-    F: FnMut(&Staged<'_>, &RecordedEvent) -> Result<Changes, E>,
+    F: FnMut(&Staged<'_>, &RecordedEvent) -> Result<Changes, E> + Send,
     E: std::error::Error + Send + Sync + 'static,
 {
-    let shutdown = async {
-        // A retired rebuild handle accepts no more events: as good as a shutdown.
-        tokio::select! {
-            () = shutdown => {},
-            () = projection.retired() => {},
-        }
-    };
-    let mut shutdown = std::pin::pin!(shutdown);
-    let mut backoff = MIN_BACKOFF;
-    loop {
-        let from = projection.last_applied() + 1;
-        let subscribed = tokio::select! {
-            biased;
-            () = &mut shutdown => return Ok(()),
-            s = log.subscribe(from) => s,
-        };
-        match subscribed {
-            Ok(mut stream) => loop {
-                let item = tokio::select! {
-                    biased;
-                    () = &mut shutdown => return Ok(()),
-                    item = stream.next() => item,
-                };
-                let Some(Ok(first)) = item else {
-                    log_stream_end(&projection, item);
-                    break;
-                };
-                backoff = MIN_BACKOFF;
-                // Everything already delivered goes into one write: under a stream of appends
-                // the per-write cost of the store is paid once per burst, not once per event.
-                let mut pending = Changes::new();
-                let mut staged_upto = projection.last_applied();
-                let mut staged = 0;
-                let mut next = Some(first);
-                let mut stream_end = None;
-                let mut failed = None;
-                while let Some(event) = next.take() {
-                    // Redelivery after a resubscribe: already in the read model.
-                    if event.seq > staged_upto {
-                        match fold(&Staged::new(&projection, &pending), &event) {
-                            Ok(changes) => pending.extend(changes),
-                            Err(e) => {
-                                failed = Some(ProjectionError::Fold { seq: event.seq, source: Box::new(e) });
-                                break;
-                            }
-                        }
-                        staged_upto = event.seq;
-                        staged += 1;
-                    }
-                    if staged >= MAX_EVENTS_PER_WRITE {
-                        break;
-                    }
-                    match stream.next().now_or_never() {
-                        Some(Some(Ok(e))) => next = Some(e),
-                        Some(end) => stream_end = Some(end),
-                        None => {}
-                    }
-                }
-                if staged > 0 {
-                    match projection.apply(staged_upto, pending) {
-                        Ok(_) => {}
-                        Err(ProjectionError::Retired(_)) => return Ok(()),
-                        Err(e) => return Err(e),
-                    }
-                }
-                // The events before a refused one are kept; the run stops at the refused one.
-                if let Some(e) = failed {
-                    return Err(e);
-                }
-                if let Some(end) = stream_end {
-                    log_stream_end(&projection, end);
-                    break;
-                }
-            },
-            Err(e) => {
-                tracing::warn!(projection = projection.name(), error = %e, "subscribe failed; retrying");
-            }
-        }
-        tokio::select! {
-            biased;
-            () = &mut shutdown => return Ok(()),
-            () = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(MAX_BACKOFF);
-    }
+    crate::follow(log, &[], &mut Folding { projection, fold }, shutdown).await
 }
 
 #[cfg(test)]
@@ -134,7 +77,12 @@ mod tests {
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    use std::time::Duration;
+
     use corral_event_log::{AppendOutcome, EventStream, LogError, NewEvent};
+    use futures::StreamExt as _;
+
+    use crate::follow::MAX_EVENTS_PER_APPLY as MAX_EVENTS_PER_WRITE;
     use tokio::sync::watch;
 
     use super::*;
@@ -453,41 +401,5 @@ mod tests {
         assert!(matches!(result, Err(ProjectionError::Fold { seq: 2, .. })), "{result:?}");
         // the event before the poison one is applied, the poison one is not
         assert_eq!(p.last_applied(), 1);
-    }
-
-    #[tokio::test]
-    async fn rebuild_through_run_then_switch() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
-        let live = Projection::open(&db, "t").unwrap();
-        let log = FakeLog::new();
-        for x in ["a", "b", "c"] {
-            log.append(x);
-        }
-        // given a live projection whose read model holds a stray key from an older fold
-        let mut stray = Changes::new();
-        stray.put(b"wrong".to_vec(), b"1".to_vec());
-        live.apply(3, stray).unwrap();
-        let (stop_live, live_stopped) = tokio::sync::oneshot::channel::<()>();
-        let live_runner =
-            tokio::spawn(run(log.clone(), live.clone(), counting_fold(Arc::new(AtomicUsize::new(0))), async move {
-                let _ = live_stopped.await;
-            }));
-        // when it is rebuilt with the right fold while the live runner keeps going
-        let rebuild = live.begin_rebuild().unwrap();
-        let calls = Arc::new(AtomicUsize::new(0));
-        let rebuild_runner =
-            tokio::spawn(run(log.clone(), rebuild.projection().clone(), counting_fold(calls), std::future::pending()));
-        log.append("d");
-        rebuild.switch_when_caught_up(WAIT).await.unwrap();
-        // then the rebuild's runner ends by itself, and the live handle serves the new model
-        tokio::time::timeout(WAIT, rebuild_runner).await.unwrap().unwrap().unwrap();
-        // the event appended during the rebuild is in, from whichever runner applied it
-        live.wait_for(4, WAIT).await.unwrap();
-        assert_eq!(live.generation(), 1);
-        assert_eq!(live.get(b"wrong").unwrap(), None);
-        assert_eq!((last(&live), count(&live)), ("d".to_owned(), 4));
-        stop_live.send(()).unwrap();
-        live_runner.await.unwrap().unwrap();
     }
 }

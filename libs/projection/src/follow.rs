@@ -1,0 +1,108 @@
+//! The one way a process follows the log: from where its state stopped, the events of its
+//! subjects only, each burst of events already delivered applied at once, log trouble retried
+//! with backoff. A sled projection ([`crate::run`]) and the states kept in memory (the
+//! authentication state, the observers' fleets) all follow through it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use corral_event_log::{EventLog, LogError, RecordedEvent};
+use futures::{FutureExt as _, StreamExt as _};
+
+const MIN_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// The largest burst applied at once.
+pub const MAX_EVENTS_PER_APPLY: usize = 512;
+
+/// A state folded from the log.
+pub trait Follower: Send {
+    /// What ends the following: an event the state refuses, or a store that fails. Retrying the
+    /// same event would fail the same way.
+    type Error: std::error::Error + Send + Sync + 'static;
+    /// Names the follower in log lines.
+    fn name(&self) -> &str;
+    /// The sequence of the last event applied (0: none): following resumes after it.
+    fn last_applied(&self) -> u64;
+    /// Applies events delivered together, in order, each after [`Follower::last_applied`].
+    fn apply(&mut self, events: &[RecordedEvent]) -> Result<(), Self::Error>;
+}
+
+fn log_stream_end(name: &str, end: Option<Result<RecordedEvent, LogError>>) {
+    match end {
+        Some(Err(e)) => tracing::warn!(follower = name, error = %e, "event stream failed; resubscribing"),
+        _ => tracing::debug!(follower = name, "event stream ended; resubscribing"),
+    }
+}
+
+/// Follows `log` into `follower` until `shutdown` resolves: the events whose subjects match
+/// `filters` (all of them when `filters` is empty), from `last_applied + 1`. A failed subscribe
+/// or a stream that fails or ends is retried from the last applied event, with backoff, since
+/// the log may come back; an apply error ends the run with `Err`.
+pub async fn follow<F: Follower>(
+    log: Arc<dyn EventLog>,
+    filters: &[String],
+    follower: &mut F,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), F::Error> {
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut backoff = MIN_BACKOFF;
+    let mut burst: Vec<RecordedEvent> = Vec::new();
+    loop {
+        let from = follower.last_applied() + 1;
+        let subscribed = tokio::select! {
+            biased;
+            () = &mut shutdown => return Ok(()),
+            s = async {
+                if filters.is_empty() { log.subscribe(from).await } else { log.subscribe_matching(from, filters).await }
+            } => s,
+        };
+        match subscribed {
+            Ok(mut stream) => loop {
+                let item = tokio::select! {
+                    biased;
+                    () = &mut shutdown => return Ok(()),
+                    item = stream.next() => item,
+                };
+                let Some(Ok(first)) = item else {
+                    log_stream_end(follower.name(), item);
+                    break;
+                };
+                backoff = MIN_BACKOFF;
+                // Everything already delivered goes into one apply: under a stream of appends
+                // the cost per apply (a store's write) is paid once per burst.
+                burst.clear();
+                let applied = follower.last_applied();
+                let mut next = Some(first);
+                let mut stream_end = None;
+                while let Some(event) = next.take() {
+                    // Redelivered after a resubscribe: already in the state.
+                    if event.seq > burst.last().map_or(applied, |e| e.seq) {
+                        burst.push(event);
+                    }
+                    if burst.len() >= MAX_EVENTS_PER_APPLY {
+                        break;
+                    }
+                    match stream.next().now_or_never() {
+                        Some(Some(Ok(e))) => next = Some(e),
+                        Some(end) => stream_end = Some(end),
+                        None => {}
+                    }
+                }
+                if !burst.is_empty() {
+                    follower.apply(&burst)?;
+                }
+                if let Some(end) = stream_end {
+                    log_stream_end(follower.name(), end);
+                    break;
+                }
+            },
+            Err(e) => tracing::warn!(follower = follower.name(), error = %e, "subscribe failed; retrying"),
+        }
+        tokio::select! {
+            biased;
+            () = &mut shutdown => return Ok(()),
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
