@@ -18,6 +18,7 @@ use corral_event_log::{EventLog, LogError, RecordedEvent};
 use corral_proto::account as api;
 use corral_proto::auth as ev;
 use corral_secrets::{SealingKey, Secret};
+use tonic::Code;
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use prost::Message;
@@ -60,17 +61,31 @@ pub enum AuthError {
 }
 
 impl AuthError {
-    /// The gRPC status code (its number) this error answers with, on every transport.
-    pub fn grpc_code(&self) -> i32 {
+    /// The gRPC code this error answers with, on every transport.
+    pub fn code(&self) -> Code {
         match self {
-            AuthError::Unauthenticated(_) => 16,
-            AuthError::PermissionDenied => 7,
-            AuthError::InvalidArgument(_) => 3,
-            AuthError::NotFound(_) => 5,
-            AuthError::AlreadyExists(_) => 6,
-            AuthError::TooManyAttempts { .. } => 8,
-            AuthError::Unavailable(_) => 14,
-            AuthError::Config(_) | AuthError::Internal(_) => 13,
+            AuthError::Unauthenticated(_) => Code::Unauthenticated,
+            AuthError::PermissionDenied => Code::PermissionDenied,
+            AuthError::InvalidArgument(_) => Code::InvalidArgument,
+            AuthError::NotFound(_) => Code::NotFound,
+            AuthError::AlreadyExists(_) => Code::AlreadyExists,
+            AuthError::TooManyAttempts { .. } => Code::ResourceExhausted,
+            AuthError::Unavailable(_) => Code::Unavailable,
+            AuthError::Config(_) | AuthError::Internal(_) => Code::Internal,
+        }
+    }
+
+    /// The error another replica answered with `code`: the inverse of [`AuthError::code`].
+    pub fn from_code(code: Code, message: String) -> AuthError {
+        match code {
+            Code::Unauthenticated => AuthError::Unauthenticated(message),
+            Code::PermissionDenied => AuthError::PermissionDenied,
+            Code::InvalidArgument => AuthError::InvalidArgument(message),
+            Code::NotFound => AuthError::NotFound(message),
+            Code::AlreadyExists => AuthError::AlreadyExists(message),
+            Code::ResourceExhausted => AuthError::TooManyAttempts { retry_after_secs: 0 },
+            Code::Unavailable => AuthError::Unavailable(message),
+            _ => AuthError::Internal(message),
         }
     }
 }

@@ -14,20 +14,11 @@ pub const REVOKE_SUBJECT: &str = "corralrpc.auth-rotation.token.revoke";
 pub const QUEUE_GROUP: &str = "corral-auth-rotation-tokens";
 
 fn to_wire(e: &AuthError) -> WireError {
-    WireError { code: e.grpc_code(), message: e.to_string() }
+    corral_service_api::wire_error(e.code(), e.to_string())
 }
 
 fn from_wire(e: WireError) -> AuthError {
-    match e.code {
-        16 => AuthError::Unauthenticated(e.message),
-        7 => AuthError::PermissionDenied,
-        3 => AuthError::InvalidArgument(e.message),
-        5 => AuthError::NotFound(e.message),
-        6 => AuthError::AlreadyExists(e.message),
-        8 => AuthError::TooManyAttempts { retry_after_secs: 0 },
-        14 => AuthError::Unavailable(e.message),
-        _ => AuthError::Internal(e.message),
-    }
+    AuthError::from_code(corral_service_api::wire_code(&e), e.message)
 }
 
 /// The gateways' handle on the auth-rotation replicas.

@@ -1,6 +1,5 @@
 use corral_domain::DomainError;
 use corral_event_log::LogError;
-use corral_proto::registry;
 use tonic::Code;
 
 /// Everything a registry call can fail with. The gateway turns these into gRPC and HTTP statuses
@@ -53,14 +52,13 @@ impl RegistryError {
         }
     }
 
-    /// The client-facing form: internal detail stays in the logs.
-    pub fn to_reply_error(&self) -> registry::Error {
-        let message = match self {
+    /// What the client is told: internal detail stays in the logs.
+    pub fn client_message(&self) -> String {
+        match self {
             Self::Internal(_) => "internal error".to_string(),
             Self::Conflict => "too many concurrent updates; try again".to_string(),
             other => other.to_string(),
-        };
-        registry::Error { code: self.code() as i32, message }
+        }
     }
 }
 

@@ -34,16 +34,20 @@ pub trait CredentialRotation: Send + Sync + 'static {
     async fn rotate(&self, request: RotateAuth) -> Reply;
 }
 
+/// An error as replies carry it between services: its gRPC code (the one classification every
+/// edge maps to its own statuses) and a message fit for the client.
+pub fn wire_error(code: Code, message: impl Into<String>) -> corral_proto::registry::Error {
+    corral_proto::registry::Error { code: code as i32, message: message.into() }
+}
+
+/// The code of an error a reply carries; a number no code has is Unknown.
+pub fn wire_code(e: &corral_proto::registry::Error) -> Code {
+    Code::from(e.code)
+}
+
 /// A reply carrying only an error.
 pub fn error_reply(code: Code, message: impl Into<String>) -> Reply {
-    Reply {
-        revision: 0,
-        result: Some(reply::Result::Error(corral_proto::registry::Error {
-            code: code as i32,
-            message: message.into(),
-        })),
-        cluster_version: 0,
-    }
+    Reply { revision: 0, result: Some(reply::Result::Error(wire_error(code, message))), cluster_version: 0 }
 }
 
 /// The reply for a result: internal detail stays in the log line written here.
@@ -54,7 +58,7 @@ pub fn to_reply(result: Result<(u64, reply::Result), RegistryError>) -> Reply {
             if matches!(e, RegistryError::Internal(_)) {
                 tracing::error!(error = %e, "registry call failed");
             }
-            Reply { revision: 0, result: Some(reply::Result::Error(e.to_reply_error())), cluster_version: 0 }
+            error_reply(e.code(), e.client_message())
         }
     }
 }

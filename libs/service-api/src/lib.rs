@@ -6,4 +6,4 @@
 mod api;
 pub mod nats;
 
-pub use api::{ClusterCommands, ClusterQueries, CredentialRotation, error_reply, to_reply};
+pub use api::{ClusterCommands, ClusterQueries, CredentialRotation, error_reply, to_reply, wire_code, wire_error};

@@ -83,20 +83,17 @@ enum RotationError {
 }
 
 impl RotationError {
-    fn reply(&self) -> Reply {
-        let code = match self {
+    fn code(&self) -> Code {
+        match self {
             RotationError::NotFound(_) => Code::NotFound,
             RotationError::Precondition(_) | RotationError::Cluster(_) => Code::FailedPrecondition,
             RotationError::Changed => Code::Aborted,
             RotationError::Unavailable(_) => Code::Unavailable,
-        };
-        Reply {
-            result: Some(reply::Result::Error(corral_proto::registry::Error {
-                code: code as i32,
-                message: self.to_string(),
-            })),
-            ..Default::default()
         }
+    }
+
+    fn reply(&self) -> Reply {
+        corral_service_api::error_reply(self.code(), self.to_string())
     }
 }
 
@@ -382,7 +379,9 @@ impl AuthRotation {
             })),
         };
         match self.registry.command(update).await.result {
-            Some(reply::Result::Error(e)) if Code::from(e.code) == Code::Aborted => Err(RotationError::Changed),
+            Some(reply::Result::Error(e)) if corral_service_api::wire_code(&e) == Code::Aborted => {
+                Err(RotationError::Changed)
+            }
             Some(reply::Result::Error(e)) => {
                 Err(RotationError::Unavailable(format!("the registry did not record the new token: {}", e.message)))
             }

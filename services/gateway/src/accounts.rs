@@ -26,7 +26,7 @@ pub const TOKEN_COOKIE: &str = "argocd.token";
 
 impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> ApiError {
-        let code = Code::from(e.grpc_code());
+        let code = e.code();
         if code == Code::Internal {
             tracing::error!(error = %e, "auth failure");
             return ApiError::new(code, "internal error");

@@ -85,7 +85,7 @@ fn not_found(q: &ClusterQuery) -> ApiError {
 
 fn reply_error(reply: &Reply) -> Option<ApiError> {
     match &reply.result {
-        Some(reply::Result::Error(e)) => Some(ApiError::new(Code::from(e.code), e.message.clone())),
+        Some(reply::Result::Error(e)) => Some(ApiError::new(corral_service_api::wire_code(e), e.message.clone())),
         None => Some(ApiError::new(Code::Internal, "empty reply from registry")),
         _ => None,
     }

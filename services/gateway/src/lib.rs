@@ -5,6 +5,7 @@ pub mod accounts;
 pub mod calls;
 pub mod error;
 pub mod grpc;
+mod limit;
 pub mod openapi;
 pub mod rest;
 pub mod routes;
@@ -198,22 +199,6 @@ async fn auth_layer(State(auth): State<Arc<Auth>>, mut req: Request, next: Next)
     next.run(req).await
 }
 
-/// tonic reports a message over the size limit as OutOfRange; Argo CD clients (and the REST
-/// side) see an over-long request as ResourceExhausted.
-async fn grpc_size_limit_status(req: Request, next: Next) -> Response {
-    let mut response = next.run(req).await;
-    let headers = response.headers_mut();
-    let too_large = headers.get("grpc-status").is_some_and(|v| v == "11")
-        && headers
-            .get("grpc-message")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|m| m.contains("too%20large") || m.contains("too large"));
-    if too_large {
-        headers.insert("grpc-status", http::HeaderValue::from_static("8"));
-    }
-    response
-}
-
 /// Errors the router or an extractor answers by itself (405 for a known path and another method,
 /// 400 for a path segment that is not UTF-8, ...) come with an empty or plain-text body: they get
 /// Argo CD's JSON error body like every other REST error, keeping their status and headers
@@ -259,12 +244,14 @@ pub fn app(
     let clusters = Clusters::new(commands, queries, rotation, auth.clone());
     let accounts = accounts::Accounts { auth: auth.clone() };
     let limit = config.max_body_bytes;
-    let grpc_clusters =
-        ClusterServiceServer::new(grpc::GrpcClusters { clusters: clusters.clone() }).max_decoding_message_size(limit);
+    // Beyond what the message limit layer lets through, so that it is the one that refuses.
+    let tonic_limit = limit.saturating_add(1);
+    let grpc_clusters = ClusterServiceServer::new(grpc::GrpcClusters { clusters: clusters.clone() })
+        .max_decoding_message_size(tonic_limit);
     let grpc_accounts =
-        AccountServiceServer::new(accounts::GrpcAccounts(accounts.clone())).max_decoding_message_size(limit);
+        AccountServiceServer::new(accounts::GrpcAccounts(accounts.clone())).max_decoding_message_size(tonic_limit);
     let grpc_sessions =
-        SessionServiceServer::new(accounts::GrpcSessions(accounts.clone())).max_decoding_message_size(limit);
+        SessionServiceServer::new(accounts::GrpcSessions(accounts.clone())).max_decoding_message_size(tonic_limit);
     let grpc_version = VersionServiceServer::new(version::GrpcVersion);
     let grpc_router = tonic::service::Routes::new(grpc_clusters)
         .add_service(grpc_accounts)
@@ -277,7 +264,7 @@ pub fn app(
         .merge(
             Router::new().route(grpc::LIST_PATH, axum::routing::post(grpc::list)).with_state((clusters.clone(), limit)),
         )
-        .layer(from_fn(grpc_size_limit_status));
+        .layer(from_fn(move |req, next| limit::grpc_message_limit(limit, req, next)));
     let rest_router = routes::router(routes::RestState {
         clusters: rest::ClusterRest { clusters, max_body_bytes: limit },
         accounts: accounts::RestAccounts { accounts, max_body_bytes: limit },
