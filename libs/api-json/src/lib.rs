@@ -10,7 +10,9 @@ use std::collections::HashMap;
 
 use base64::Engine;
 use chrono::{DateTime, SecondsFormat, Utc};
+use corral_proto::account::{Account, AccountsList, CreateTokenRequest, Token, UpdatePasswordRequest};
 use corral_proto::meta::{ListMeta, Time};
+use corral_proto::session::{GetUserInfoResponse, SessionCreateRequest};
 use corral_proto::v1alpha1::{
     AwsAuthConfig, Cluster, ClusterCacheInfo, ClusterConfig, ClusterInfo, ClusterList, ConnectionState,
     ExecProviderConfig, TlsClientConfig,
@@ -390,7 +392,84 @@ pub fn list_meta_from(v: &Value) -> Result<ListMeta, JsonError> {
     })
 }
 
+// ---- accounts and sessions ----
+
+/// Reads a body that may be empty (read as `{}`, as grpc-gateway reads an empty body).
+fn parse_optional(body: &[u8]) -> Result<Value, JsonError> {
+    if body.iter().all(u8::is_ascii_whitespace) { Ok(Value::Object(Map::new())) } else { parse(body) }
+}
+
+impl In<'_> {
+    /// An int64 as grpc-gateway reads one: a JSON number or a string of digits.
+    fn int64(&self, k: &str) -> Result<i64, JsonError> {
+        match self.get(k) {
+            None => Ok(0),
+            Some(Value::String(s)) if s.is_empty() => Ok(0),
+            Some(Value::String(s)) => s.parse().map_err(|_| err(&self.field(k), format!("not a number: {s:?}"))),
+            Some(v) => v.as_i64().ok_or_else(|| err(&self.field(k), "expected an integer")),
+        }
+    }
+}
+
+/// A login: `{"username", "password"}` (Argo CD's SSO `token` is read and refused later).
+pub fn session_create_from_slice(body: &[u8]) -> Result<SessionCreateRequest, JsonError> {
+    let v = parse_optional(body)?;
+    let i = In::root(&v)?;
+    Ok(SessionCreateRequest { username: i.str("username")?, password: i.str("password")?, token: i.str("token")? })
+}
+
+pub fn update_password_from_slice(body: &[u8]) -> Result<UpdatePasswordRequest, JsonError> {
+    let v = parse_optional(body)?;
+    let i = In::root(&v)?;
+    Ok(UpdatePasswordRequest {
+        new_password: i.str("newPassword")?,
+        current_password: i.str("currentPassword")?,
+        name: i.str("name")?,
+    })
+}
+
+/// A token request for account `name` (the one in the path: a name in the body must still be
+/// text, as in the request message).
+pub fn create_token_from_slice(name: &str, body: &[u8]) -> Result<CreateTokenRequest, JsonError> {
+    let v = parse_optional(body)?;
+    let i = In::root(&v)?;
+    i.str("name")?;
+    Ok(CreateTokenRequest { name: name.to_string(), expires_in: i.int64("expiresIn")?, id: i.str("id")? })
+}
+
+pub fn token_to_json(t: &Token) -> Value {
+    Obj::default()
+        .always("id", json!(t.id))
+        .always("issuedAt", json!(t.issued_at))
+        .int("expiresAt", (t.expires_at != 0).then_some(t.expires_at))
+        .done()
+}
+
+pub fn account_to_json(a: &Account) -> Value {
+    let tokens = (!a.tokens.is_empty()).then(|| Value::Array(a.tokens.iter().map(token_to_json).collect()));
+    let mut o =
+        Obj::default().always("name", json!(a.name)).bool("enabled", a.enabled).strs("capabilities", &a.capabilities);
+    if let Some(t) = tokens {
+        o = o.always("tokens", t);
+    }
+    o.done()
+}
+
+pub fn accounts_to_json(l: &AccountsList) -> Value {
+    json!({"items": l.items.iter().map(account_to_json).collect::<Vec<_>>()})
+}
+
+pub fn user_info_to_json(u: &GetUserInfoResponse) -> Value {
+    Obj::default()
+        .always("loggedIn", json!(u.logged_in))
+        .always("username", json!(u.username))
+        .always("iss", json!(u.iss))
+        .strs("groups", &u.groups)
+        .done()
+}
+
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
 
@@ -519,5 +598,42 @@ mod tests {
     #[test]
     fn error_body_has_argo_cd_shape() {
         assert_eq!(error_body(5, "nope"), json!({"error": "nope", "message": "nope", "code": 5}));
+    }
+
+    #[test]
+    fn account_bodies_read_as_grpc_gateway_reads_them() {
+        let login =
+            session_create_from_slice(br#"{"username": "a", "password": "p", "extra": 1, "token": null}"#).unwrap();
+        assert_eq!((login.username.as_str(), login.password.as_str(), login.token.as_str()), ("a", "p", ""));
+        assert_eq!(session_create_from_slice(b"  ").unwrap(), SessionCreateRequest::default());
+        assert!(session_create_from_slice(b"[]").is_err(), "an array is not a message");
+        assert!(session_create_from_slice(br#"{"username": 5}"#).is_err());
+        let t = create_token_from_slice("ci", br#"{"expiresIn": "3600", "id": "t1"}"#).unwrap();
+        assert_eq!((t.name.as_str(), t.expires_in, t.id.as_str()), ("ci", 3600, "t1"));
+        assert_eq!(create_token_from_slice("ci", br#"{"expiresIn": 60}"#).unwrap().expires_in, 60);
+        assert!(create_token_from_slice("ci", br#"{"expiresIn": "soon"}"#).is_err());
+        assert!(create_token_from_slice("ci", br#"{"name": {}}"#).is_err(), "name must be text");
+        let p = update_password_from_slice(br#"{"newPassword": "n", "currentPassword": "c"}"#).unwrap();
+        assert_eq!((p.new_password.as_str(), p.current_password.as_str(), p.name.as_str()), ("n", "c", ""));
+    }
+
+    #[test]
+    fn accounts_render_as_argo_cd_does() {
+        let a = Account {
+            name: "ci".into(),
+            enabled: true,
+            capabilities: vec!["apiKey".into()],
+            tokens: vec![
+                Token { id: "t1".into(), issued_at: 10, expires_at: 0 },
+                Token { id: "t2".into(), issued_at: 11, expires_at: 99 },
+            ],
+        };
+        assert_eq!(
+            account_to_json(&a),
+            json!({"name": "ci", "enabled": true, "capabilities": ["apiKey"], "tokens": [{"id": "t1", "issuedAt": 10}, {"id": "t2", "issuedAt": 11, "expiresAt": 99}]})
+        );
+        assert_eq!(account_to_json(&Account { name: "x".into(), ..Default::default() }), json!({"name": "x"}));
+        let u = GetUserInfoResponse { logged_in: true, username: "a".into(), iss: "argocd".into(), groups: vec![] };
+        assert_eq!(user_info_to_json(&u), json!({"loggedIn": true, "username": "a", "iss": "argocd"}));
     }
 }

@@ -2,6 +2,8 @@
 //! on one port, both mapped onto the same calls to the registry.
 
 pub mod accounts;
+pub mod accounts_grpc;
+pub mod accounts_rest;
 pub mod calls;
 pub mod error;
 pub mod grpc;
@@ -249,9 +251,9 @@ pub fn app(
     let grpc_clusters = ClusterServiceServer::new(grpc::GrpcClusters { clusters: clusters.clone() })
         .max_decoding_message_size(tonic_limit);
     let grpc_accounts =
-        AccountServiceServer::new(accounts::GrpcAccounts(accounts.clone())).max_decoding_message_size(tonic_limit);
+        AccountServiceServer::new(accounts_grpc::GrpcAccounts(accounts.clone())).max_decoding_message_size(tonic_limit);
     let grpc_sessions =
-        SessionServiceServer::new(accounts::GrpcSessions(accounts.clone())).max_decoding_message_size(tonic_limit);
+        SessionServiceServer::new(accounts_grpc::GrpcSessions(accounts.clone())).max_decoding_message_size(tonic_limit);
     let grpc_version = VersionServiceServer::new(version::GrpcVersion);
     let grpc_router = tonic::service::Routes::new(grpc_clusters)
         .add_service(grpc_accounts)
@@ -267,7 +269,7 @@ pub fn app(
         .layer(from_fn(move |req, next| limit::grpc_message_limit(limit, req, next)));
     let rest_router = routes::router(routes::RestState {
         clusters: rest::ClusterRest { clusters, max_body_bytes: limit },
-        accounts: accounts::RestAccounts { accounts, max_body_bytes: limit },
+        accounts: accounts_rest::RestAccounts { accounts, max_body_bytes: limit },
     })
     .route(openapi::DOCUMENT_PATH, axum::routing::get(openapi::serve));
     let app = rest_router

@@ -5,7 +5,7 @@ use axum::Router;
 use axum::extract::FromRef;
 use axum::routing::{MethodFilter, MethodRouter, on};
 
-use crate::accounts::{self, RestAccounts};
+use crate::accounts_rest::{self as accounts, RestAccounts};
 use crate::rest::{self, ClusterRest};
 
 /// The REST operations, one per route and method.
