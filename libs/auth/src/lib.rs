@@ -5,27 +5,38 @@
 //! revocation or a lockout on one replica holds on all of them. Tokens are HS256 JWTs signed with
 //! a key that is itself an event (sealed), created once by whichever replica starts first.
 
+pub mod account;
 pub mod config;
+mod config_file;
+mod error;
+mod follow;
 pub mod nats;
+mod passwords;
 pub mod state;
+mod tokens;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock, RwLock};
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
-use corral_event_log::{EventLog, LogError, RecordedEvent};
+use corral_event_log::{EventLog, LogError};
 use corral_proto::account as api;
 use corral_proto::auth as ev;
 use corral_secrets::{SealingKey, Secret};
-use tonic::Code;
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use prost::Message;
 use tokio::sync::watch;
 
+use account::AccountCommand;
 pub use config::{ADMIN, AccountConfig, AuthConfig, Capability};
+pub use error::AuthError;
+use error::{bad_login, invalid_token};
+pub use passwords::InitialAdminPassword;
+use passwords::{dummy_hash, generate_password, hash_password, new_password_ok, password_matches};
 use state::{AuthState, TokenMeta};
+use tokens::{Claims, VerifiedTokens};
+pub use tokens::{Principal, TokenKind};
 
 /// The issuer Argo CD puts in its tokens; clients and tools check it.
 pub const ISSUER: &str = "argocd";
@@ -36,131 +47,6 @@ const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Verified tokens remembered at most; past that the memory starts afresh.
 const VERIFIED_TOKENS_MAX: usize = 10_000;
 const APPEND_RETRIES: usize = 8;
-
-#[derive(Debug, thiserror::Error)]
-pub enum AuthError {
-    #[error("invalid configuration: {0}")]
-    Config(String),
-    #[error("{0}")]
-    Unauthenticated(String),
-    #[error("permission denied")]
-    PermissionDenied,
-    #[error("{0}")]
-    InvalidArgument(String),
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    AlreadyExists(String),
-    /// Locked out until the failure window lets a try through, in `retry_after_secs`.
-    #[error("too many failed login attempts; try again later")]
-    TooManyAttempts { retry_after_secs: u64 },
-    #[error("{0}")]
-    Unavailable(String),
-    #[error("internal error: {0}")]
-    Internal(String),
-}
-
-impl AuthError {
-    /// The gRPC code this error answers with, on every transport.
-    pub fn code(&self) -> Code {
-        match self {
-            AuthError::Unauthenticated(_) => Code::Unauthenticated,
-            AuthError::PermissionDenied => Code::PermissionDenied,
-            AuthError::InvalidArgument(_) => Code::InvalidArgument,
-            AuthError::NotFound(_) => Code::NotFound,
-            AuthError::AlreadyExists(_) => Code::AlreadyExists,
-            AuthError::TooManyAttempts { .. } => Code::ResourceExhausted,
-            AuthError::Unavailable(_) => Code::Unavailable,
-            AuthError::Config(_) | AuthError::Internal(_) => Code::Internal,
-        }
-    }
-
-    /// The error another replica answered with `code`: the inverse of [`AuthError::code`].
-    pub fn from_code(code: Code, message: String) -> AuthError {
-        match code {
-            Code::Unauthenticated => AuthError::Unauthenticated(message),
-            Code::PermissionDenied => AuthError::PermissionDenied,
-            Code::InvalidArgument => AuthError::InvalidArgument(message),
-            Code::NotFound => AuthError::NotFound(message),
-            Code::AlreadyExists => AuthError::AlreadyExists(message),
-            Code::ResourceExhausted => AuthError::TooManyAttempts { retry_after_secs: 0 },
-            Code::Unavailable => AuthError::Unavailable(message),
-            _ => AuthError::Internal(message),
-        }
-    }
-}
-
-impl From<LogError> for AuthError {
-    fn from(e: LogError) -> Self {
-        match e {
-            LogError::Unavailable(m) => AuthError::Unavailable(m),
-            other => AuthError::Internal(other.to_string()),
-        }
-    }
-}
-
-/// The same answer for an unknown user and a wrong password.
-fn bad_login() -> AuthError {
-    AuthError::Unauthenticated("Invalid username or password".into())
-}
-
-fn invalid_token() -> AuthError {
-    AuthError::Unauthenticated("invalid session: token is not valid".into())
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TokenKind {
-    Session,
-    ApiKey,
-    /// Authentication is switched off: every caller acts as the admin.
-    AuthDisabled,
-}
-
-impl TokenKind {
-    fn subject_suffix(self) -> &'static str {
-        match self {
-            TokenKind::Session | TokenKind::AuthDisabled => "login",
-            TokenKind::ApiKey => "apiKey",
-        }
-    }
-}
-
-/// Who is calling, established from a verified token.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Principal {
-    pub account: String,
-    pub kind: TokenKind,
-    pub token_id: String,
-    pub expires_at: Option<i64>,
-}
-
-#[derive(serde::Serialize, serde::Deserialize)]
-struct Claims {
-    iss: String,
-    sub: String,
-    jti: String,
-    iat: i64,
-    nbf: i64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    exp: Option<i64>,
-    /// Sessions only: the password version they were issued under. A password change ends
-    /// every older session at once, even one issued in the same second.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pwv: Option<u64>,
-}
-
-/// Tokens whose signature and claims have been checked. A client sends the same token with
-/// every call, and checking the signature and parsing the claims again was a fifth of a
-/// gateway's work for a Get. What a token says can change its meaning (expiry, revocation, a new
-/// password), so that is checked on every use; only the proof that the token is genuine is
-/// remembered. The tokens are kept whole (equality, not a digest, decides a match) and never
-/// printed: no `Debug` here. Holding them adds nothing to what the signing key beside them gives.
-#[derive(Default)]
-struct VerifiedTokens {
-    /// The signing key the entries were checked with: another key forgets them all.
-    key: Secret<Vec<u8>>,
-    claims: HashMap<String, Arc<Claims>>,
-}
 
 /// A caller's RBAC decisions; `None` policy: authentication is off and everything is allowed.
 pub struct Enforcer<'a> {
@@ -176,40 +62,6 @@ impl Enforcer<'_> {
 
     pub fn allows(&self, resource: &str, action: &str, object: &str) -> bool {
         self.policy.as_ref().is_none_or(|p| p.enforce(&self.who.account, resource, action, object))
-    }
-}
-
-/// Where the admin's first password comes from.
-pub enum InitialAdminPassword {
-    /// Generate one, show it once.
-    Generate,
-    /// A clear-text password given by the operator.
-    Plain(Secret<String>),
-    /// A bcrypt hash, e.g. Argo CD's `admin.password`, imported as it is.
-    Bcrypt(Secret<String>),
-}
-
-impl InitialAdminPassword {
-    /// From the password given in clear, a file holding it, or a bcrypt hash, in that order.
-    pub fn from_options(
-        plain: Option<&str>,
-        file: Option<&Path>,
-        bcrypt: Option<&str>,
-    ) -> Result<InitialAdminPassword, AuthError> {
-        if let Some(p) = plain.filter(|p| !p.is_empty()) {
-            return Ok(InitialAdminPassword::Plain(Secret::new(p.to_string())));
-        }
-        if let Some(path) = file {
-            let p = std::fs::read_to_string(path)
-                .map_err(|e| AuthError::Config(format!("admin password file {}: {e}", path.display())))?;
-            return Ok(InitialAdminPassword::Plain(Secret::new(p.trim_end_matches(['\r', '\n']).to_string())));
-        }
-        if let Some(h) = bcrypt.filter(|h| !h.is_empty()) {
-            h.parse::<bcrypt::HashParts>()
-                .map_err(|_| AuthError::Config("the admin password hash is not a bcrypt hash".into()))?;
-            return Ok(InitialAdminPassword::Bcrypt(Secret::new(h.to_string())));
-        }
-        Ok(InitialAdminPassword::Generate)
     }
 }
 
@@ -238,38 +90,6 @@ fn now_unix() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
-fn new_password_ok(p: &str) -> Result<(), AuthError> {
-    // bcrypt reads at most 72 bytes; a longer password would be silently cut.
-    if p.len() < 8 || p.len() > 72 {
-        return Err(AuthError::InvalidArgument("newPassword: must be 8 to 72 bytes long".into()));
-    }
-    Ok(())
-}
-
-fn hash_password(p: &str) -> Result<String, AuthError> {
-    bcrypt::hash(p, BCRYPT_COST).map_err(|e| AuthError::Internal(format!("bcrypt: {e}")))
-}
-
-/// A hash nobody's password matches, verified against for unknown users so that their answer
-/// takes as long as a wrong password's.
-fn dummy_hash() -> &'static str {
-    static DUMMY: OnceLock<String> = OnceLock::new();
-    DUMMY.get_or_init(|| hash_password(&uuid::Uuid::new_v4().to_string()).unwrap_or_default())
-}
-
-/// Whether `password` matches `hash`; with no hash, the same bcrypt work against a dummy one.
-async fn password_matches(password: &Secret<String>, hash: Option<&Secret<String>>) -> Result<bool, AuthError> {
-    let password = password.clone();
-    let hash = hash.cloned();
-    tokio::task::spawn_blocking(move || {
-        let known = hash.is_some();
-        let hash = hash.as_ref().map(|h| h.expose().as_str()).unwrap_or_else(|| dummy_hash());
-        bcrypt::verify(password.expose(), hash).unwrap_or(false) && known
-    })
-    .await
-    .map_err(|e| AuthError::Internal(e.to_string()))
-}
-
 /// A session token against the account's password as this replica knows it.
 #[derive(Debug, PartialEq, Eq)]
 enum SessionCheck {
@@ -279,13 +99,6 @@ enum SessionCheck {
     Ahead,
     /// Logged out, or signed for a password since replaced.
     Refused,
-}
-
-fn generate_password() -> String {
-    use rand::Rng;
-    const CHARS: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
-    let mut rng = rand::rng();
-    (0..20).map(|_| CHARS[rng.random_range(0..CHARS.len())] as char).collect()
 }
 
 impl Auth {
@@ -298,7 +111,7 @@ impl Auth {
     ) -> Result<Arc<Auth>, AuthError> {
         let state: Arc<RwLock<AuthState>> = Arc::default();
         let (tx, rx) = watch::channel(0u64);
-        tokio::spawn(run_projection(log.clone(), key.clone(), state.clone(), tx));
+        tokio::spawn(follow::run_projection(log.clone(), key.clone(), state.clone(), tx));
         let auth = Arc::new(Auth {
             log,
             key,
@@ -331,32 +144,6 @@ impl Auth {
 
     /// Reloads the configuration from `path` whenever it changes (checked every second). An
     /// invalid file is reported and the previous configuration stays in force.
-    pub fn watch_config_file(self: &Arc<Self>, path: PathBuf) {
-        let weak = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-            let mut last: Option<SystemTime> = modified(&path);
-            loop {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                let Some(auth) = weak.upgrade() else { return };
-                let now = modified(&path);
-                if now == last {
-                    continue;
-                }
-                last = now;
-                match AuthConfig::load(&path) {
-                    Ok(cfg) => {
-                        auth.set_config(cfg);
-                        tracing::info!(path = %path.display(), "accounts configuration reloaded");
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "accounts configuration not reloaded; keeping the previous one")
-                    }
-                }
-            }
-        });
-    }
-
     fn read(&self) -> std::sync::RwLockReadGuard<'_, AuthState> {
         self.state.read().unwrap_or_else(|p| p.into_inner())
     }
@@ -384,6 +171,17 @@ impl Auth {
         expected: Option<u64>,
         actor: &str,
     ) -> Result<Result<u64, ()>, AuthError> {
+        self.append_raw(subject, event_type, payload.encode_to_vec(), expected, actor).await
+    }
+
+    async fn append_raw(
+        &self,
+        subject: String,
+        event_type: &str,
+        payload: Vec<u8>,
+        expected: Option<u64>,
+        actor: &str,
+    ) -> Result<Result<u64, ()>, AuthError> {
         let draft = corral_events::Draft {
             aggregate_id: subject.clone(),
             subject,
@@ -391,7 +189,7 @@ impl Auth {
             aggregate_version: 0,
             expected_subject_seq: expected,
             event_type,
-            payload: payload.encode_to_vec(),
+            payload,
             msg_id: None,
         };
         let origin = corral_events::Origin { actor: actor.to_string(), ..Default::default() };
@@ -403,26 +201,26 @@ impl Auth {
         }
     }
 
-    /// Appends an event on an account's subject against the version this replica has, retrying
-    /// on fresh state when another replica got there first. `build` sees the fresh state and may
-    /// refuse.
-    async fn append_account<M: Message>(
+    /// Decides `command` on an account's subject against the state this replica has and appends
+    /// the event, retrying on fresh state when another replica got there first. A refusal judged
+    /// on what this replica has applied so far (a token issued moments ago through another
+    /// replica, say) is judged again once it has caught up.
+    async fn append_account(
         &self,
         account: &str,
-        event_type: &str,
         actor: &str,
-        build: impl Fn(&AuthState) -> Result<M, AuthError>,
+        command: impl Fn() -> AccountCommand,
     ) -> Result<u64, AuthError> {
         let mut caught_up = false;
         for _ in 0..APPEND_RETRIES {
-            let built = {
+            let decided = {
                 let s = self.read();
-                build(&s).map(|payload| (payload, s.subject_seq(account)))
+                let config = self.config();
+                account::decide(account, config.account(account), s.accounts.get(account), command())
+                    .map(|event| (event, s.subject_seq(account)))
             };
-            let (payload, expected) = match built {
-                Ok(b) => b,
-                // A refusal judged on what this replica has applied so far (a token issued moments
-                // ago through another replica, say) is judged again once it has caught up.
+            let (event, expected) = match decided {
+                Ok(d) => d,
                 Err(_) if !caught_up => {
                     self.barrier().await?;
                     caught_up = true;
@@ -430,7 +228,8 @@ impl Auth {
                 }
                 Err(e) => return Err(e),
             };
-            match self.append(state::account_subject(account), event_type, &payload, Some(expected), actor).await? {
+            let (event_type, payload) = event.encode(account, &self.key);
+            match self.append_raw(state::account_subject(account), event_type, payload, Some(expected), actor).await? {
                 Ok(seq) => {
                     self.wait_for(seq).await?;
                     return Ok(seq);
@@ -702,12 +501,12 @@ impl Auth {
         if who.kind != TokenKind::Session {
             return Ok(());
         }
-        let payload = ev::SessionRevoked {
-            account: who.account.clone(),
-            token_id: who.token_id.clone(),
-            expires_at_unix: who.expires_at.unwrap_or(i64::MAX),
-        };
-        self.append_account(&who.account, state::SESSION_REVOKED, &who.account, |_| Ok(payload.clone())).await?;
+        let (token_id, expires_at) = (who.token_id.clone(), who.expires_at.unwrap_or(i64::MAX));
+        self.append_account(&who.account, &who.account, || AccountCommand::RevokeSession {
+            token_id: token_id.clone(),
+            expires_at,
+        })
+        .await?;
         Ok(())
     }
 
@@ -739,10 +538,6 @@ impl Auth {
         let target = if name.is_empty() { who.account.clone() } else { name.to_string() };
         self.check_account_permission(who, "update", &target)?;
         new_password_ok(new)?;
-        let config = self.config();
-        if !config.account(&target).is_some_and(|a| a.capabilities.contains(&Capability::Login)) {
-            return Err(AuthError::NotFound(format!("account '{target}' does not exist or has no login capability")));
-        }
         // The current password is the caller's own, as in Argo CD: an admin resetting another
         // account proves who they are, not the other account's secret.
         let own_password =
@@ -754,16 +549,9 @@ impl Auth {
         let hash = tokio::task::spawn_blocking(move || hash_password(new.expose()))
             .await
             .map_err(|e| AuthError::Internal(e.to_string()))??;
-        let sealed = self.key.seal(hash.as_bytes(), &state::password_aad(&target));
-        let changed_at = now_unix();
-        self.append_account(&target, state::PASSWORD_SET, &who.account, |_| {
-            Ok(ev::PasswordSet {
-                account: target.clone(),
-                sealed_bcrypt_hash: Some(sealed.clone()),
-                changed_at_unix: changed_at,
-            })
-        })
-        .await?;
+        let (hash, changed_at) = (Secret::new(hash), now_unix());
+        self.append_account(&target, &who.account, || AccountCommand::SetPassword { hash: hash.clone(), changed_at })
+            .await?;
         Ok(())
     }
 
@@ -817,49 +605,17 @@ impl Auth {
         id: &str,
         actor: &str,
     ) -> Result<(String, u64), AuthError> {
-        let config = self.config();
-        let Some(account) = config.account(name) else {
-            return Err(AuthError::NotFound(format!("account '{name}' does not exist")));
-        };
-        if !account.can(Capability::ApiKey) {
-            return Err(AuthError::InvalidArgument(format!("account '{name}' does not have 'apiKey' capability")));
-        }
-        if expires_in < 0 {
-            return Err(AuthError::InvalidArgument("expiresIn: must be zero (never) or a number of seconds".into()));
-        }
         let id = if id.is_empty() { uuid::Uuid::new_v4().to_string() } else { id.to_string() };
-        if id.len() > 128 || id.chars().any(|c| c.is_control()) {
-            return Err(AuthError::InvalidArgument("id: at most 128 printable characters".into()));
-        }
-        let iat = now_unix();
-        let exp = (expires_in > 0).then(|| iat.saturating_add(expires_in));
-        let revision = self
-            .append_account(name, state::API_TOKEN_ISSUED, actor, |s| {
-                if s.accounts.get(name).is_some_and(|a| a.tokens.contains_key(&id)) {
-                    return Err(AuthError::AlreadyExists(format!(
-                        "account '{name}' already has a token with id '{id}'"
-                    )));
-                }
-                Ok(ev::ApiTokenIssued {
-                    account: name.into(),
-                    token_id: id.clone(),
-                    issued_at_unix: iat,
-                    expires_at_unix: exp.unwrap_or(0),
-                })
-            })
-            .await?;
-        Ok((self.sign(name, TokenKind::ApiKey, &id, iat, exp, None)?, revision))
+        let issued_at = now_unix();
+        let command = || AccountCommand::IssueToken { id: id.clone(), issued_at, expires_in };
+        let revision = self.append_account(name, actor, command).await?;
+        let exp = (expires_in > 0).then(|| issued_at.saturating_add(expires_in));
+        Ok((self.sign(name, TokenKind::ApiKey, &id, issued_at, exp, None)?, revision))
     }
 
     /// Revokes an API token (the caller has been authorised); the revision that recorded it.
     pub async fn revoke_api_token(&self, name: &str, id: &str, actor: &str) -> Result<u64, AuthError> {
-        self.append_account(name, state::API_TOKEN_REVOKED, actor, |s| {
-            if !s.accounts.get(name).is_some_and(|a| a.tokens.contains_key(id)) {
-                return Err(AuthError::NotFound(format!("account '{name}' has no token with id '{id}'")));
-            }
-            Ok(ev::ApiTokenRevoked { account: name.into(), token_id: id.into() })
-        })
-        .await
+        self.append_account(name, actor, || AccountCommand::RevokeToken { id: id.to_string() }).await
     }
 
     fn account_view(&self, a: &AccountConfig) -> api::Account {
@@ -905,53 +661,6 @@ impl Auth {
         let a = config.account(name).ok_or_else(|| AuthError::NotFound(format!("account '{name}' does not exist")))?;
         Ok(self.account_view(a))
     }
-}
-
-/// The authentication state as a follower of the log (its own subjects only, so a replica is
-/// not woken by every cluster event).
-struct AuthFollower {
-    key: Arc<SealingKey>,
-    state: Arc<RwLock<AuthState>>,
-    applied: watch::Sender<u64>,
-}
-
-impl corral_projection::Follower for AuthFollower {
-    /// A broken event must not stop every login: it is reported and skipped.
-    type Error = std::convert::Infallible;
-
-    fn name(&self) -> &str {
-        "auth"
-    }
-
-    fn last_applied(&self) -> u64 {
-        self.state.read().unwrap_or_else(|p| p.into_inner()).applied
-    }
-
-    fn apply(&mut self, events: &[RecordedEvent]) -> Result<(), Self::Error> {
-        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
-        for event in events {
-            if let Err(e) = state.apply(event, &self.key) {
-                tracing::error!(error = %e, seq = event.seq, "auth projection skipped an event");
-            }
-        }
-        drop(state);
-        if let Some(last) = events.last() {
-            self.applied.send_replace(last.seq);
-        }
-        Ok(())
-    }
-}
-
-/// Follows the log into `state` until nothing waits on `applied` any more.
-async fn run_projection(
-    log: Arc<dyn EventLog>,
-    key: Arc<SealingKey>,
-    state: Arc<RwLock<AuthState>>,
-    applied: watch::Sender<u64>,
-) {
-    let closed = applied.clone();
-    let mut follower = AuthFollower { key, state, applied };
-    let _ = corral_projection::follow(log, &state::subject_filters(), &mut follower, closed.closed()).await;
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use corral_secrets::{SealingKey, Secret};
 use prost::Message;
 
 use crate::AuthError;
+use crate::account::{self, AccountEvent};
 
 pub use corral_events::event_type::{
     API_TOKEN_ISSUED, API_TOKEN_REVOKED, LOGIN_FAILED, LOGIN_SUCCEEDED, PASSWORD_SET, SESSION_REVOKED,
@@ -121,35 +122,28 @@ impl AuthState {
                     .map_err(|err| AuthError::Internal(format!("password of {}: {err}", e.account)))?;
                 let hash =
                     String::from_utf8(raw).map_err(|_| AuthError::Internal("password hash is not UTF-8".into()))?;
-                let a = self.accounts.entry(e.account).or_default();
-                a.subject_seq = ev.seq;
-                a.password_hash = Some(Secret::new(hash));
-                a.password_changed_at = e.changed_at_unix;
-                a.password_seq = ev.seq;
+                let event = AccountEvent::PasswordSet { hash: Secret::new(hash), changed_at: e.changed_at_unix };
+                account::apply(self.accounts.entry(e.account).or_default(), &event, ev.seq);
             }
             API_TOKEN_ISSUED => {
                 let e = auth::ApiTokenIssued::decode(env.payload.as_slice()).map_err(bad)?;
-                let a = self.accounts.entry(e.account).or_default();
-                a.subject_seq = ev.seq;
-                a.tokens.insert(
-                    e.token_id.clone(),
-                    TokenMeta { id: e.token_id, issued_at: e.issued_at_unix, expires_at: e.expires_at_unix },
-                );
+                let meta = TokenMeta { id: e.token_id, issued_at: e.issued_at_unix, expires_at: e.expires_at_unix };
+                account::apply(self.accounts.entry(e.account).or_default(), &AccountEvent::TokenIssued(meta), ev.seq);
             }
             API_TOKEN_REVOKED => {
                 let e = auth::ApiTokenRevoked::decode(env.payload.as_slice()).map_err(bad)?;
-                let a = self.accounts.entry(e.account).or_default();
-                a.subject_seq = ev.seq;
-                a.tokens.remove(&e.token_id);
-                a.revoked_tokens.insert(e.token_id);
+                let event = AccountEvent::TokenRevoked { id: e.token_id };
+                account::apply(self.accounts.entry(e.account).or_default(), &event, ev.seq);
             }
             SESSION_REVOKED => {
                 let e = auth::SessionRevoked::decode(env.payload.as_slice()).map_err(bad)?;
-                let a = self.accounts.entry(e.account).or_default();
-                a.subject_seq = ev.seq;
+                let event =
+                    AccountEvent::SessionRevoked { token_id: e.token_id.clone(), expires_at: e.expires_at_unix };
+                account::apply(self.accounts.entry(e.account).or_default(), &event, ev.seq);
                 self.revoked_sessions.insert(e.token_id, e.expires_at_unix);
-                let now = chrono::Utc::now().timestamp();
-                self.revoked_sessions.retain(|_, exp| *exp >= now);
+                // Sessions that had expired when this one was revoked need no list: the event's
+                // own time decides, so that every replica folds the same state.
+                self.revoked_sessions.retain(|_, exp| *exp >= at);
             }
             LOGIN_FAILED => {
                 let e = auth::LoginFailed::decode(env.payload.as_slice()).map_err(bad)?;
