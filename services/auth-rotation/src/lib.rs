@@ -583,3 +583,83 @@ pub async fn run(
     let _ = stop_tx.send(true);
     Ok(())
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+mod tests {
+    use corral_proto::events::{ClusterSpec, EventEnvelope};
+    use corral_proto::registry::ClusterRecord;
+
+    use super::*;
+
+    const CREATED: i64 = 1_700_000_000;
+
+    fn target(annotations: &[(&str, &str)], side: Option<EventEnvelope>) -> Target {
+        let spec = ClusterSpec {
+            annotations: annotations.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            ..Default::default()
+        };
+        let record =
+            ClusterRecord { spec: Some(spec), created_at_unix_nanos: CREATED * 1_000_000_000, ..Default::default() };
+        Target { record, config: None, side: side.map(|e| (9, e)) }
+    }
+
+    fn rotated(at: i64, old_secret: &str, created: i64) -> EventEnvelope {
+        let e = ClusterCredentialsRotated {
+            old_secret: old_secret.into(),
+            retire_old_at_unix: at + 300,
+            cluster_created_at_unix_nanos: created * 1_000_000_000,
+            ..Default::default()
+        };
+        EventEnvelope {
+            event_type: CLUSTER_CREDENTIALS_ROTATED.into(),
+            occurred_at_unix_nanos: at * 1_000_000_000,
+            payload: e.encode_to_vec(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_service_account_comes_from_the_annotation_or_is_argo_cds() {
+        assert_eq!(service_account_of(&target(&[], None)), ("kube-system".into(), "argocd-manager".into()));
+        let ns_name = target(&[(SERVICE_ACCOUNT_ANNOTATION, "ops/rotator")], None);
+        assert_eq!(service_account_of(&ns_name), ("ops".into(), "rotator".into()));
+        let name_only = target(&[(SERVICE_ACCOUNT_ANNOTATION, "rotator")], None);
+        assert_eq!(service_account_of(&name_only), ("kube-system".into(), "rotator".into()));
+    }
+
+    #[test]
+    fn token_requests_are_asked_for_by_annotation_with_a_sane_expiry() {
+        assert_eq!(token_request_of(&target(&[], None)).unwrap(), None);
+        assert_eq!(token_request_of(&target(&[(METHOD_ANNOTATION, "secret")], None)).unwrap(), None);
+        let tr = target(&[(METHOD_ANNOTATION, "token-request")], None);
+        assert_eq!(token_request_of(&tr).unwrap(), Some(DEFAULT_TOKEN_REQUEST_SECONDS));
+        let short = target(&[(METHOD_ANNOTATION, "token-request"), (EXPIRATION_ANNOTATION, "3600")], None);
+        assert_eq!(token_request_of(&short).unwrap(), Some(3600));
+        for bad in [
+            vec![(METHOD_ANNOTATION, "magic")],
+            vec![(METHOD_ANNOTATION, "token-request"), (EXPIRATION_ANNOTATION, "60")],
+        ] {
+            assert!(matches!(token_request_of(&target(&bad, None)), Err(RotationError::Precondition(_))), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn an_old_secret_is_retired_only_for_the_incarnation_that_rotated() {
+        assert!(pending_retirement(&target(&[], Some(rotated(CREATED + 10, "old-token-secret", CREATED)))).is_some());
+        // nothing to remove: the token came from elsewhere
+        assert!(pending_retirement(&target(&[], Some(rotated(CREATED + 10, "", CREATED)))).is_none());
+        // a rotation of an earlier cluster registered under the same server
+        assert!(pending_retirement(&target(&[], Some(rotated(CREATED - 10, "s", CREATED - 100)))).is_none());
+    }
+
+    #[test]
+    fn a_schedule_counts_from_the_last_rotation_or_the_registration() {
+        assert_eq!(schedule_hours(&target(&[(SCHEDULE_ANNOTATION, "1.5")], None)), Some(1.5));
+        for bad in ["", "0", "-2", "soon", "NaN", "inf"] {
+            assert_eq!(schedule_hours(&target(&[(SCHEDULE_ANNOTATION, bad)], None)), None, "{bad:?}");
+        }
+        assert_eq!(last_rotation_unix(&target(&[], None)), CREATED);
+        assert_eq!(last_rotation_unix(&target(&[], Some(rotated(CREATED + 50, "s", CREATED)))), CREATED + 50);
+    }
+}

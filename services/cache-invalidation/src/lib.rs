@@ -284,3 +284,60 @@ pub async fn run(
     svc.run(feed, shutdown).await;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use corral_proto::events::EventEnvelope;
+    use corral_proto::registry::ClusterRecord;
+
+    use super::*;
+
+    const CREATED_NANOS: i64 = 1_700_000_000_000_000_000;
+
+    fn config() -> CacheConfig {
+        CacheConfig {
+            check_interval: Duration::from_secs(5),
+            resync: Duration::from_secs(3600),
+            timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// A cluster whose last sync was `age` seconds ago (none: never), answering `refresh`.
+    fn target(sync: Option<(i64, i64, &str, i64)>, refresh_requested: i64) -> Target {
+        let record = ClusterRecord {
+            created_at_unix_nanos: CREATED_NANOS,
+            refresh_requested_at_unix_nanos: refresh_requested,
+            ..Default::default()
+        };
+        let side = sync.map(|(age, refresh, error, created)| {
+            let e = ClusterCacheSynced {
+                synced_at_unix: now_unix() - age,
+                refresh_requested_at_unix_nanos: refresh,
+                error: error.into(),
+                cluster_created_at_unix_nanos: created,
+                apis_count: 3,
+                resources_count: 11,
+            };
+            let env = EventEnvelope {
+                event_type: CLUSTER_CACHE_SYNCED.into(),
+                payload: e.encode_to_vec(),
+                ..Default::default()
+            };
+            (5, env)
+        });
+        Target { record, config: None, side }
+    }
+
+    #[test]
+    fn a_cluster_is_synced_when_new_invalidated_failed_or_old() {
+        let c = config();
+        assert!(needs_sync(&target(None, 0), &c), "never synced");
+        assert!(!needs_sync(&target(Some((10, 0, "", CREATED_NANOS)), 0), &c), "synced 10 s ago");
+        assert!(needs_sync(&target(Some((10, 0, "", CREATED_NANOS)), 42), &c), "a refresh asked after the sync");
+        assert!(!needs_sync(&target(Some((10, 42, "", CREATED_NANOS)), 42), &c), "that refresh answered");
+        assert!(needs_sync(&target(Some((10, 0, "timeout", CREATED_NANOS)), 0), &c), "failed, retried each check");
+        assert!(!needs_sync(&target(Some((2, 0, "timeout", CREATED_NANOS)), 0), &c), "failed a moment ago");
+        assert!(needs_sync(&target(Some((3600, 0, "", CREATED_NANOS)), 0), &c), "older than the resync period");
+        assert!(needs_sync(&target(Some((10, 0, "", CREATED_NANOS - 1)), 0), &c), "a sync of an earlier incarnation");
+    }
+}

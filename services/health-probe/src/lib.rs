@@ -257,3 +257,48 @@ pub async fn run(
     probe.run(feed, shutdown).await;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use corral_proto::events::EventEnvelope;
+    use corral_proto::registry::ClusterRecord;
+
+    use super::*;
+
+    #[test]
+    fn the_server_version_is_shown_as_argo_cd_shows_it() {
+        let info = |major: &str, minor: &str| k8s_openapi::apimachinery::pkg::version::Info {
+            major: major.into(),
+            minor: minor.into(),
+            ..Default::default()
+        };
+        assert_eq!(major_minor(&info("1", "31")), "1.31");
+        assert_eq!(major_minor(&info("1", "29+")), "1.29", "as some distributions write it");
+    }
+
+    #[test]
+    fn only_an_observation_of_this_incarnation_counts() {
+        let observed = |created: i64| {
+            let e = ClusterConnectionObserved {
+                status: "Successful".into(),
+                server_version: "1.31".into(),
+                cluster_created_at_unix_nanos: created,
+                ..Default::default()
+            };
+            EventEnvelope {
+                event_type: CLUSTER_CONNECTION_OBSERVED.into(),
+                payload: e.encode_to_vec(),
+                ..Default::default()
+            }
+        };
+        let target = |side: Option<EventEnvelope>| corral_cluster_access::Target {
+            record: ClusterRecord { created_at_unix_nanos: 7, ..Default::default() },
+            config: None,
+            side: side.map(|e| (3, e)),
+        };
+        assert_eq!(recorded(&target(None)), None);
+        let seen = recorded(&target(Some(observed(7)))).expect("this incarnation's");
+        assert_eq!((seen.status.as_str(), seen.server_version.as_str()), ("Successful", "1.31"));
+        assert_eq!(recorded(&target(Some(observed(6)))), None, "a cluster registered again starts unobserved");
+    }
+}
