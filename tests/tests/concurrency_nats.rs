@@ -30,23 +30,35 @@ async fn stored_event_types(d: &common::Deployment, subject: &str) -> Vec<String
     out
 }
 
+/// Sends `racers` creates at once, alternating between the two gateways; their answers.
+async fn race(
+    apis: &Arc<Vec<common::Api>>,
+    racers: usize,
+    body: impl Fn(usize) -> serde_json::Value,
+) -> Vec<(StatusCode, serde_json::Value)> {
+    let tasks: Vec<_> = (0..racers)
+        .map(|i| {
+            let (apis, body) = (apis.clone(), body(i));
+            tokio::spawn(async move { rest_post(&apis[i % 2], "/api/v1/clusters", body).await })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for t in tasks {
+        answers.push(t.await.expect("task"));
+    }
+    answers
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_creates_of_one_server_register_it_once() {
     let d = common::Deployment::start(2, 2).await;
     let apis = Arc::new(vec![d.api(0).await, d.api(1).await]);
     let server = "https://contended.example.com";
-    let mut tasks = Vec::new();
-    for i in 0..24 {
-        let apis = apis.clone();
-        tasks.push(tokio::spawn(async move {
-            // Each racer asks for a different spec, so only the first may win.
-            let body = json!({"server": server, "name": "contended", "labels": {"racer": format!("r{i}")}});
-            rest_post(&apis[i % 2], "/api/v1/clusters", body).await
-        }));
-    }
+    // Each racer asks for a different spec, so only the first may win.
+    let answers =
+        race(&apis, 24, |i| json!({"server": server, "name": "contended", "labels": {"racer": format!("r{i}")}})).await;
     let mut ok = 0;
-    for t in tasks {
-        let (status, body) = t.await.expect("task");
+    for (status, body) in answers {
         match status.as_u16() {
             200 => ok += 1,
             400 | 409 => assert!([3, 6].contains(&body["code"].as_i64().unwrap_or_default()), "{body}"),
@@ -63,17 +75,11 @@ async fn racing_creates_of_one_server_register_it_once() {
 async fn racing_creates_of_one_name_give_it_to_one_server() {
     let d = common::Deployment::start(2, 2).await;
     let apis = Arc::new(vec![d.api(0).await, d.api(1).await]);
-    let mut tasks = Vec::new();
-    for i in 0..16 {
-        let apis = apis.clone();
-        tasks.push(tokio::spawn(async move {
-            let body = json!({"server": format!("https://name-race-{i}.example.com"), "name": "the-one-name"});
-            rest_post(&apis[i % 2], "/api/v1/clusters", body).await
-        }));
-    }
+    let answers =
+        race(&apis, 16, |i| json!({"server": format!("https://name-race-{i}.example.com"), "name": "the-one-name"}))
+            .await;
     let mut ok = 0;
-    for t in tasks {
-        let (status, body) = t.await.expect("task");
+    for (status, body) in answers {
         match status.as_u16() {
             200 => ok += 1,
             409 => {}

@@ -104,13 +104,20 @@ async fn rotate_auth_swaps_the_token_and_retires_the_old_one_after_the_grace_per
     assert!(other.service_account_tokens("kube-system", "missing").is_empty(), "no Secret is left behind");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cluster_can_ask_for_scheduled_rotation() {
+/// A deployment whose old tokens live half a second after a rotation, and a fake cluster whose
+/// `argocd-manager` holds `first-token`.
+async fn rotating_deployment() -> (Deployment, corral_test_harness::ServiceProcess, FakeKube, common::Api) {
     let d = Deployment::start(1, 1).await;
-    let _rotation = d.spawn_auth_rotation(0.5).await;
+    let rotation = d.spawn_auth_rotation(0.5).await;
     let fake = FakeKube::start(&[]).await;
     fake.add_service_account_token("kube-system", "argocd-manager", "argocd-manager-token-first", "first-token");
     let api = d.api(0).await;
+    (d, rotation, fake, api)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_can_ask_for_scheduled_rotation() {
+    let (_d, _rotation, fake, api) = rotating_deployment().await;
     let ca = b64(fake.ca_pem());
     // Every 0.0006 h = 2.16 s.
     let (s, b) = rest_post(
@@ -136,11 +143,7 @@ async fn a_cluster_can_ask_for_scheduled_rotation() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotation_through_the_token_request_api() {
-    let d = Deployment::start(1, 1).await;
-    let _rotation = d.spawn_auth_rotation(0.5).await;
-    let fake = FakeKube::start(&[]).await;
-    fake.add_service_account_token("kube-system", "argocd-manager", "argocd-manager-token-first", "first-token");
-    let api = d.api(0).await;
+    let (_d, _rotation, fake, api) = rotating_deployment().await;
     let ca = b64(fake.ca_pem());
     let server = fake.url();
     let (s, b) = rest_post(&api, "/api/v1/clusters", json!({"server": server, "name": "bound", "annotations": {"corral.io/rotation-method": "token-request", "corral.io/token-expiration-seconds": "86400"},

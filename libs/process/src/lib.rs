@@ -85,6 +85,29 @@ fn server_addrs(urls: &str) -> Result<Vec<async_nats::ServerAddr>, ProcessError>
     Ok(addrs)
 }
 
+/// What every service on NATS takes: its connection and stream, the sealing key, and logging.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServiceOptions {
+    #[command(flatten)]
+    pub nats: NatsOptions,
+    #[command(flatten)]
+    pub seal_key: SealKeyOptions,
+    #[command(flatten)]
+    pub log: LogOptions,
+}
+
+impl ServiceOptions {
+    /// The sealing key, the NATS connection named `name`, and the log on it.
+    pub async fn connect(
+        &self,
+        name: &str,
+    ) -> Result<(Arc<SealingKey>, async_nats::Client, Arc<dyn EventLog>), ProcessError> {
+        let key = self.seal_key.load(None)?;
+        let (client, log) = self.nats.connect_log(name).await?;
+        Ok((key, client, log))
+    }
+}
+
 /// The key that seals credentials in events.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SealKeyOptions {

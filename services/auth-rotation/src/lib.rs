@@ -529,9 +529,7 @@ impl RotationOptions {
 #[command(name = "corral-auth-rotation", about = "Rotates clusters' bearer tokens and issues API tokens (NATS mode)")]
 pub struct ServiceConfig {
     #[command(flatten)]
-    pub nats: corral_process::NatsOptions,
-    #[command(flatten)]
-    pub seal_key: corral_process::SealKeyOptions,
+    pub service: corral_process::ServiceOptions,
     #[command(flatten)]
     pub rotation: RotationOptions,
     /// Accounts configuration (the gateways' file): which accounts may hold API tokens.
@@ -540,8 +538,6 @@ pub struct ServiceConfig {
     /// How long to wait for a registry replica, in milliseconds.
     #[arg(long, env = "CORRAL_REGISTRY_TIMEOUT_MS", default_value_t = 15_000)]
     pub registry_timeout_ms: u64,
-    #[command(flatten)]
-    pub log: corral_process::LogOptions,
 }
 
 pub const NAME: &str = "corral-auth-rotation";
@@ -550,8 +546,7 @@ pub async fn run(
     config: ServiceConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let key = config.seal_key.load(None)?;
-    let (client, log) = config.nats.connect_log(NAME).await?;
+    let (key, client, log) = config.service.connect(NAME).await?;
     let registry = Arc::new(corral_service_api::nats::NatsClient::new(
         client.clone(),
         Duration::from_millis(config.registry_timeout_ms),

@@ -8,6 +8,6 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = corral_auth_rotation::ServiceConfig::parse();
-    let _telemetry = config.log.init(corral_auth_rotation::NAME);
+    let _telemetry = config.service.log.init(corral_auth_rotation::NAME);
     corral_auth_rotation::run(config, corral_telemetry::shutdown_signal()).await
 }

@@ -259,13 +259,9 @@ impl CacheOptions {
 #[command(name = "corral-cache-invalidation", about = "Keeps each cluster's cache info (NATS mode)")]
 pub struct ServiceConfig {
     #[command(flatten)]
-    pub nats: corral_process::NatsOptions,
-    #[command(flatten)]
-    pub seal_key: corral_process::SealKeyOptions,
+    pub service: corral_process::ServiceOptions,
     #[command(flatten)]
     pub cache: CacheOptions,
-    #[command(flatten)]
-    pub log: corral_process::LogOptions,
 }
 
 pub const NAME: &str = "corral-cache-invalidation";
@@ -274,8 +270,7 @@ pub async fn run(
     config: ServiceConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let key = config.seal_key.load(None)?;
-    let (client, log) = config.nats.connect_log(NAME).await?;
+    let (key, client, log) = config.service.connect(NAME).await?;
     let cache_config = config.cache.cache_config();
     let membership = Membership::join(client, HEARTBEAT_SUBJECT, cache_config.check_interval / 3).await?;
     let (svc, feed) = CacheInvalidation::start(log, key, cache_config, membership).await?;

@@ -8,6 +8,6 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = corral_cache_invalidation::ServiceConfig::parse();
-    let _telemetry = config.log.init(corral_cache_invalidation::NAME);
+    let _telemetry = config.service.log.init(corral_cache_invalidation::NAME);
     corral_cache_invalidation::run(config, corral_telemetry::shutdown_signal()).await
 }

@@ -364,7 +364,7 @@ pub async fn serve(
 #[command(name = "corral-gateway", about = "The public API gateway (NATS mode)")]
 pub struct ServiceConfig {
     #[command(flatten)]
-    pub nats: corral_process::NatsOptions,
+    pub service: corral_process::ServiceOptions,
     /// Address to listen on for gRPC and REST.
     #[arg(long, env = "CORRAL_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
@@ -374,13 +374,8 @@ pub struct ServiceConfig {
     /// How long to wait for a registry replica to answer, in milliseconds.
     #[arg(long, env = "CORRAL_REGISTRY_TIMEOUT_MS", default_value_t = 15_000)]
     pub registry_timeout_ms: u64,
-    // The gateway opens the token signing key and password hashes with it.
-    #[command(flatten)]
-    pub seal_key: corral_process::SealKeyOptions,
     #[command(flatten)]
     pub auth: AuthOptions,
-    #[command(flatten)]
-    pub log: corral_process::LogOptions,
 }
 
 pub const NAME: &str = "corral-gateway";
@@ -455,8 +450,7 @@ pub async fn run(
     config: ServiceConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let key = config.seal_key.load(None)?;
-    let (client, log) = config.nats.connect_log(NAME).await?;
+    let (key, client, log) = config.service.connect(NAME).await?;
     let timeout = Duration::from_millis(config.registry_timeout_ms);
     let services = Arc::new(corral_service_api::nats::NatsClient::new(client.clone(), timeout));
     let auth = start_auth(log.clone(), key, &config.auth).await?;

@@ -8,6 +8,6 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = corral_gateway::ServiceConfig::parse();
-    let _telemetry = config.log.init(corral_gateway::NAME);
+    let _telemetry = config.service.log.init(corral_gateway::NAME);
     corral_gateway::run(config, corral_telemetry::shutdown_signal()).await
 }

@@ -232,13 +232,9 @@ impl ProbeOptions {
 #[command(name = "corral-health-probe", about = "Probes every registered cluster (NATS mode)")]
 pub struct ServiceConfig {
     #[command(flatten)]
-    pub nats: corral_process::NatsOptions,
-    #[command(flatten)]
-    pub seal_key: corral_process::SealKeyOptions,
+    pub service: corral_process::ServiceOptions,
     #[command(flatten)]
     pub probe: ProbeOptions,
-    #[command(flatten)]
-    pub log: corral_process::LogOptions,
 }
 
 pub const NAME: &str = "corral-health-probe";
@@ -247,8 +243,7 @@ pub async fn run(
     config: ServiceConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let key = config.seal_key.load(None)?;
-    let (client, log) = config.nats.connect_log(NAME).await?;
+    let (key, client, log) = config.service.connect(NAME).await?;
     let probe_config = config.probe.probe_config();
     let membership = Membership::join(client, HEARTBEAT_SUBJECT, probe_config.interval / 3).await?;
     let (probe, feed) = HealthProbe::start(log, key, probe_config, membership).await?;

@@ -8,6 +8,6 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = corral_health_probe::ServiceConfig::parse();
-    let _telemetry = config.log.init(corral_health_probe::NAME);
+    let _telemetry = config.service.log.init(corral_health_probe::NAME);
     corral_health_probe::run(config, corral_telemetry::shutdown_signal()).await
 }

@@ -38,14 +38,10 @@ pub async fn start(
 #[command(name = "corral-registry", about = "The cluster registry service (NATS mode)")]
 pub struct ServiceConfig {
     #[command(flatten)]
-    pub nats: corral_process::NatsOptions,
+    pub service: corral_process::ServiceOptions,
     /// Folder for this replica's projection.
     #[arg(long, env = "CORRAL_DATA_DIR", default_value = "./data/registry")]
     pub data_dir: PathBuf,
-    #[command(flatten)]
-    pub seal_key: corral_process::SealKeyOptions,
-    #[command(flatten)]
-    pub log: corral_process::LogOptions,
 }
 
 pub const NAME: &str = "corral-registry";
@@ -55,8 +51,7 @@ pub async fn run(
     config: ServiceConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let key = config.seal_key.load(None)?;
-    let (client, log) = config.nats.connect_log(NAME).await?;
+    let (key, client, log) = config.service.connect(NAME).await?;
     std::fs::create_dir_all(&config.data_dir)?;
     let db = open_projection_db(Some(&config.data_dir))?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -8,6 +8,6 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = corral_registry::ServiceConfig::parse();
-    let _telemetry = config.log.init(corral_registry::NAME);
+    let _telemetry = config.service.log.init(corral_registry::NAME);
     corral_registry::run(config, corral_telemetry::shutdown_signal()).await
 }

@@ -357,15 +357,19 @@ impl Registry {
         }
         let (expected, version) = claim.map(|c| (c.subject_seq, c.version)).unwrap_or((0, 0));
         let payload = events::ClusterNameClaimed { cluster_id: id.to_string() }.encode_to_vec();
-        Ok(Some(Self::event(
-            origin,
-            subject::cluster_name(&key),
-            format!("clustername/{key}"),
-            version + 1,
-            Some(expected),
-            CLUSTER_NAME_CLAIMED,
-            payload,
-        )))
+        Ok(Some(Self::name_event(origin, &key, (expected, version), CLUSTER_NAME_CLAIMED, payload)))
+    }
+
+    /// An event on name `key`'s subject, after the claim record at (subject sequence, version).
+    fn name_event(
+        origin: &Origin,
+        key: &str,
+        (expected, version): (u64, u64),
+        event_type: &str,
+        payload: Vec<u8>,
+    ) -> (NewEvent, events::EventEnvelope) {
+        let (subject, aggregate) = (subject::cluster_name(key), format!("clustername/{key}"));
+        Self::event(origin, subject, aggregate, version + 1, Some(expected), event_type, payload)
     }
 
     /// The event releasing `name` from cluster `id`, if `id` holds the claim.
@@ -381,15 +385,8 @@ impl Registry {
             return Ok(None);
         }
         let payload = events::ClusterNameReleased { cluster_id: id.to_string() }.encode_to_vec();
-        Ok(Some(Self::event(
-            origin,
-            subject::cluster_name(&key),
-            format!("clustername/{key}"),
-            claim.version + 1,
-            Some(claim.subject_seq),
-            CLUSTER_NAME_RELEASED,
-            payload,
-        )))
+        let at = (claim.subject_seq, claim.version);
+        Ok(Some(Self::name_event(origin, &key, at, CLUSTER_NAME_RELEASED, payload)))
     }
 
     async fn create(
