@@ -86,9 +86,7 @@ pub trait TokenIssuer: Send + Sync + 'static {
     async fn revoke(&self, account: &str, id: &str, actor: &str) -> Result<u64, AuthError>;
 }
 
-fn now_unix() -> i64 {
-    chrono::Utc::now().timestamp()
-}
+use corral_events::now_unix;
 
 /// A session token against the account's password as this replica knows it.
 #[derive(Debug, PartialEq, Eq)]
