@@ -47,6 +47,12 @@ impl EventLog for HeldLog {
     async fn last_seq(&self) -> Result<u64, LogError> {
         self.inner.last_seq().await
     }
+    async fn first_seq(&self) -> Result<u64, LogError> {
+        self.inner.first_seq().await
+    }
+    async fn append_expecting(&self, expected_last_seq: u64, events: Vec<NewEvent>) -> Result<(), LogError> {
+        self.inner.append_expecting(expected_last_seq, events).await
+    }
     async fn last_subject_seq(&self, subject: &str) -> Result<u64, LogError> {
         self.inner.last_subject_seq(subject).await
     }

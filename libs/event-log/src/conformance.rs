@@ -33,6 +33,32 @@ where
     racing_appenders_on_one_subject_one_wins(make().await).await;
     batches_are_atomic(make().await.as_ref()).await;
     subject_filters_select_events(make().await.as_ref()).await;
+    appends_expecting_the_last_sequence(make().await.as_ref()).await;
+    first_sequence_of_a_log_that_keeps_everything(make().await.as_ref()).await;
+}
+
+pub async fn appends_expecting_the_last_sequence(log: &dyn EventLog) {
+    let batch = |ids: &[&str]| ids.iter().map(|id| ev("t.x", id, None, id)).collect::<Vec<_>>();
+    log.append_expecting(0, batch(&["x1", "x2", "x3"])).await.expect("expected 0 on an empty log");
+    assert_eq!(log.last_seq().await.expect("last"), 3);
+    let err = log.append_expecting(2, batch(&["x4"])).await.expect_err("stale expectation");
+    assert!(matches!(err, LogError::Conflict { .. }), "{err:?}");
+    let err = log.append_expecting(7, batch(&["x5", "x6"])).await.expect_err("expectation ahead of the log");
+    assert!(matches!(err, LogError::Conflict { .. }), "{err:?}");
+    assert_eq!(log.last_seq().await.expect("last"), 3, "refused appends stored nothing");
+    log.append(ev("t.y", "y1", None, "y")).await.expect("another writer");
+    let err = log.append_expecting(3, batch(&["x7"])).await.expect_err("another writer came first");
+    assert!(matches!(err, LogError::Conflict { .. }), "{err:?}");
+    log.append_expecting(4, batch(&["x8", "x9"])).await.expect("after the other writer");
+    let payloads: Vec<_> = log.read(1, 10).await.expect("read").into_iter().map(|e| e.payload).collect();
+    assert_eq!(payloads, ["x1", "x2", "x3", "y", "x8", "x9"].map(|s: &'static str| Bytes::from_static(s.as_bytes())));
+}
+
+pub async fn first_sequence_of_a_log_that_keeps_everything(log: &dyn EventLog) {
+    assert_eq!(log.first_seq().await.expect("first"), 1);
+    log.append(ev("t.f", "f1", None, "f")).await.expect("append");
+    log.append(ev("t.f", "f2", None, "f")).await.expect("append");
+    assert_eq!(log.first_seq().await.expect("first"), 1);
 }
 
 pub async fn append_assigns_increasing_sequences(log: &dyn EventLog) {

@@ -82,6 +82,14 @@ pub trait EventLog: Send + Sync + 'static {
     /// Sequence of the last stored event (0 if none). Reflects every append acknowledged
     /// before the call.
     async fn last_seq(&self) -> Result<u64, LogError>;
+    /// Sequence of the oldest event still stored: 1 until retention removes one, and
+    /// `last_seq() + 1` when every event is gone.
+    async fn first_seq(&self) -> Result<u64, LogError>;
+    /// Appends `events` in order, each only if the log's last sequence is then the one before
+    /// it, the first expecting `expected_last_seq` (as JetStream's `Nats-Expected-Last-Sequence`):
+    /// a writer that is not alone finds out, instead of interleaving. A refused event refuses
+    /// the ones after it with [`LogError::Conflict`]; the ones before it may be stored.
+    async fn append_expecting(&self, expected_last_seq: u64, events: Vec<NewEvent>) -> Result<(), LogError>;
     /// Sequence of the last event stored on `subject` (0 if none).
     async fn last_subject_seq(&self, subject: &str) -> Result<u64, LogError>;
     /// Up to `max` events with `seq >= from_seq`, in order; empty when there are none.

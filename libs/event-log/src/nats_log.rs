@@ -17,13 +17,18 @@ pub struct NatsLogConfig {
     pub subjects: Vec<String>,
     /// 3 on a production cluster.
     pub replicas: usize,
+    /// Events older than this are removed; `None` keeps every event.
+    pub max_age: Option<Duration>,
 }
 
 impl Default for NatsLogConfig {
     fn default() -> Self {
-        NatsLogConfig { stream: "CORRAL".into(), subjects: vec!["corral.>".into()], replicas: 1 }
+        NatsLogConfig { stream: "CORRAL".into(), subjects: vec!["corral.>".into()], replicas: 1, max_age: None }
     }
 }
+
+/// The duplicate window JetStream keeps message ids for; never longer than the retention.
+const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
 #[derive(Clone)]
 pub struct NatsLog {
@@ -43,6 +48,8 @@ struct StreamInfoLastSeq {
 #[derive(serde::Deserialize)]
 struct StreamLastSeq {
     last_seq: u64,
+    #[serde(default)]
+    first_seq: u64,
 }
 
 #[derive(serde::Deserialize)]
@@ -110,6 +117,18 @@ fn publish_error(e: jetstream::context::PublishError, subject: &str, expected: O
 }
 
 impl NatsLog {
+    /// The stream's state, from its leader.
+    async fn state(&self) -> Result<StreamLastSeq, LogError> {
+        let reply = self.js.client().request(self.info_subject.clone(), Bytes::new()).await.map_err(unavailable)?;
+        let info: StreamInfoLastSeq = serde_json::from_slice(&reply.payload)
+            .map_err(|e| LogError::Unavailable(format!("unreadable stream info: {e}")))?;
+        match (info.state, info.error) {
+            (_, Some(e)) => Err(LogError::Unavailable(format!("stream info: {} (code {})", e.description, e.code))),
+            (Some(state), None) => Ok(state),
+            (None, None) => Err(LogError::Unavailable("stream info without a state".into())),
+        }
+    }
+
     pub async fn connect(url: &str, config: NatsLogConfig) -> Result<NatsLog, LogError> {
         let client = async_nats::connect(url).await.map_err(unavailable)?;
         Self::new(client, config).await
@@ -119,23 +138,30 @@ impl NatsLog {
     /// 2-minute duplicate window, direct gets and atomic batches.
     pub async fn new(client: async_nats::Client, config: NatsLogConfig) -> Result<NatsLog, LogError> {
         let js = jetstream::new(client);
+        // JetStream's "no limit" is zero.
+        let max_age = config.max_age.unwrap_or(Duration::ZERO);
         let mut stream = js
             .get_or_create_stream(stream::Config {
                 name: config.stream.clone(),
                 subjects: config.subjects.clone(),
                 storage: stream::StorageType::File,
                 num_replicas: config.replicas,
-                duplicate_window: Duration::from_secs(120),
+                duplicate_window: DUPLICATE_WINDOW.min(max_age.max(Duration::from_secs(1))),
+                max_age,
                 allow_direct: true,
                 allow_atomic_publish: true,
                 ..Default::default()
             })
             .await
             .map_err(unavailable)?;
-        // A stream made before atomic batches were used gets them switched on.
-        if !stream.cached_info().config.allow_atomic_publish {
-            let mut updated = stream.cached_info().config.clone();
+        // A stream made before atomic batches were used gets them switched on, and one made with
+        // another retention gets the configured one.
+        let current = &stream.cached_info().config;
+        if !current.allow_atomic_publish || current.max_age != max_age {
+            let mut updated = current.clone();
             updated.allow_atomic_publish = true;
+            updated.max_age = max_age;
+            updated.duplicate_window = DUPLICATE_WINDOW.min(max_age.max(Duration::from_secs(1)));
             js.update_stream(updated).await.map_err(unavailable)?;
             stream = js.get_stream(&config.stream).await.map_err(unavailable)?;
         }
@@ -233,14 +259,34 @@ impl EventLog for NatsLog {
     /// of the answer: parsing all of it (configuration, state, cluster) was a third of a
     /// gateway's work for a Get.
     async fn last_seq(&self) -> Result<u64, LogError> {
-        let reply = self.js.client().request(self.info_subject.clone(), Bytes::new()).await.map_err(unavailable)?;
-        let info: StreamInfoLastSeq = serde_json::from_slice(&reply.payload)
-            .map_err(|e| LogError::Unavailable(format!("unreadable stream info: {e}")))?;
-        match (info.state, info.error) {
-            (_, Some(e)) => Err(LogError::Unavailable(format!("stream info: {} (code {})", e.description, e.code))),
-            (Some(state), None) => Ok(state.last_seq),
-            (None, None) => Err(LogError::Unavailable("stream info without a state".into())),
+        Ok(self.state().await?.last_seq)
+    }
+
+    /// JetStream answers 0 for a stream that never held a message.
+    async fn first_seq(&self) -> Result<u64, LogError> {
+        let state = self.state().await?;
+        Ok(if state.last_seq == 0 { 1 } else { state.first_seq.max(1) })
+    }
+
+    /// Pipelined: every message goes out before the first acknowledgement is awaited; the server
+    /// checks each against the one before it, in order.
+    async fn append_expecting(&self, expected_last_seq: u64, events: Vec<NewEvent>) -> Result<(), LogError> {
+        let mut acks = Vec::with_capacity(events.len());
+        for (i, event) in events.into_iter().enumerate() {
+            check_subject(&event.subject)?;
+            let mut headers = publish_headers(&event);
+            headers.insert("Nats-Expected-Last-Sequence", (expected_last_seq + i as u64).to_string());
+            let ack = self
+                .js
+                .publish_with_headers(event.subject.clone(), headers, event.payload)
+                .await
+                .map_err(unavailable)?;
+            acks.push((event.subject, ack));
         }
+        for (i, (subject, ack)) in acks.into_iter().enumerate() {
+            ack.await.map_err(|e| publish_error(e, &subject, Some(expected_last_seq + i as u64)))?;
+        }
+        Ok(())
     }
 
     async fn last_subject_seq(&self, subject: &str) -> Result<u64, LogError> {

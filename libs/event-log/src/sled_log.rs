@@ -34,6 +34,8 @@ struct Inner {
     write_lock: Mutex<u64>,
     /// Last sequence flushed to disk: what subscribers may see.
     durable: watch::Sender<u64>,
+    /// Events older than this are removed as new ones are appended.
+    max_age: Option<Duration>,
 }
 
 fn storage(e: impl std::fmt::Display) -> LogError {
@@ -122,13 +124,32 @@ impl SledLog {
         Self::open_db(sled::open(path).map_err(storage)?)
     }
 
+    /// A log that removes events older than `max_age`, as a JetStream stream with that limit.
+    pub fn open_with_retention(path: &Path, max_age: Duration) -> Result<SledLog, LogError> {
+        let mut log = Self::open(path)?;
+        if let Some(inner) = Arc::get_mut(&mut log.inner) {
+            inner.max_age = Some(max_age);
+        }
+        Ok(log)
+    }
+
     pub fn open_db(db: sled::Db) -> Result<SledLog, LogError> {
         let events = db.open_tree("events").map_err(storage)?;
         let subjects = db.open_tree("subjects").map_err(storage)?;
         let msg_ids = db.open_tree("msg_ids").map_err(storage)?;
         let last = events.last().map_err(storage)?.map(|(k, _)| from_be(&k)).unwrap_or(0);
         let (durable, _) = watch::channel(last);
-        Ok(SledLog { inner: Arc::new(Inner { db, events, subjects, msg_ids, write_lock: Mutex::new(last), durable }) })
+        Ok(SledLog {
+            inner: Arc::new(Inner {
+                db,
+                events,
+                subjects,
+                msg_ids,
+                write_lock: Mutex::new(last),
+                durable,
+                max_age: None,
+            }),
+        })
     }
 
     fn read_sync(&self, from_seq: u64, max: usize) -> Result<Vec<RecordedEvent>, LogError> {
@@ -148,23 +169,12 @@ impl SledLog {
             .collect()
     }
 
-    fn prune_msg_ids(&self, now_nanos: i64) {
-        let cutoff = now_nanos - DUPLICATE_WINDOW.as_nanos() as i64;
-        for (k, v) in self.inner.msg_ids.iter().flatten() {
-            if (from_be(&v[8.min(v.len())..]) as i64) < cutoff {
-                let _ = self.inner.msg_ids.remove(k);
-            }
-        }
-    }
-}
-
-#[async_trait::async_trait]
-impl EventLog for SledLog {
-    async fn append(&self, event: NewEvent) -> Result<AppendOutcome, LogError> {
-        self.append_batch(vec![event]).await?.pop().ok_or_else(|| LogError::Invalid("empty batch".into()))
-    }
-
-    async fn append_batch(&self, batch: Vec<NewEvent>) -> Result<Vec<AppendOutcome>, LogError> {
+    /// Appends `batch` atomically; with `expected_last`, only if the log's last sequence is that.
+    async fn append_batch_at(
+        &self,
+        expected_last: Option<u64>,
+        batch: Vec<NewEvent>,
+    ) -> Result<Vec<AppendOutcome>, LogError> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
@@ -173,6 +183,12 @@ impl EventLog for SledLog {
         }
         let inner = &self.inner;
         let mut last = inner.write_lock.lock().await;
+        if let Some(expected) = expected_last
+            && *last != expected
+        {
+            return Err(LogError::Conflict { subject: batch[0].subject.clone(), expected });
+        }
+
         let now = Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
         let first = *last + 1;
         let records: Vec<Vec<u8>> = batch.iter().map(|e| encode(&e.subject, &e.headers, now, &e.payload)).collect();
@@ -220,6 +236,7 @@ impl EventLog for SledLog {
         }
         let end = first + count - 1;
         *last = end;
+        self.prune_expired(now)?;
         drop(last);
         if end / PRUNE_EVERY != (first - 1) / PRUNE_EVERY {
             self.prune_msg_ids(now);
@@ -234,8 +251,52 @@ impl EventLog for SledLog {
         Ok((0..count).map(|i| AppendOutcome { seq: first + i, duplicate: false }).collect())
     }
 
+    /// Removes the events older than the retention from the front. Called under the append lock.
+    fn prune_expired(&self, now_nanos: i64) -> Result<(), LogError> {
+        let Some(max_age) = self.inner.max_age else { return Ok(()) };
+        let cutoff = now_nanos.saturating_sub(max_age.as_nanos().min(i64::MAX as u128) as i64);
+        while let Some((k, v)) = self.inner.events.first().map_err(storage)? {
+            let at = v.get(..8).map(from_be).unwrap_or(0) as i64;
+            if at >= cutoff {
+                break;
+            }
+            self.inner.events.remove(k).map_err(storage)?;
+        }
+        Ok(())
+    }
+
+    fn prune_msg_ids(&self, now_nanos: i64) {
+        let cutoff = now_nanos - DUPLICATE_WINDOW.as_nanos() as i64;
+        for (k, v) in self.inner.msg_ids.iter().flatten() {
+            if (from_be(&v[8.min(v.len())..]) as i64) < cutoff {
+                let _ = self.inner.msg_ids.remove(k);
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl EventLog for SledLog {
+    async fn append(&self, event: NewEvent) -> Result<AppendOutcome, LogError> {
+        self.append_batch(vec![event]).await?.pop().ok_or_else(|| LogError::Invalid("empty batch".into()))
+    }
+
+    async fn append_batch(&self, batch: Vec<NewEvent>) -> Result<Vec<AppendOutcome>, LogError> {
+        self.append_batch_at(None, batch).await
+    }
+
     async fn last_seq(&self) -> Result<u64, LogError> {
         Ok(*self.inner.write_lock.lock().await)
+    }
+
+    async fn first_seq(&self) -> Result<u64, LogError> {
+        let last = *self.inner.write_lock.lock().await;
+        Ok(self.inner.events.first().map_err(storage)?.map(|(k, _)| from_be(&k)).unwrap_or(last + 1))
+    }
+
+    /// Atomic here: the whole batch is stored or none of it.
+    async fn append_expecting(&self, expected_last_seq: u64, events: Vec<NewEvent>) -> Result<(), LogError> {
+        self.append_batch_at(Some(expected_last_seq), events).await.map(|_| ())
     }
 
     async fn last_subject_seq(&self, subject: &str) -> Result<u64, LogError> {

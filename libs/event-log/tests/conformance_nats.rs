@@ -13,7 +13,12 @@ async fn nats_log_passes_the_conformance_suite() {
         let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let url = url.clone();
         async move {
-            let config = NatsLogConfig { stream: format!("T{n}"), subjects: vec![format!("s{n}.>")], replicas: 1 };
+            let config = NatsLogConfig {
+                stream: format!("T{n}"),
+                subjects: vec![format!("s{n}.>")],
+                replicas: 1,
+                max_age: None,
+            };
             Arc::new(Prefixed { inner: NatsLog::connect(&url, config).await.expect("log"), prefix: format!("s{n}") })
                 as Arc<dyn EventLog>
         }
@@ -27,7 +32,7 @@ async fn nats_log_passes_the_conformance_suite() {
 async fn last_seq_follows_appends_and_reports_a_missing_stream() {
     use corral_event_log::NewEvent;
     let nats = NatsServer::start().await.expect("nats-server");
-    let config = NatsLogConfig { stream: "LASTSEQ".into(), subjects: vec!["ls.>".into()], replicas: 1 };
+    let config = NatsLogConfig { stream: "LASTSEQ".into(), subjects: vec!["ls.>".into()], replicas: 1, max_age: None };
     let log = NatsLog::connect(&nats.url(), config).await.expect("log");
     assert_eq!(log.last_seq().await.expect("last_seq"), 0);
     for i in 1..=3u64 {
@@ -90,6 +95,20 @@ impl EventLog for Prefixed {
     }
     async fn last_seq(&self) -> Result<u64, corral_event_log::LogError> {
         self.inner.last_seq().await
+    }
+    async fn first_seq(&self) -> Result<u64, corral_event_log::LogError> {
+        self.inner.first_seq().await
+    }
+    async fn append_expecting(
+        &self,
+        expected_last_seq: u64,
+        events: Vec<corral_event_log::NewEvent>,
+    ) -> Result<(), corral_event_log::LogError> {
+        let events = events.into_iter().map(|mut e| {
+            e.subject = self.map(&e.subject);
+            e
+        });
+        self.inner.append_expecting(expected_last_seq, events.collect()).await
     }
     async fn last_subject_seq(&self, subject: &str) -> Result<u64, corral_event_log::LogError> {
         self.inner.last_subject_seq(&self.map(subject)).await

@@ -297,14 +297,13 @@ impl Projection {
         }
         // Memory follows a stored batch only, and before last_applied moves, so whoever waits
         // for `seq` reads its changes; readers see the batch whole or not at all.
-        {
-            let mut active = self.active_mut();
-            for (key, value) in ops {
-                match value {
-                    Some(v) => active.data.insert(key, v),
-                    None => active.data.remove(&key),
-                };
-            }
+        // last_applied moves under the same lock, so a snapshot reads both together.
+        let mut active = self.active_mut();
+        for (key, value) in ops {
+            match value {
+                Some(v) => active.data.insert(key, v),
+                None => active.data.remove(&key),
+            };
         }
         self.inner.applied.send_replace(seq);
         Ok(true)
@@ -330,6 +329,20 @@ impl Projection {
             .map(|(k, v)| Ok((sled::IVec::from(k.as_slice()), v.clone())))
             .collect();
         entries.into_iter()
+    }
+
+    /// As [`Projection::scan_prefix`], with the sequence of the last event the entries reflect:
+    /// exactly the state after that event.
+    pub fn snapshot_prefix(&self, prefix: &[u8]) -> (u64, Vec<(sled::IVec, sled::IVec)>) {
+        use std::ops::Bound;
+        let active = self.active();
+        let entries = active
+            .data
+            .range::<[u8], _>((Bound::Included(prefix), Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (sled::IVec::from(k.as_slice()), v.clone()))
+            .collect();
+        (self.last_applied(), entries)
     }
 
     /// Resolves once last_applied >= seq; returns Err on timeout.

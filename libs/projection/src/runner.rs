@@ -149,6 +149,14 @@ mod tests {
             Ok(self.events.lock().unwrap().len() as u64)
         }
 
+        async fn first_seq(&self) -> Result<u64, LogError> {
+            Ok(1)
+        }
+
+        async fn append_expecting(&self, _expected: u64, events: Vec<NewEvent>) -> Result<(), LogError> {
+            self.append_batch(events).await.map(|_| ())
+        }
+
         async fn last_subject_seq(&self, _subject: &str) -> Result<u64, LogError> {
             self.last_seq().await
         }

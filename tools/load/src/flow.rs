@@ -150,7 +150,8 @@ pub async fn start(nats_url: &str, with_claim: bool) -> anyhow::Result<Flow> {
     let registry_client = async_nats::connect(nats_url).await?;
     let gateway_client = async_nats::connect(nats_url).await?;
     let _ = async_nats::jetstream::new(registry_client.clone()).delete_stream(STREAM).await;
-    let config = || NatsLogConfig { stream: STREAM.into(), subjects: vec!["loadflow.>".into()], replicas: 1 };
+    let config =
+        || NatsLogConfig { stream: STREAM.into(), subjects: vec!["loadflow.>".into()], replicas: 1, max_age: None };
     let registry_log = Arc::new(NatsLog::new(registry_client.clone(), config()).await?);
     let gateway_log = NatsLog::new(gateway_client.clone(), config()).await?;
     let mut tasks = vec![follower(&registry_log).await?, follower(&gateway_log).await?];
