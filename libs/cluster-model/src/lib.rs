@@ -4,6 +4,7 @@
 //! them ([`Queries`]), which the registry and each gateway's view answer from.
 
 mod barrier;
+pub mod change;
 pub mod codec;
 pub mod error;
 pub mod queries;

@@ -230,6 +230,15 @@ impl Queries {
         Ok(all)
     }
 
+    /// Every live cluster as subscribers see it ([`crate::change::public`]) as of one revision,
+    /// and that revision: the initial events of a watch.
+    pub fn snapshot(&self) -> Result<(u64, Vec<v1alpha1::Cluster>), RegistryError> {
+        let (seq, records) = read_model::live_clusters_at(&self.projection)?;
+        let mut clusters: Vec<_> = records.iter().map(crate::change::public).collect();
+        clusters.sort_by(|a, b| a.server.cmp(&b.server));
+        Ok((seq, clusters))
+    }
+
     /// The clusters a List query selects, encoded.
     pub fn list_selected(&self, q: &ClusterQuery) -> Result<EncodedList, RegistryError> {
         let selector = crate::selector::Selector::parse(&q.selector)?;

@@ -55,9 +55,22 @@ pub fn live_clusters(p: &Projection) -> Result<Vec<ClusterRecord>, RegistryError
     Ok(out)
 }
 
+/// Every live cluster record as of one revision, and that revision.
+pub fn live_clusters_at(p: &Projection) -> Result<(u64, Vec<ClusterRecord>), RegistryError> {
+    let (seq, entries) = p.snapshot_prefix(CLUSTER_KEY_PREFIX);
+    let mut out = Vec::with_capacity(entries.len());
+    for (_, v) in entries {
+        let rec = ClusterRecord::decode(v.as_ref())?;
+        if !rec.deleted {
+            out.push(rec);
+        }
+    }
+    Ok((seq, out))
+}
+
 pub use crate::codec::redact;
 
-fn decode_envelope(ev: &RecordedEvent) -> Result<EventEnvelope, RegistryError> {
+pub fn decode_envelope(ev: &RecordedEvent) -> Result<EventEnvelope, RegistryError> {
     Ok(EventEnvelope::decode(ev.payload.as_ref())?)
 }
 
@@ -111,41 +124,86 @@ pub fn fold_cluster(
     Ok(rec)
 }
 
+/// The subjects whose events change a cluster's record, and the one whose events are only
+/// announced (a credential rotation changes the config through the registry, not here).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClusterSubject {
+    Spec,
+    Connection,
+    Cache,
+    Credentials,
+}
+
+/// Which cluster an event's subject is about, and on which of its subjects.
+pub fn cluster_subject(subject: &str) -> Option<(&str, ClusterSubject)> {
+    [
+        (subject::CLUSTER, ClusterSubject::Spec),
+        (subject::CLUSTER_STATE, ClusterSubject::Connection),
+        (subject::CLUSTER_CACHE, ClusterSubject::Cache),
+        (subject::CLUSTER_AUTH, ClusterSubject::Credentials),
+    ]
+    .into_iter()
+    .find_map(|(prefix, kind)| subject.strip_prefix(prefix).map(|id| (id, kind)))
+}
+
+/// Every subject [`cluster_subject`] knows, as log filters.
+pub fn cluster_subject_filters() -> Vec<String> {
+    [subject::CLUSTER, subject::CLUSTER_STATE, subject::CLUSTER_CACHE, subject::CLUSTER_AUTH]
+        .into_iter()
+        .map(subject::all)
+        .collect()
+}
+
+/// Folds one event of one of a cluster's subjects into its record: `Some` with the new record
+/// when the record changes, `None` when it does not. Pure, as [`fold_cluster`].
+pub fn fold_cluster_event(
+    rec: Option<ClusterRecord>,
+    id: &str,
+    on: ClusterSubject,
+    ev: &RecordedEvent,
+    env: &EventEnvelope,
+) -> Result<Option<ClusterRecord>, RegistryError> {
+    match on {
+        ClusterSubject::Spec => fold_cluster(rec, id, ev.seq, env).map(Some),
+        ClusterSubject::Connection => {
+            let Some(mut rec) = rec.filter(|_| env.event_type == CLUSTER_CONNECTION_OBSERVED) else { return Ok(None) };
+            let e = events::ClusterConnectionObserved::decode(env.payload.as_slice())?;
+            // Only for the incarnation that was probed; the cluster's own version is untouched.
+            if rec.deleted || e.cluster_created_at_unix_nanos != rec.created_at_unix_nanos {
+                return Ok(None);
+            }
+            rec.connection_status = e.status;
+            rec.connection_message = e.message;
+            rec.connection_attempted_at_unix = e.attempted_at_unix;
+            rec.server_version = e.server_version;
+            Ok(Some(rec))
+        }
+        ClusterSubject::Cache => {
+            let Some(mut rec) = rec.filter(|_| env.event_type == CLUSTER_CACHE_SYNCED) else { return Ok(None) };
+            let e = events::ClusterCacheSynced::decode(env.payload.as_slice())?;
+            // A failed sync keeps the last good counts; only its incarnation's syncs count.
+            if rec.deleted || !e.error.is_empty() || e.cluster_created_at_unix_nanos != rec.created_at_unix_nanos {
+                return Ok(None);
+            }
+            rec.cache_apis_count = e.apis_count;
+            rec.cache_resources_count = e.resources_count;
+            rec.cache_synced_at_unix = e.synced_at_unix;
+            Ok(Some(rec))
+        }
+        ClusterSubject::Credentials => Ok(None),
+    }
+}
+
 /// Folds one logged event into the changes it makes to the projection.
 pub fn fold(p: &Staged<'_>, ev: &RecordedEvent) -> Result<Changes, RegistryError> {
     let mut changes = Changes::default();
-    if let Some(id) = ev.subject.strip_prefix(subject::CLUSTER) {
-        let env = decode_envelope(ev)?;
-        let rec = fold_cluster(cluster_record(p, id)?, id, ev.seq, &env)?;
-        changes.put(cluster_key(id), rec.encode_to_vec());
-    } else if let Some(id) = ev.subject.strip_prefix(subject::CLUSTER_STATE) {
-        let env = decode_envelope(ev)?;
-        if env.event_type == CLUSTER_CONNECTION_OBSERVED
-            && let Some(mut rec) = cluster_record(p, id)?
-        {
-            let e = events::ClusterConnectionObserved::decode(env.payload.as_slice())?;
-            // Only for the incarnation that was probed; the cluster's own version is untouched.
-            if !rec.deleted && e.cluster_created_at_unix_nanos == rec.created_at_unix_nanos {
-                rec.connection_status = e.status;
-                rec.connection_message = e.message;
-                rec.connection_attempted_at_unix = e.attempted_at_unix;
-                rec.server_version = e.server_version;
-                changes.put(cluster_key(id), rec.encode_to_vec());
-            }
+    if let Some((id, on)) = cluster_subject(&ev.subject) {
+        if on == ClusterSubject::Credentials {
+            return Ok(changes);
         }
-    } else if let Some(id) = ev.subject.strip_prefix(subject::CLUSTER_CACHE) {
         let env = decode_envelope(ev)?;
-        if env.event_type == CLUSTER_CACHE_SYNCED
-            && let Some(mut rec) = cluster_record(p, id)?
-        {
-            let e = events::ClusterCacheSynced::decode(env.payload.as_slice())?;
-            // A failed sync keeps the last good counts; only its incarnation's syncs count.
-            if !rec.deleted && e.error.is_empty() && e.cluster_created_at_unix_nanos == rec.created_at_unix_nanos {
-                rec.cache_apis_count = e.apis_count;
-                rec.cache_resources_count = e.resources_count;
-                rec.cache_synced_at_unix = e.synced_at_unix;
-                changes.put(cluster_key(id), rec.encode_to_vec());
-            }
+        if let Some(rec) = fold_cluster_event(cluster_record(p, id)?, id, on, ev, &env)? {
+            changes.put(cluster_key(id), rec.encode_to_vec());
         }
     } else if let Some(k) = ev.subject.strip_prefix(subject::CLUSTER_NAME) {
         let env = decode_envelope(ev)?;
