@@ -3,13 +3,14 @@ use prost::Message as _;
 
 /// The public API: what clients are generated from, served by gRPC reflection and described by
 /// the OpenAPI document. The rest are internal (events, requests between services).
-const PUBLIC: [&str; 6] = [
+const PUBLIC: [&str; 7] = [
     "proto/k8s/meta.proto",
     "proto/argocd/v1alpha1.proto",
     "proto/argocd/cluster.proto",
     "proto/argocd/account.proto",
     "proto/argocd/session.proto",
     "proto/argocd/version.proto",
+    "proto/corral/watch.proto",
 ];
 const INTERNAL: [&str; 3] = ["proto/corral/auth.proto", "proto/corral/events.proto", "proto/corral/registry.proto"];
 

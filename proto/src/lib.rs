@@ -77,10 +77,16 @@ pub mod corral {
             include!(concat!(env!("OUT_DIR"), "/corral.registry.v1.rs"));
         }
     }
+    pub mod watch {
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/corral.watch.v1.rs"));
+        }
+    }
 }
 
 pub use corral::auth::v1 as auth;
 pub use corral::events::v1 as events;
 pub use corral::registry::v1 as registry;
+pub use corral::watch::v1 as watch;
 pub use github::com::argoproj::argo_cd::v3::pkg::apis::application::v1alpha1;
 pub use k8s::io::apimachinery::pkg::apis::meta::v1 as meta;

@@ -69,6 +69,9 @@ async fn every_operation_of_the_openapi_document_holds_under_schemathesis() {
         // A request the document allows may still be refused by rules JSON Schema cannot state
         // (unique names, PEM data, label syntax, an account without the apiKey capability).
         .args(["--exclude-checks", "positive_data_acceptance"])
+        // The stream of cluster changes answers for as long as the caller reads: a request
+        // schemathesis makes of it never ends. tests/watch.rs exercises it.
+        .args(["--exclude-operation-id", "ClusterWatch_Watch"])
         // One at a time: the check that refused requests change nothing reads the state around each.
         .args(["--workers", "1", "--max-examples", "40", "--seed", "20261201", "--no-color"])
         .args(["--suppress-health-check", "all", "--request-timeout", "30"])
@@ -97,7 +100,9 @@ async fn every_operation_of_the_openapi_document_holds_under_schemathesis() {
     );
     assert_eq!(report["failures"], json!([]), "{report}");
     assert_eq!(report["errors"], json!([]), "{report}");
-    assert_eq!(tested, total, "every operation was tested: {report}");
+    // Every operation but the stream, which never ends by itself, was tested.
+    assert_eq!(tested, &report["operations"]["selected"], "every selected operation was tested: {report}");
+    assert_eq!(total.as_u64().map(|t| t - 1), tested.as_u64(), "only the stream is left out: {report}");
     assert!(cases.as_u64().unwrap_or(0) >= 1000, "{cases} cases");
     // Every cluster the run registered points at loopback: the hooks kept the fuzzing on this machine.
     let resp = admin.http.get(admin.url("/api/v1/clusters")).send().await.expect("list");

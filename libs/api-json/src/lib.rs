@@ -166,6 +166,35 @@ pub fn cluster_to_json(c: &Cluster) -> Value {
         .done()
 }
 
+/// A watch event as JSON (proto3 JSON names; fields at their defaults left out), the `result` of
+/// each line of the REST stream.
+pub fn cluster_event_to_json(e: &corral_proto::watch::ClusterEvent) -> Value {
+    let mut v = serde_json::Map::new();
+    v.insert("type".into(), json!(e.r#type));
+    if !e.reason.is_empty() {
+        v.insert("reason".into(), json!(e.reason));
+    }
+    v.insert("resourceVersion".into(), json!(e.resource_version));
+    if let Some(c) = &e.cluster {
+        v.insert("cluster".into(), cluster_to_json(c));
+    }
+    if let Some(t) = &e.occurred_at {
+        let time = Time { seconds: t.seconds, nanos: t.nanos };
+        v.insert("occurredAt".into(), json!(format_timestamp(&time)));
+    }
+    if e.initial_events_end {
+        v.insert("initialEventsEnd".into(), json!(true));
+    }
+    Value::Object(v)
+}
+
+/// A protobuf Timestamp as proto3 JSON writes it: RFC 3339 in UTC with the fraction it needs.
+fn format_timestamp(t: &Time) -> String {
+    chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32)
+        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
+        .unwrap_or_default()
+}
+
 pub fn cluster_list_to_json(l: &ClusterList) -> Value {
     let m = l.metadata.clone().unwrap_or_default();
     let meta = Obj::default()

@@ -67,6 +67,21 @@ pub mod subject {
     }
 }
 
+/// The public stream of cluster changes: a stream of its own, outside `corral.>`, holding only
+/// what subscribers may see.
+pub mod public {
+    /// The JetStream stream of public events. It captures [`ALL_SUBJECTS`] only, and is never a
+    /// mirror or source of the internal stream, which holds sealed configs and login records.
+    pub const STREAM: &str = "CORRAL_EVENTS";
+    pub const ALL_SUBJECTS: &str = "corral-events.v1.>";
+    /// `corral-events.v1.clusters.<cluster-id>.<reason>`.
+    pub const CLUSTER_SUBJECT_PREFIX: &str = "corral-events.v1.clusters.";
+    /// The CloudEvents source of every public cluster event.
+    pub const SOURCE: &str = "/corral/clusters";
+    /// The CloudEvents type of a public cluster event is this and its reason.
+    pub const TYPE_PREFIX: &str = "io.corral.cluster.v1.";
+}
+
 /// The event types, by the subject family they are appended on.
 pub mod event_type {
     pub const CLUSTER_REGISTERED: &str = "ClusterRegistered";

@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use corral_event_log::{EventLog, LogError, NatsLog, NatsLogConfig};
 use corral_secrets::{SealingKey, SecretsError};
@@ -40,6 +41,47 @@ impl StreamOptions {
             NatsLogConfig { stream: self.stream.clone(), replicas: self.stream_replicas, ..Default::default() };
         Ok(Arc::new(NatsLog::new(client, config).await?))
     }
+}
+
+/// The public stream of cluster changes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EventsOptions {
+    /// How long the public event stream keeps events (CORRAL_EVENTS on NATS, <data-dir>/events
+    /// embedded): a watch can resume from any revision this recent. A number with s, m, h or d.
+    #[arg(long, env = "CORRAL_EVENTS_MAX_AGE", default_value = "7d", value_parser = parse_age)]
+    pub events_max_age: Duration,
+}
+
+impl EventsOptions {
+    /// The public event stream on `client`, created with `replicas` if missing, its retention
+    /// set to this one.
+    pub async fn open(&self, client: async_nats::Client, replicas: usize) -> Result<Arc<dyn EventLog>, ProcessError> {
+        let config = NatsLogConfig {
+            stream: corral_events::public::STREAM.into(),
+            subjects: vec![corral_events::public::ALL_SUBJECTS.into()],
+            replicas,
+            max_age: Some(self.events_max_age),
+        };
+        Ok(Arc::new(NatsLog::new(client, config).await?))
+    }
+}
+
+/// A duration as `90s`, `30m`, `24h` or `7d` (a bare number is seconds).
+pub fn parse_age(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = number.parse().map_err(|_| format!("{s:?}: expected a number with s, m, h or d"))?;
+    let seconds = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        other => return Err(format!("{s:?}: unknown unit {other:?} (use s, m, h or d)")),
+    };
+    if n == 0 {
+        return Err(format!("{s:?}: must be more than zero"));
+    }
+    n.checked_mul(seconds).map(Duration::from_secs).ok_or_else(|| format!("{s:?}: too long"))
 }
 
 /// A service's NATS connection and stream.

@@ -24,6 +24,8 @@ pub struct Config {
     pub nats_url: Option<String>,
     #[command(flatten)]
     pub stream: corral_process::StreamOptions,
+    #[command(flatten)]
+    pub events: corral_process::EventsOptions,
     // Without a key or key file: <data-dir>/seal.key, generated on first start.
     #[command(flatten)]
     pub seal_key: corral_process::SealKeyOptions,
@@ -80,9 +82,18 @@ pub async fn run(
     std::fs::create_dir_all(&config.data_dir)?;
     let embedded = config.nats_url.is_none();
     let key = config.seal_key.load(embedded.then(|| config.data_dir.join("seal.key")).as_deref())?;
-    let log: Arc<dyn EventLog> = match &config.nats_url {
-        None => Arc::new(corral_event_log::SledLog::open(&config.data_dir.join("log"))?),
-        Some(urls) => config.stream.open(corral_process::connect(urls, NAME).await?).await?,
+    let max_age = config.events.events_max_age;
+    // The log, and the public stream of cluster changes beside it.
+    let (log, public): (Arc<dyn EventLog>, Arc<dyn EventLog>) = match &config.nats_url {
+        None => (
+            Arc::new(corral_event_log::SledLog::open(&config.data_dir.join("log"))?),
+            Arc::new(corral_event_log::SledLog::open_with_retention(&config.data_dir.join("events"), max_age)?),
+        ),
+        Some(urls) => {
+            let client = corral_process::connect(urls, NAME).await?;
+            let public = config.events.open(client.clone(), config.stream.stream_replicas).await?;
+            (config.stream.open(client).await?, public)
+        }
     };
     let db = open_projection_db(Some(&config.data_dir.join("projections")))?;
     let (stop_tx, _) = tokio::sync::watch::channel(false);
@@ -116,6 +127,13 @@ pub async fn run(
     let registry =
         corral_registry::start(log.clone(), &db, key.clone(), RegistryConfig::default(), stopped(stop_tx.subscribe()))
             .await?;
+    tokio::spawn(corral_watch::publisher::run(log.clone(), public.clone(), max_age, stopped(stop_tx.subscribe())));
+    let view = Arc::new(corral_cluster_model::Queries::new(
+        log.clone(),
+        registry.projection().clone(),
+        RegistryConfig::default().read_timeout,
+    ));
+    let hub = corral_watch::Hub::start(log.clone(), public, view, stopped(stop_tx.subscribe())).await?;
     let rotation = corral_auth_rotation::AuthRotation::start(
         log,
         key,
@@ -130,6 +148,7 @@ pub async fn run(
         registry,
         rotation,
         auth,
+        hub,
         &corral_gateway::GatewayConfig { max_body_bytes: config.max_body_bytes },
     );
     let addr = listener.local_addr()?;

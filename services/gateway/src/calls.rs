@@ -29,6 +29,28 @@ pub struct CallContext {
     pub source: String,
     /// Set by the authentication layer on every call that needs it.
     pub principal: Option<Principal>,
+    /// The token the caller authenticated with, for calls that outlive one check (a watch).
+    pub token: Option<BearerToken>,
+}
+
+/// A caller's bearer token: never shown by `Debug`.
+#[derive(Clone)]
+pub struct BearerToken(Arc<str>);
+
+impl BearerToken {
+    pub fn new(token: &str) -> BearerToken {
+        BearerToken(token.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BearerToken(<redacted>)")
+    }
 }
 
 impl CallContext {

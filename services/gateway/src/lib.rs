@@ -12,6 +12,7 @@ pub mod openapi;
 pub mod rest;
 pub mod routes;
 pub mod version;
+pub mod watch;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -27,6 +28,7 @@ use corral_proto::account::account_service_server::AccountServiceServer;
 use corral_proto::cluster::cluster_service_server::ClusterServiceServer;
 use corral_proto::session::session_service_server::SessionServiceServer;
 use corral_proto::version::version_service_server::VersionServiceServer;
+use corral_proto::watch::cluster_watch_server::ClusterWatchServer;
 use corral_service_api::{ClusterCommands, ClusterQueries, CredentialRotation};
 use tonic::Code;
 use tracing::Instrument;
@@ -153,15 +155,15 @@ async fn auth_layer(State(auth): State<Arc<Auth>>, mut req: Request, next: Next)
         return next.run(req).await;
     }
     let grpc = is_grpc(&req);
-    let principal = if auth.disabled() {
-        auth.anonymous_admin()
+    let (principal, token) = if auth.disabled() {
+        (auth.anonymous_admin(), None)
     } else if access == Access::TokenOptional {
         let token = match find_token(&req) {
             Some(TokenSource::Header(t) | TokenSource::Cookie(t)) => t,
             None => return next.run(req).await,
         };
         match auth.verify(&token).await {
-            Ok(p) => p,
+            Ok(p) => (p, None),
             Err(_) => return next.run(req).await,
         }
     } else {
@@ -171,7 +173,7 @@ async fn auth_layer(State(auth): State<Arc<Auth>>, mut req: Request, next: Next)
             None => return unauthenticated(grpc, "no session information"),
         };
         let principal = match auth.verify(&token).await {
-            Ok(p) => p,
+            Ok(p) => (p, Some(calls::BearerToken::new(&token))),
             Err(e) => {
                 let e = ApiError::from(e);
                 if e.code == Code::Unauthenticated {
@@ -197,6 +199,7 @@ async fn auth_layer(State(auth): State<Arc<Auth>>, mut req: Request, next: Next)
     if let Some(ctx) = req.extensions_mut().get_mut::<CallContext>() {
         ctx.actor = principal.account.clone();
         ctx.principal = Some(principal);
+        ctx.token = token;
     }
     next.run(req).await
 }
@@ -241,9 +244,11 @@ pub fn app(
     queries: Arc<dyn ClusterQueries>,
     rotation: Arc<dyn CredentialRotation>,
     auth: Arc<Auth>,
+    hub: Arc<corral_watch::Hub>,
     config: &GatewayConfig,
 ) -> Router {
     let clusters = Clusters::new(commands, queries, rotation, auth.clone());
+    let watches = watch::Watches { hub, auth: auth.clone() };
     let accounts = accounts::Accounts { auth: auth.clone() };
     let limit = config.max_body_bytes;
     // Beyond what the message limit layer lets through, so that it is the one that refuses.
@@ -255,10 +260,12 @@ pub fn app(
     let grpc_sessions =
         SessionServiceServer::new(accounts_grpc::GrpcSessions(accounts.clone())).max_decoding_message_size(tonic_limit);
     let grpc_version = VersionServiceServer::new(version::GrpcVersion);
+    let grpc_watch = ClusterWatchServer::new(watch::GrpcWatch(watches.clone())).max_decoding_message_size(tonic_limit);
     let grpc_router = tonic::service::Routes::new(grpc_clusters)
         .add_service(grpc_accounts)
         .add_service(grpc_sessions)
         .add_service(grpc_version)
+        .add_service(grpc_watch)
         .add_service(health_service())
         .add_service(reflection_v1())
         .add_service(reflection_v1alpha())
@@ -270,6 +277,7 @@ pub fn app(
     let rest_router = routes::router(routes::RestState {
         clusters: rest::ClusterRest { clusters, max_body_bytes: limit },
         accounts: accounts_rest::RestAccounts { accounts, max_body_bytes: limit },
+        watches,
     })
     .route(openapi::DOCUMENT_PATH, axum::routing::get(openapi::serve));
     let app = rest_router
@@ -305,7 +313,7 @@ fn with_grpc_web(app: Router) -> Router {
 fn health_service() -> tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health> {
     use futures::FutureExt as _;
     let (reporter, service) = tonic_health::server::health_reporter();
-    for name in [CLUSTER_SERVICE, ACCOUNT_SERVICE, SESSION_SERVICE] {
+    for name in [CLUSTER_SERVICE, ACCOUNT_SERVICE, SESSION_SERVICE, WATCH_SERVICE] {
         // The reporter is new and not shared yet, so its lock is free and this completes at once:
         // the statuses are in place before the first call can arrive.
         let set = reporter.set_service_status(name, tonic_health::ServingStatus::Serving).now_or_never();
@@ -338,6 +346,7 @@ fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
 const CLUSTER_SERVICE: &str = "cluster.ClusterService";
 const ACCOUNT_SERVICE: &str = "account.AccountService";
 const SESSION_SERVICE: &str = "session.SessionService";
+const WATCH_SERVICE: &str = "corral.watch.v1.ClusterWatch";
 
 /// Serves `app` on an already-bound listener until `shutdown` resolves.
 pub async fn serve(
@@ -374,6 +383,8 @@ pub struct ServiceConfig {
     /// How long to wait for a registry replica to answer, in milliseconds.
     #[arg(long, env = "CORRAL_REGISTRY_TIMEOUT_MS", default_value_t = 15_000)]
     pub registry_timeout_ms: u64,
+    #[command(flatten)]
+    pub events: corral_process::EventsOptions,
     #[command(flatten)]
     pub auth: AuthOptions,
 }
@@ -461,10 +472,17 @@ pub async fn run(
         let _ = stop_rx.wait_for(|s| *s).await;
     };
     // Reads are answered from this replica's own view of the log: no hop to a registry.
-    let queries = corral_cluster_model::start_view(log, timeout, view_stop).await?;
+    let queries = corral_cluster_model::start_view(log.clone(), timeout, view_stop).await?;
+    let public = config.events.open(client.clone(), config.service.nats.stream.stream_replicas).await?;
+    let mut hub_stop = stop_tx.subscribe();
+    let hub = corral_watch::Hub::start(log, public, queries.clone(), async move {
+        let _ = hub_stop.wait_for(|s| *s).await;
+    })
+    .await?;
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
-    let app = app(services.clone(), queries, services, auth, &GatewayConfig { max_body_bytes: config.max_body_bytes });
+    let gateway = GatewayConfig { max_body_bytes: config.max_body_bytes };
+    let app = app(services.clone(), queries, services, auth, hub, &gateway);
     corral_process::announce_ready(NAME, Some(addr));
     serve(listener, app, shutdown).await?;
     let _ = stop_tx.send(true);

@@ -260,6 +260,19 @@ fn operation(o: &Operation, wanted: &mut Vec<String>) -> Value {
             "default": {"$ref": "#/components/responses/Error"},
         },
     });
+    if o.op == Op::WatchClusters {
+        // A stream: one {"result": event} per line (grpc-gateway's framing), or the same as
+        // Server-Sent Events.
+        let line = json!({"type": "object", "properties": {"result": schema_ref(o.response)}});
+        v["responses"]["200"]["content"] = json!({
+            "application/json": {"schema": line},
+            "text/event-stream": {"schema": {"type": "string"}},
+        });
+        v["responses"]["410"] = json!({
+            "description": "The resourceVersion is older than the oldest revision still kept: list again and watch from the list's revision.",
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+        });
+    }
     if o.op == Op::CreateCluster {
         // The cluster just registered, by its server URL, for the operations on one cluster.
         let links: Map<String, Value> =

@@ -17,7 +17,7 @@ pub struct ClusterRest {
 }
 
 /// Query parameters, keeping repeated keys (`updatedFields=a&updatedFields=b`).
-pub(crate) struct Params(Vec<(String, String)>);
+pub struct Params(Vec<(String, String)>);
 
 impl<S: Send + Sync> FromRequestParts<S> for Params {
     type Rejection = std::convert::Infallible;
@@ -51,7 +51,7 @@ impl Params {
             .collect()
     }
 
-    fn flag(&self, key: &str) -> Result<bool, ApiError> {
+    pub(crate) fn flag(&self, key: &str) -> Result<bool, ApiError> {
         let value = self.one(key)?;
         if value.is_empty() {
             return Ok(false);

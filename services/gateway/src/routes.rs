@@ -28,6 +28,7 @@ pub enum Op {
     CreateToken,
     DeleteToken,
     Version,
+    WatchClusters,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -334,6 +335,33 @@ pub const OPERATIONS: &[Operation] = &[
         response: "version.VersionMessage",
         caller: Caller::AnyoneOrToken,
     },
+    Operation {
+        op: Op::WatchClusters,
+        method: "get",
+        path: "/api/v1/stream/clusters",
+        rpc: "corral.watch.v1.ClusterWatch/Watch",
+        summary: "Streams cluster changes: newline-delimited {\"result\": event} (or Server-Sent Events with Accept: text/event-stream, resumed by Last-Event-ID). A resourceVersion no longer kept answers 410.",
+        params: &[
+            query("resourceVersion", Kind::Str, "Deliver every change after this revision; empty: from now."),
+            query("selector", Kind::Str, "A Kubernetes label selector (env=prod,tier in (a,b),!legacy)."),
+            query("name", Kind::Str, "Only the cluster with this name."),
+            query("server", Kind::Str, "Only the cluster with this server URL."),
+            query(
+                "sendInitialEvents",
+                Kind::Bool,
+                "First an ADDED per matching cluster, then a BOOKMARK with initialEventsEnd; the default without resourceVersion.",
+            ),
+            query(
+                "allowBookmarks",
+                Kind::Bool,
+                "A BOOKMARK with the latest revision after 30 s without a matching event.",
+            ),
+        ],
+        body: None,
+        body_required: false,
+        response: "corral.watch.v1.ClusterEvent",
+        caller: Caller::Token,
+    },
 ];
 
 /// The state every REST handler takes its part of.
@@ -341,6 +369,13 @@ pub const OPERATIONS: &[Operation] = &[
 pub struct RestState {
     pub clusters: ClusterRest,
     pub accounts: RestAccounts,
+    pub watches: crate::watch::Watches,
+}
+
+impl FromRef<RestState> for crate::watch::Watches {
+    fn from_ref(s: &RestState) -> crate::watch::Watches {
+        s.watches.clone()
+    }
 }
 
 impl FromRef<RestState> for ClusterRest {
@@ -385,6 +420,7 @@ fn handler(op: Op, filter: MethodFilter) -> MethodRouter<RestState> {
         Op::CreateToken => on(filter, accounts::rest_create_token),
         Op::DeleteToken => on(filter, accounts::rest_delete_token),
         Op::Version => on(filter, crate::version::rest_version),
+        Op::WatchClusters => on(filter, crate::watch::rest_watch),
     }
 }
 

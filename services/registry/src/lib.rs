@@ -42,6 +42,8 @@ pub struct ServiceConfig {
     /// Folder for this replica's projection.
     #[arg(long, env = "CORRAL_DATA_DIR", default_value = "./data/registry")]
     pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub events: corral_process::EventsOptions,
 }
 
 pub const NAME: &str = "corral-registry";
@@ -58,7 +60,11 @@ pub async fn run(
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let registry = start(log, &db, key, RegistryConfig::default(), stopped(stop_rx.clone())).await?;
+    let registry = start(log.clone(), &db, key, RegistryConfig::default(), stopped(stop_rx.clone())).await?;
+    // Every replica runs a publisher of the public event stream: one lands each event, the others
+    // stand by (corral_watch::publisher).
+    let public = config.events.open(client.clone(), config.service.nats.stream.stream_replicas).await?;
+    tokio::spawn(corral_watch::publisher::run(log, public, config.events.events_max_age, stopped(stop_rx.clone())));
     corral_process::announce_ready(NAME, None);
     corral_service_api::nats::serve_registry(client, registry, shutdown).await?;
     let _ = stop_tx.send(true);

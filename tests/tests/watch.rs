@@ -1,0 +1,301 @@
+//! The public stream of cluster changes through its three doors: gRPC `Watch`, the REST stream
+//! (newline-delimited JSON and Server-Sent Events) and, on NATS, the `CORRAL_EVENTS` stream of
+//! CloudEvents; on the all-in-one (embedded log) and on separate processes on a nats-server.
+
+mod common;
+
+use std::time::Duration;
+
+use common::suite::{PASSWORD, TOKEN, grpc_cluster};
+use common::{Api, DeploymentApi as _};
+use corral_proto::cluster::{ClusterCreateRequest, ClusterId, ClusterQuery, ClusterUpdateRequest};
+use corral_proto::watch::cluster_watch_client::ClusterWatchClient;
+use corral_proto::watch::{ClusterEvent, WatchClustersRequest};
+use futures::StreamExt as _;
+use tonic::Code;
+
+type Events = tonic::Streaming<ClusterEvent>;
+
+async fn watch(api: &Api, req: WatchClustersRequest) -> Result<Events, tonic::Status> {
+    let mut client = ClusterWatchClient::with_interceptor(api.channel.clone(), api.interceptor());
+    client.watch(req).await.map(tonic::Response::into_inner)
+}
+
+/// The next event, or the status that ended the stream; panics when none comes in time.
+async fn next(events: &mut Events) -> Result<ClusterEvent, tonic::Status> {
+    match tokio::time::timeout(Duration::from_secs(10), events.message()).await {
+        Ok(Ok(Some(ev))) => Ok(ev),
+        Ok(Ok(None)) => Err(tonic::Status::cancelled("stream ended")),
+        Ok(Err(status)) => Err(status),
+        Err(_) => panic!("no event within 10 s"),
+    }
+}
+
+async fn next_ok(events: &mut Events) -> ClusterEvent {
+    next(events).await.unwrap_or_else(|s| panic!("stream ended: {s:?}"))
+}
+
+/// Nothing more arrives for a while.
+async fn quiet(events: &mut Events) {
+    if let Ok(got) = tokio::time::timeout(Duration::from_millis(700), events.message()).await {
+        panic!("expected nothing, got {got:?}");
+    }
+}
+
+fn labelled(server: &str, name: &str, env: &str) -> corral_proto::v1alpha1::Cluster {
+    let mut c = grpc_cluster(server, name);
+    c.labels = [("env".to_string(), env.to_string())].into();
+    c
+}
+
+async fn create(api: &Api, c: corral_proto::v1alpha1::Cluster) {
+    let mut grpc = api.grpc.clone();
+    grpc.create(ClusterCreateRequest { cluster: Some(c), upsert: false }).await.expect("create");
+}
+
+async fn relabel(api: &Api, server: &str, env: &str) {
+    let mut grpc = api.grpc.clone();
+    let mut c = grpc_cluster(server, "");
+    c.labels = [("env".to_string(), env.to_string())].into();
+    grpc.update(ClusterUpdateRequest {
+        cluster: Some(c),
+        updated_fields: vec!["labels".into()],
+        id: Some(ClusterId { r#type: "server".into(), value: server.into() }),
+    })
+    .await
+    .expect("update");
+}
+
+async fn delete(api: &Api, server: &str) {
+    let mut grpc = api.grpc.clone();
+    grpc.delete(ClusterQuery { server: server.into(), ..Default::default() }).await.expect("delete");
+}
+
+fn rv(e: &ClusterEvent) -> u64 {
+    e.resource_version.parse().expect("a decimal resource version")
+}
+
+fn server_of(e: &ClusterEvent) -> &str {
+    e.cluster.as_ref().map(|c| c.server.as_str()).unwrap_or_default()
+}
+
+/// What every deployment shape must do; `tag` keeps clusters of different runs apart.
+async fn watch_suite(api: &Api, tag: &str) -> u64 {
+    let a = format!("https://{tag}-a.example:6443");
+    let b = format!("https://{tag}-b.example:6443");
+    create(api, labelled(&a, &format!("{tag}-a"), &format!("{tag}-prod"))).await;
+    create(api, labelled(&b, &format!("{tag}-b"), &format!("{tag}-dev"))).await;
+    let prod = format!("env={tag}-prod");
+
+    // Initial events: the clusters that match, then the bookmark that ends them.
+    let mut filtered = watch(api, WatchClustersRequest { selector: prod.clone(), ..Default::default() })
+        .await
+        .expect("watch with a selector");
+    let first = next_ok(&mut filtered).await;
+    assert_eq!((first.r#type.as_str(), server_of(&first)), ("ADDED", a.as_str()));
+    let end = next_ok(&mut filtered).await;
+    assert_eq!(end.r#type, "BOOKMARK");
+    assert!(end.initial_events_end && end.cluster.is_none());
+    let start = rv(&end);
+
+    // Selector transitions: starting to match is ADDED, stopping is DELETED with the last
+    // matching state; a deletion of a cluster that does not match is not seen.
+    relabel(api, &b, &format!("{tag}-prod")).await;
+    let added = next_ok(&mut filtered).await;
+    assert_eq!((added.r#type.as_str(), added.reason.as_str(), server_of(&added)), ("ADDED", "updated", b.as_str()));
+    relabel(api, &a, &format!("{tag}-dev")).await;
+    let left = next_ok(&mut filtered).await;
+    assert_eq!((left.r#type.as_str(), left.reason.as_str(), server_of(&left)), ("DELETED", "updated", a.as_str()));
+    assert_eq!(left.cluster.as_ref().map(|c| c.labels["env"].clone()), Some(format!("{tag}-prod")));
+    delete(api, &a).await;
+    delete(api, &b).await;
+    let gone = next_ok(&mut filtered).await;
+    assert_eq!((gone.r#type.as_str(), gone.reason.as_str(), server_of(&gone)), ("DELETED", "deleted", b.as_str()));
+    quiet(&mut filtered).await;
+    assert!(rv(&added) > start && rv(&left) > rv(&added) && rv(&gone) > rv(&left));
+
+    // Exact resume: everything after `start`, in order, once, replayed from the log; no initial
+    // events unless asked for.
+    let mut resumed = watch(api, WatchClustersRequest { resource_version: start.to_string(), ..Default::default() })
+        .await
+        .expect("resume");
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let e = next_ok(&mut resumed).await;
+        if server_of(&e) == a || server_of(&e) == b {
+            seen.push((e.r#type.clone(), e.reason.clone(), server_of(&e).to_string(), rv(&e)));
+        }
+    }
+    let kinds: Vec<(&str, &str, &str)> = seen.iter().map(|(t, r, s, _)| (t.as_str(), r.as_str(), s.as_str())).collect();
+    assert_eq!(
+        kinds,
+        [
+            ("MODIFIED", "updated", b.as_str()),
+            ("MODIFIED", "updated", a.as_str()),
+            ("DELETED", "deleted", a.as_str()),
+            ("DELETED", "deleted", b.as_str())
+        ]
+    );
+    assert_eq!(seen[0].3, rv(&added));
+    assert!(seen.windows(2).all(|w| w[0].3 < w[1].3), "in revision order, no duplicate: {seen:?}");
+    quiet(&mut resumed).await;
+
+    // A revision ahead of the log is refused.
+    let ahead = watch(api, WatchClustersRequest { resource_version: "999999999".into(), ..Default::default() }).await;
+    assert_eq!(ahead.map(|_| ()).expect_err("a future revision").code(), Code::InvalidArgument);
+    let bad = watch(api, WatchClustersRequest { selector: "env in (".into(), ..Default::default() }).await;
+    assert_eq!(bad.map(|_| ()).expect_err("a bad selector").code(), Code::InvalidArgument);
+
+    rest_suite(api, tag, start, &seen.iter().map(|s| s.3).collect::<Vec<_>>()).await;
+    token_revocation_ends_the_watch(api).await;
+    start
+}
+
+/// The REST stream gives the same events and revisions as gRPC, as NDJSON and as SSE.
+async fn rest_suite(api: &Api, tag: &str, start: u64, revisions: &[u64]) {
+    let url = api.url(&format!("/api/v1/stream/clusters?resourceVersion={start}"));
+    let mut resp = api.http.get(&url).send().await.expect("REST stream");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "application/json");
+    let mut text = String::new();
+    let mut lines: Vec<serde_json::Value> = Vec::new();
+    while lines.iter().filter(|l| l["result"]["cluster"]["server"].as_str().is_some_and(|s| s.contains(tag))).count()
+        < revisions.len()
+    {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), resp.chunk()).await.expect("a chunk in time");
+        text.push_str(&String::from_utf8_lossy(&chunk.expect("chunk").expect("stream open")));
+        while let Some(i) = text.find('\n') {
+            let line: String = text.drain(..=i).collect();
+            lines.push(serde_json::from_str(line.trim()).expect("one JSON value per line"));
+        }
+    }
+    let got: Vec<u64> = lines
+        .iter()
+        .filter(|l| l["result"]["cluster"]["server"].as_str().is_some_and(|s| s.contains(tag)))
+        .map(|l| l["result"]["resourceVersion"].as_str().expect("rv").parse().expect("decimal"))
+        .collect();
+    assert_eq!(got, revisions);
+    assert!(!text.contains(TOKEN) && lines.iter().all(|l| !l.to_string().contains(TOKEN)));
+    drop(resp);
+
+    // SSE: ids are revisions, and Last-Event-ID resumes after one.
+    let resp = api
+        .http
+        .get(api.url("/api/v1/stream/clusters"))
+        .header("accept", "text/event-stream")
+        .header("last-event-id", revisions[1].to_string())
+        .send()
+        .await
+        .expect("SSE stream");
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let mut resp = resp;
+    let mut text = String::new();
+    while text.matches("\n\n").count() < 2 {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), resp.chunk()).await.expect("a chunk in time");
+        text.push_str(&String::from_utf8_lossy(&chunk.expect("chunk").expect("stream open")));
+    }
+    let first = text.split("\n\n").next().expect("an event");
+    assert!(first.starts_with(&format!("id: {}\ndata: {{\"result\":", revisions[2])), "{first}");
+
+    // Refusals come before the first byte, with the right status.
+    let future = api.http.get(api.url("/api/v1/stream/clusters?resourceVersion=999999999")).send().await.expect("req");
+    assert_eq!(future.status(), 400);
+    let bad = api.http.get(api.url("/api/v1/stream/clusters?allowBookmarks=maybe")).send().await.expect("req");
+    assert_eq!(bad.status(), 400);
+    let anonymous = api.anonymous().http.get(api.url("/api/v1/stream/clusters")).send().await.expect("req");
+    assert_eq!(anonymous.status(), 401);
+}
+
+/// A watch ends with Unauthenticated within a second or so of its session being logged out.
+async fn token_revocation_ends_the_watch(api: &Api) {
+    let session = api.new_session().await;
+    let mut events = watch(&session, WatchClustersRequest::default()).await.expect("watch");
+    while !next_ok(&mut events).await.initial_events_end {}
+    let logout = session.http.delete(session.url("/api/v1/session")).send().await.expect("logout");
+    assert_eq!(logout.status(), 200);
+    let started = std::time::Instant::now();
+    loop {
+        match next(&mut events).await {
+            Ok(_) => continue,
+            Err(status) => {
+                assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+                break;
+            }
+        }
+    }
+    let took = started.elapsed();
+    println!("a logged-out session's watch ended after {} ms", took.as_millis());
+    assert!(took < Duration::from_millis(1500), "took {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_on_the_embedded_control_plane() {
+    let cp = common::Embedded::start().await;
+    watch_suite(&cp.api, "emb").await;
+}
+
+/// The NATS subscriber's door: CloudEvents in `CORRAL_EVENTS`, the same revisions as the watch,
+/// and no credential anywhere in the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_on_nats_and_the_public_nats_stream() {
+    let d = common::Deployment::start(1, 2).await;
+    let api = d.api(0).await;
+    watch_suite(&api, "nats").await;
+    // Through the other gateway replica: the same revisions from its own hub.
+    let other = d.api(1).await;
+    let mut events = watch(&other, WatchClustersRequest { resource_version: "0".into(), ..Default::default() })
+        .await
+        .expect("watch from the start");
+    let mut from_watch = Vec::new();
+    while from_watch.len() < 6 {
+        let e = next_ok(&mut events).await;
+        if server_of(&e).contains("nats-") {
+            from_watch.push((rv(&e), e.reason.clone()));
+        }
+    }
+
+    let client = async_nats::connect(d.nats.url()).await.expect("nats");
+    let js = async_nats::jetstream::new(client);
+    let stream = js.get_stream("CORRAL_EVENTS").await.expect("the public stream");
+    let info = stream.cached_info().config.clone();
+    assert_eq!(info.subjects, vec!["corral-events.v1.>".to_string()]);
+    assert!(info.mirror.is_none() && info.sources.as_ref().is_none_or(Vec::is_empty));
+    assert_eq!(info.max_age, Duration::from_secs(7 * 24 * 3600));
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
+            filter_subject: "corral-events.v1.clusters.>".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("an ordered consumer");
+    let mut messages = consumer.messages().await.expect("messages");
+    let mut from_nats = Vec::new();
+    while from_nats.len() < 6 {
+        let m = tokio::time::timeout(Duration::from_secs(10), messages.next())
+            .await
+            .expect("a message in time")
+            .expect("a message")
+            .expect("readable");
+        let h = m.headers.clone().expect("CloudEvents headers");
+        let get = |k: &str| h.get(k).map(|v| v.to_string()).unwrap_or_else(|| panic!("no {k}"));
+        assert_eq!(get("ce-specversion"), "1.0");
+        assert_eq!(get("ce-source"), "/corral/clusters");
+        assert_eq!(get("Nats-Msg-Id"), get("ce-id"));
+        let reason = m.subject.as_str().rsplit('.').next().expect("a reason").to_string();
+        assert_eq!(get("ce-type"), format!("io.corral.cluster.v1.{reason}"));
+        assert!(m.subject.as_str().starts_with(&format!("corral-events.v1.clusters.{}.", get("ce-subject"))));
+        let payload = String::from_utf8_lossy(&m.payload).to_string();
+        assert!(!payload.contains(TOKEN) && !payload.contains(PASSWORD), "{payload}");
+        for (_, values) in h.iter() {
+            assert!(values.iter().all(|v| !v.as_str().contains(TOKEN)));
+        }
+        let cluster: serde_json::Value = serde_json::from_str(&payload).expect("JSON payload");
+        if cluster["server"].as_str().is_some_and(|s| s.contains("nats-")) {
+            from_nats.push((get("ce-sequence").parse::<u64>().expect("sequence"), reason));
+        }
+    }
+    assert_eq!(from_nats, from_watch, "the NATS stream and the watch: the same changes and revisions");
+    // The raw store of the public stream holds no credential either.
+    let hits = common::files_containing(d.nats.store_dir(), TOKEN.as_bytes());
+    assert!(hits.iter().all(|p| !p.contains("CORRAL_EVENTS")), "{hits:?}");
+}
