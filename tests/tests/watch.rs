@@ -48,27 +48,38 @@ fn labelled(server: &str, name: &str, env: &str) -> corral_proto::v1alpha1::Clus
     c
 }
 
-async fn create(api: &Api, c: corral_proto::v1alpha1::Cluster) {
-    let mut grpc = api.grpc.clone();
-    grpc.create(ClusterCreateRequest { cluster: Some(c), upsert: false }).await.expect("create");
+/// The revision a command answered with.
+fn revision<T>(r: &tonic::Response<T>) -> u64 {
+    r.metadata()
+        .get("x-corral-revision")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("the command's revision")
 }
 
-async fn relabel(api: &Api, server: &str, env: &str) {
+async fn create(api: &Api, c: corral_proto::v1alpha1::Cluster) -> u64 {
+    let mut grpc = api.grpc.clone();
+    revision(&grpc.create(ClusterCreateRequest { cluster: Some(c), upsert: false }).await.expect("create"))
+}
+
+async fn relabel(api: &Api, server: &str, env: &str) -> u64 {
     let mut grpc = api.grpc.clone();
     let mut c = grpc_cluster(server, "");
     c.labels = [("env".to_string(), env.to_string())].into();
-    grpc.update(ClusterUpdateRequest {
-        cluster: Some(c),
-        updated_fields: vec!["labels".into()],
-        id: Some(ClusterId { r#type: "server".into(), value: server.into() }),
-    })
-    .await
-    .expect("update");
+    let r = grpc
+        .update(ClusterUpdateRequest {
+            cluster: Some(c),
+            updated_fields: vec!["labels".into()],
+            id: Some(ClusterId { r#type: "server".into(), value: server.into() }),
+        })
+        .await
+        .expect("update");
+    revision(&r)
 }
 
-async fn delete(api: &Api, server: &str) {
+async fn delete(api: &Api, server: &str) -> u64 {
     let mut grpc = api.grpc.clone();
-    grpc.delete(ClusterQuery { server: server.into(), ..Default::default() }).await.expect("delete");
+    revision(&grpc.delete(ClusterQuery { server: server.into(), ..Default::default() }).await.expect("delete"))
 }
 
 fn rv(e: &ClusterEvent) -> u64 {
@@ -83,9 +94,22 @@ fn server_of(e: &ClusterEvent) -> &str {
 async fn watch_suite(api: &Api, tag: &str) -> u64 {
     let a = format!("https://{tag}-a.example:6443");
     let b = format!("https://{tag}-b.example:6443");
-    create(api, labelled(&a, &format!("{tag}-a"), &format!("{tag}-prod"))).await;
-    create(api, labelled(&b, &format!("{tag}-b"), &format!("{tag}-dev"))).await;
+    let created_a = create(api, labelled(&a, &format!("{tag}-a"), &format!("{tag}-prod"))).await;
+    let created_b = create(api, labelled(&b, &format!("{tag}-b"), &format!("{tag}-dev"))).await;
     let prod = format!("env={tag}-prod");
+
+    // A watch from the revision a command answered with sees what came after it, nothing before,
+    // each at the revision its own command answered with.
+    let mut after_a =
+        watch(api, WatchClustersRequest { resource_version: created_a.to_string(), ..Default::default() })
+            .await
+            .expect("watch from a command's revision");
+    let e = next_ok(&mut after_a).await;
+    assert_eq!(
+        (e.r#type.as_str(), e.reason.as_str(), server_of(&e), rv(&e)),
+        ("ADDED", "registered", b.as_str(), created_b)
+    );
+    drop(after_a);
 
     // Initial events: the clusters that match, then the bookmark that ends them.
     let mut filtered = watch(api, WatchClustersRequest { selector: prod.clone(), ..Default::default() })
@@ -100,8 +124,9 @@ async fn watch_suite(api: &Api, tag: &str) -> u64 {
 
     // Selector transitions: starting to match is ADDED, stopping is DELETED with the last
     // matching state; a deletion of a cluster that does not match is not seen.
-    relabel(api, &b, &format!("{tag}-prod")).await;
+    let relabelled_b = relabel(api, &b, &format!("{tag}-prod")).await;
     let added = next_ok(&mut filtered).await;
+    assert_eq!(rv(&added), relabelled_b);
     assert_eq!((added.r#type.as_str(), added.reason.as_str(), server_of(&added)), ("ADDED", "updated", b.as_str()));
     relabel(api, &a, &format!("{tag}-dev")).await;
     let left = next_ok(&mut filtered).await;
@@ -298,4 +323,133 @@ async fn watch_on_nats_and_the_public_nats_stream() {
     // The raw store of the public stream holds no credential either.
     let hits = common::files_containing(d.nats.store_dir(), TOKEN.as_bytes());
     assert!(hits.iter().all(|p| !p.contains("CORRAL_EVENTS")), "{hits:?}");
+}
+
+/// A revision older than what the stream keeps is refused with the oldest one a watch can resume
+/// from, never answered from a later point; the first revision still kept resumes.
+async fn retention_suite(api: &Api, tag: &str, max_age: Duration) {
+    let first = create(api, labelled(&format!("https://{tag}-old.example"), &format!("{tag}-old"), "x")).await;
+    tokio::time::sleep(max_age + Duration::from_millis(1500)).await;
+    let kept = create(api, labelled(&format!("https://{tag}-new.example"), &format!("{tag}-new"), "x")).await;
+    // On NATS the server removes expired messages on its own schedule: wait until it has.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let refused = loop {
+        match watch(api, WatchClustersRequest { resource_version: (first - 1).to_string(), ..Default::default() }).await
+        {
+            Err(status) => break status,
+            Ok(_) if tokio::time::Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(200)).await,
+            Ok(_) => panic!("revision {} is still served after its retention", first - 1),
+        }
+    };
+    assert_eq!(refused.code(), Code::OutOfRange, "{refused:?}");
+    assert!(refused.message().contains(&format!("oldest one a watch can resume from is {first}")), "{refused:?}");
+    let gone = api.http.get(api.url(&format!("/api/v1/stream/clusters?resourceVersion={}", first - 1))).send().await;
+    let gone = gone.expect("REST stream");
+    assert_eq!(gone.status(), 410);
+    let body: serde_json::Value = gone.json().await.expect("an error body");
+    assert_eq!(body["code"], 11, "{body}");
+    let mut resumed = watch(api, WatchClustersRequest { resource_version: first.to_string(), ..Default::default() })
+        .await
+        .expect("resume from the oldest revision kept");
+    let e = next_ok(&mut resumed).await;
+    assert_eq!((e.reason.as_str(), rv(&e)), ("registered", kept));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_on_the_embedded_control_plane() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cp = common::Embedded::start_with_args(dir, None, &["--events-max-age", "2s"]).await;
+    retention_suite(&cp.api, "emb", Duration::from_secs(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_on_nats() {
+    let d = common::Deployment::start_with(1, 1, None, &[("CORRAL_EVENTS_MAX_AGE", "2s")]).await;
+    let api = d.api(0).await;
+    retention_suite(&api, "nats", Duration::from_secs(2)).await;
+}
+
+/// A quiet watch that asked for bookmarks gets one with the latest revision, even when nothing
+/// it matches changed; one that did not ask gets none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bookmarks_carry_the_latest_revision() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cp = common::Embedded::start_with_args(dir, None, &["--events-bookmark-seconds", "1"]).await;
+    let api = &cp.api;
+    let req = |allow_bookmarks| WatchClustersRequest {
+        selector: "env=nowhere".into(),
+        allow_bookmarks,
+        ..Default::default()
+    };
+    let mut with = watch(api, req(true)).await.expect("watch");
+    let mut without = watch(api, req(false)).await.expect("watch");
+    assert!(next_ok(&mut with).await.initial_events_end);
+    assert!(next_ok(&mut without).await.initial_events_end);
+    let elsewhere = create(api, labelled("https://bm.example", "bm", "somewhere")).await;
+    let b = next_ok(&mut with).await;
+    assert_eq!((b.r#type.as_str(), rv(&b), b.initial_events_end), ("BOOKMARK", elsewhere, false));
+    assert!(b.cluster.is_none());
+    assert!(tokio::time::timeout(Duration::from_millis(2500), without.message()).await.is_err(), "no bookmark asked");
+}
+
+const VIEWER_ACCOUNTS: &str = r#"
+"accounts.viewer" = "login"
+"policy.csv" = """
+p, viewer, clusters, get, team-a/*, allow
+"""
+"#;
+
+/// A watcher sees only the clusters it may get, checked on each event: a cluster moved out of
+/// its reach leaves as DELETED, one moved into it arrives as ADDED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_sees_only_what_it_may_get() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cp = common::Embedded::start_with_accounts(dir, Some(VIEWER_ACCOUNTS)).await;
+    let admin = &cp.api;
+    let (_, admin_password) = admin.credentials.clone().expect("the admin's password");
+    let set = admin
+        .http
+        .put(admin.url("/api/v1/account/password"))
+        .json(&serde_json::json!({"name": "viewer", "currentPassword": admin_password, "newPassword": "viewer-pass-1"}))
+        .send()
+        .await
+        .expect("set the viewer's password");
+    assert_eq!(set.status(), 200);
+    let viewer = admin.as_user("viewer", "viewer-pass-1").await;
+    let in_project = |server: &str, project: &str| {
+        let mut c = labelled(server, &server.replace("https://", "").replace('.', "-"), "x");
+        c.project = project.into();
+        c
+    };
+    create(admin, in_project("https://ra.example", "team-a")).await;
+    create(admin, in_project("https://rb.example", "team-b")).await;
+    let mut events = watch(&viewer, WatchClustersRequest::default()).await.expect("watch");
+    let first = next_ok(&mut events).await;
+    assert_eq!((first.r#type.as_str(), server_of(&first)), ("ADDED", "https://ra.example"));
+    assert!(next_ok(&mut events).await.initial_events_end, "only team-a's cluster");
+
+    let mut grpc = admin.grpc.clone();
+    let move_to = |server: &'static str, project: &'static str| {
+        let mut grpc = grpc.clone();
+        async move {
+            let mut c = grpc_cluster(server, "ignored");
+            c.project = project.into();
+            grpc.update(ClusterUpdateRequest {
+                cluster: Some(c),
+                updated_fields: vec!["project".into()],
+                id: Some(ClusterId { r#type: "server".into(), value: server.into() }),
+            })
+            .await
+            .expect("move");
+        }
+    };
+    move_to("https://rb.example", "team-a").await;
+    let arrived = next_ok(&mut events).await;
+    assert_eq!((arrived.r#type.as_str(), server_of(&arrived)), ("ADDED", "https://rb.example"));
+    move_to("https://ra.example", "team-b").await;
+    let left = next_ok(&mut events).await;
+    assert_eq!((left.r#type.as_str(), server_of(&left)), ("DELETED", "https://ra.example"));
+    assert_eq!(left.cluster.map(|c| c.project).as_deref(), Some("team-a"), "its last state it could see");
+    grpc.delete(ClusterQuery { server: "https://ra.example".into(), ..Default::default() }).await.expect("delete");
+    quiet(&mut events).await;
 }

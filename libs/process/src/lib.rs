@@ -50,9 +50,16 @@ pub struct EventsOptions {
     /// embedded): a watch can resume from any revision this recent. A number with s, m, h or d.
     #[arg(long, env = "CORRAL_EVENTS_MAX_AGE", default_value = "7d", value_parser = parse_age)]
     pub events_max_age: Duration,
+    /// A watch that asked for bookmarks gets one after this many seconds without a matching event.
+    #[arg(long, env = "CORRAL_EVENTS_BOOKMARK_SECONDS", default_value_t = 30)]
+    pub events_bookmark_seconds: u64,
 }
 
 impl EventsOptions {
+    pub fn bookmark_after(&self) -> Duration {
+        Duration::from_secs(self.events_bookmark_seconds.max(1))
+    }
+
     /// The public event stream on `client`, created with `replicas` if missing, its retention
     /// set to this one.
     pub async fn open(&self, client: async_nats::Client, replicas: usize) -> Result<Arc<dyn EventLog>, ProcessError> {

@@ -55,6 +55,8 @@ pub struct Deployment {
     pub gateway_addrs: Vec<SocketAddr>,
     /// Accounts and RBAC configuration every gateway reads (CORRAL_ACCOUNTS_FILE).
     pub accounts_file: Option<tempfile::NamedTempFile>,
+    /// Environment every process of the deployment gets besides its own.
+    pub env: Vec<(String, String)>,
 }
 
 impl Deployment {
@@ -64,6 +66,16 @@ impl Deployment {
 
     /// A deployment whose gateways read `accounts` (TOML) as their accounts configuration.
     pub async fn start_with_accounts(registries: usize, gateways: usize, accounts: Option<&str>) -> Deployment {
+        Self::start_with(registries, gateways, accounts, &[]).await
+    }
+
+    /// A deployment whose every process also gets `env`.
+    pub async fn start_with(
+        registries: usize,
+        gateways: usize,
+        accounts: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> Deployment {
         let accounts_file = accounts.map(|text| {
             let f = tempfile::NamedTempFile::new().expect("accounts file");
             std::fs::write(f.path(), text).expect("write accounts file");
@@ -78,6 +90,7 @@ impl Deployment {
             gateways: Vec::new(),
             gateway_addrs: Vec::new(),
             accounts_file,
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         };
         for _ in 0..registries {
             let dir = tempfile::tempdir().expect("tempdir");
@@ -97,8 +110,9 @@ impl Deployment {
         vec!["--nats-url".into(), self.nats.url()]
     }
 
-    async fn spawn(&self, name: &str, args: Vec<String>, env: Vec<(String, String)>) -> ServiceProcess {
+    async fn spawn(&self, name: &str, args: Vec<String>, mut env: Vec<(String, String)>) -> ServiceProcess {
         let args: Vec<String> = self.nats_args().into_iter().chain(args).collect();
+        env.extend(self.env.iter().cloned());
         ServiceProcess::spawn(&workspace_bin(name), &args, &env, &ready(name), STARTUP)
             .await
             .unwrap_or_else(|e| panic!("{name}: {e}"))
@@ -192,6 +206,15 @@ pub struct AllInOne {
 
 impl AllInOne {
     pub async fn start_in(dir: tempfile::TempDir, accounts_file: Option<&Path>) -> Result<AllInOne, HarnessError> {
+        Self::start_with_args(dir, accounts_file, &[]).await
+    }
+
+    /// As [`AllInOne::start_in`], with more command-line arguments.
+    pub async fn start_with_args(
+        dir: tempfile::TempDir,
+        accounts_file: Option<&Path>,
+        extra: &[&str],
+    ) -> Result<AllInOne, HarnessError> {
         let mut args: Vec<String> = [
             "--listen",
             "127.0.0.1:0",
@@ -209,6 +232,7 @@ impl AllInOne {
         if let Some(f) = accounts_file {
             args.extend(["--accounts-file".to_string(), f.display().to_string()]);
         }
+        args.extend(extra.iter().map(|a| a.to_string()));
         let process = ServiceProcess::spawn(&workspace_bin("corral"), &args, &[], &ready("corral"), STARTUP).await?;
         let addr = parse_listen_addr(&process.ready_line()).expect("the all-in-one's address");
         Ok(AllInOne { process, addr, dir })

@@ -128,7 +128,8 @@ impl Hub {
         Self::start_with(internal, public, view, BOOKMARK_AFTER, shutdown).await
     }
 
-    /// As [`Hub::start`], with bookmarks after `bookmark_after` instead of 30 s.
+    /// As [`Hub::start`], with bookmarks after `bookmark_after` without a matching event instead
+    /// of 30 s.
     pub async fn start_with(
         internal: Arc<dyn EventLog>,
         public: Arc<dyn EventLog>,
@@ -233,8 +234,13 @@ impl Hub {
     /// The public sequence of the first event after `revision`, or `Expired` when events after
     /// it are no longer kept.
     async fn position_after(&self, revision: u64) -> Result<u64, WatchError> {
+        let first = self.public.first_seq().await?;
         {
-            let ring = self.ring.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut ring = self.ring.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+            // What retention removed from the stream is no place to start from.
+            while ring.front().is_some_and(|f| f.seq < first) {
+                ring.pop_front();
+            }
             if let Some(front) = ring.front()
                 && front.event.previous_revision <= revision
             {
@@ -242,7 +248,7 @@ impl Hub {
                 return Ok(front.seq + after as u64);
             }
         }
-        let (first, last) = (self.public.first_seq().await?, self.public.last_seq().await?);
+        let last = self.public.last_seq().await?;
         if first > last {
             if last == 0 {
                 return Ok(1);

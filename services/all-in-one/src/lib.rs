@@ -133,7 +133,9 @@ pub async fn run(
         registry.projection().clone(),
         RegistryConfig::default().read_timeout,
     ));
-    let hub = corral_watch::Hub::start(log.clone(), public, view, stopped(stop_tx.subscribe())).await?;
+    let bookmark_after = config.events.bookmark_after();
+    let hub =
+        corral_watch::Hub::start_with(log.clone(), public, view, bookmark_after, stopped(stop_tx.subscribe())).await?;
     let rotation = corral_auth_rotation::AuthRotation::start(
         log,
         key,

@@ -91,6 +91,17 @@ enum Outgoing {
     Rotate,
 }
 
+/// What a command answers: its result, and the revision of the change it made (the one a watch
+/// sees it at, and can resume after); 0 when it changed nothing.
+#[derive(Debug)]
+pub struct Written<T> {
+    pub value: T,
+    pub revision: u64,
+}
+
+/// The header (REST) and metadata key (gRPC) a command's revision is answered in.
+pub const REVISION_HEADER: &str = "x-corral-revision";
+
 /// Argo CD's RBAC object for a cluster: `PROJECT/SERVER`, or the server alone outside a project.
 pub fn rbac_object(project: &str, server: &str) -> String {
     if project.is_empty() { server.to_string() } else { format!("{project}/{server}") }
@@ -220,6 +231,11 @@ impl Clusters {
         }
     }
 
+    fn written_cluster(reply: Reply) -> Result<Written<Cluster>, ApiError> {
+        let revision = reply.revision;
+        Ok(Written { value: Self::cluster(reply)?, revision })
+    }
+
     pub async fn list(&self, ctx: &CallContext, q: ClusterQuery) -> Result<ClusterList, ApiError> {
         let items = self.list_encoded(ctx, q).await?.clusters().cloned().collect();
         Ok(ClusterList { metadata: Some(Default::default()), items })
@@ -248,7 +264,7 @@ impl Clusters {
         Ok(self.authorised_target(ctx, &q, "get").await?.0)
     }
 
-    pub async fn create(&self, ctx: &CallContext, req: ClusterCreateRequest) -> Result<Cluster, ApiError> {
+    pub async fn create(&self, ctx: &CallContext, req: ClusterCreateRequest) -> Result<Written<Cluster>, ApiError> {
         let who = ctx.principal()?;
         let body = req.cluster.clone().unwrap_or_default();
         if !self.may(who, "create", &body) {
@@ -266,7 +282,7 @@ impl Clusters {
                 Err(e) => return Err(e),
             }
         }
-        Self::cluster(self.command_expecting(ctx, command::Kind::Create(req), expected_version).await?)
+        Self::written_cluster(self.command_expecting(ctx, command::Kind::Create(req), expected_version).await?)
     }
 
     async fn exists(&self, ctx: &CallContext, q: &ClusterQuery) -> Result<bool, ApiError> {
@@ -277,7 +293,7 @@ impl Clusters {
         }
     }
 
-    pub async fn update(&self, ctx: &CallContext, req: ClusterUpdateRequest) -> Result<Cluster, ApiError> {
+    pub async fn update(&self, ctx: &CallContext, req: ClusterUpdateRequest) -> Result<Written<Cluster>, ApiError> {
         let who = ctx.principal()?;
         let body = req.cluster.clone().unwrap_or_default();
         let q = ClusterQuery {
@@ -299,27 +315,29 @@ impl Clusters {
                 Ok(Outgoing::Command(Box::new(command::Kind::Update(req.clone()))))
             })
             .await?;
-        Self::cluster(reply)
+        Self::written_cluster(reply)
     }
 
-    pub async fn delete(&self, ctx: &CallContext, q: ClusterQuery) -> Result<(), ApiError> {
+    pub async fn delete(&self, ctx: &CallContext, q: ClusterQuery) -> Result<Written<()>, ApiError> {
         self.authorised(ctx, &q, "delete", |_| Ok(Outgoing::Command(Box::new(command::Kind::Delete(q.clone())))))
             .await
-            .map(|_| ())
+            .map(|reply| Written { value: (), revision: reply.revision })
     }
 
     /// Needs `update`, as in Argo CD.
-    pub async fn invalidate_cache(&self, ctx: &CallContext, q: ClusterQuery) -> Result<Cluster, ApiError> {
+    pub async fn invalidate_cache(&self, ctx: &CallContext, q: ClusterQuery) -> Result<Written<Cluster>, ApiError> {
         let reply = self
             .authorised(ctx, &q, "update", |_| {
                 Ok(Outgoing::Command(Box::new(command::Kind::InvalidateCache(q.clone()))))
             })
             .await?;
-        Self::cluster(reply)
+        Self::written_cluster(reply)
     }
 
     /// Needs `update`, as in Argo CD; the auth-rotation service does the work.
-    pub async fn rotate_auth(&self, ctx: &CallContext, q: ClusterQuery) -> Result<(), ApiError> {
-        self.authorised(ctx, &q, "update", |_| Ok(Outgoing::Rotate)).await.map(|_| ())
+    pub async fn rotate_auth(&self, ctx: &CallContext, q: ClusterQuery) -> Result<Written<()>, ApiError> {
+        self.authorised(ctx, &q, "update", |_| Ok(Outgoing::Rotate))
+            .await
+            .map(|reply| Written { value: (), revision: reply.revision })
     }
 }

@@ -5,7 +5,16 @@ use corral_proto::cluster::{ClusterCreateRequest, ClusterQuery, ClusterResponse,
 use corral_proto::v1alpha1::{Cluster, ClusterList};
 use tonic::{Request, Response, Status};
 
-use crate::calls::{CallContext, Clusters};
+use crate::calls::{CallContext, Clusters, REVISION_HEADER, Written};
+
+/// A command's answer, with its revision in the `x-corral-revision` metadata.
+fn written<T, U>(w: Written<T>, into: impl FnOnce(T) -> U) -> Response<U> {
+    let mut response = Response::new(into(w.value));
+    if w.revision > 0 {
+        response.metadata_mut().insert(REVISION_HEADER, w.revision.into());
+    }
+    response
+}
 
 pub struct GrpcClusters {
     pub clusters: Clusters,
@@ -21,7 +30,7 @@ impl ClusterService for GrpcClusters {
 
     async fn create(&self, req: Request<ClusterCreateRequest>) -> Result<Response<Cluster>, Status> {
         let c = CallContext::of(&req);
-        Ok(Response::new(self.clusters.create(&c, req.into_inner()).await?))
+        Ok(written(self.clusters.create(&c, req.into_inner()).await?, |c| c))
     }
 
     async fn get(&self, req: Request<ClusterQuery>) -> Result<Response<Cluster>, Status> {
@@ -31,24 +40,22 @@ impl ClusterService for GrpcClusters {
 
     async fn update(&self, req: Request<ClusterUpdateRequest>) -> Result<Response<Cluster>, Status> {
         let c = CallContext::of(&req);
-        Ok(Response::new(self.clusters.update(&c, req.into_inner()).await?))
+        Ok(written(self.clusters.update(&c, req.into_inner()).await?, |c| c))
     }
 
     async fn delete(&self, req: Request<ClusterQuery>) -> Result<Response<ClusterResponse>, Status> {
         let c = CallContext::of(&req);
-        self.clusters.delete(&c, req.into_inner()).await?;
-        Ok(Response::new(ClusterResponse {}))
+        Ok(written(self.clusters.delete(&c, req.into_inner()).await?, |()| ClusterResponse {}))
     }
 
     async fn rotate_auth(&self, req: Request<ClusterQuery>) -> Result<Response<ClusterResponse>, Status> {
         let c = CallContext::of(&req);
-        self.clusters.rotate_auth(&c, req.into_inner()).await?;
-        Ok(Response::new(ClusterResponse {}))
+        Ok(written(self.clusters.rotate_auth(&c, req.into_inner()).await?, |()| ClusterResponse {}))
     }
 
     async fn invalidate_cache(&self, req: Request<ClusterQuery>) -> Result<Response<Cluster>, Status> {
         let c = CallContext::of(&req);
-        Ok(Response::new(self.clusters.invalidate_cache(&c, req.into_inner()).await?))
+        Ok(written(self.clusters.invalidate_cache(&c, req.into_inner()).await?, |c| c))
     }
 }
 

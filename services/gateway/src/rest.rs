@@ -132,6 +132,14 @@ pub(crate) async fn list(
     Ok(json(corral_api_json::cluster_list_to_json(&s.clusters.list(&ctx, q).await?)))
 }
 
+/// A command's answer, with its revision in the `X-Corral-Revision` header.
+fn with_revision(mut response: Response, revision: u64) -> Response {
+    if revision > 0 {
+        response.headers_mut().insert(crate::calls::REVISION_HEADER, http::HeaderValue::from(revision));
+    }
+    response
+}
+
 pub(crate) async fn create(
     State(s): State<ClusterRest>,
     Extension(ctx): Extension<CallContext>,
@@ -140,7 +148,8 @@ pub(crate) async fn create(
 ) -> Result<Response, ApiError> {
     let upsert = p.flag("upsert")?;
     let cluster = corral_api_json::cluster_from_slice(&bytes).map_err(|e| ApiError::invalid(e.to_string()))?;
-    Ok(cluster_json(&s.clusters.create(&ctx, ClusterCreateRequest { cluster: Some(cluster), upsert }).await?))
+    let w = s.clusters.create(&ctx, ClusterCreateRequest { cluster: Some(cluster), upsert }).await?;
+    Ok(with_revision(cluster_json(&w.value), w.revision))
 }
 
 pub(crate) async fn get_one(
@@ -173,7 +182,8 @@ pub(crate) async fn update(
         updated_fields,
         id: Some(ClusterId { r#type: id_type, value: id }),
     };
-    Ok(cluster_json(&s.clusters.update(&ctx, req).await?))
+    let w = s.clusters.update(&ctx, req).await?;
+    Ok(with_revision(cluster_json(&w.value), w.revision))
 }
 
 pub(crate) async fn delete(
@@ -182,8 +192,8 @@ pub(crate) async fn delete(
     Path(id): Path<String>,
     p: Params,
 ) -> Result<Response, ApiError> {
-    s.clusters.delete(&ctx, p.query_for(Some(id))?).await?;
-    Ok(json(serde_json::json!({})))
+    let w = s.clusters.delete(&ctx, p.query_for(Some(id))?).await?;
+    Ok(with_revision(json(serde_json::json!({})), w.revision))
 }
 
 pub(crate) async fn rotate_auth(
@@ -192,8 +202,8 @@ pub(crate) async fn rotate_auth(
     Path(id): Path<String>,
     p: Params,
 ) -> Result<Response, ApiError> {
-    s.clusters.rotate_auth(&ctx, p.query_for(Some(id))?).await?;
-    Ok(json(serde_json::json!({})))
+    let w = s.clusters.rotate_auth(&ctx, p.query_for(Some(id))?).await?;
+    Ok(with_revision(json(serde_json::json!({})), w.revision))
 }
 
 pub(crate) async fn invalidate_cache(
@@ -202,5 +212,6 @@ pub(crate) async fn invalidate_cache(
     Path(id): Path<String>,
     p: Params,
 ) -> Result<Response, ApiError> {
-    Ok(cluster_json(&s.clusters.invalidate_cache(&ctx, p.query_for(Some(id))?).await?))
+    let w = s.clusters.invalidate_cache(&ctx, p.query_for(Some(id))?).await?;
+    Ok(with_revision(cluster_json(&w.value), w.revision))
 }

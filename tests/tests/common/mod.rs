@@ -123,12 +123,17 @@ impl Embedded {
     /// The control plane reading `accounts` (TOML, argocd-cm / argocd-rbac-cm keys), kept in the
     /// data folder.
     pub async fn start_with_accounts(dir: tempfile::TempDir, accounts: Option<&str>) -> Embedded {
+        Self::start_with_args(dir, accounts, &[]).await
+    }
+
+    /// As [`Embedded::start_with_accounts`], with more command-line arguments.
+    pub async fn start_with_args(dir: tempfile::TempDir, accounts: Option<&str>, args: &[&str]) -> Embedded {
         let accounts_file = accounts.map(|text| {
             let path = dir.path().join("accounts.toml");
             std::fs::write(&path, text).expect("write accounts file");
             path
         });
-        let all_in_one = AllInOne::start_in(dir, accounts_file.as_deref()).await.expect("the all-in-one");
+        let all_in_one = AllInOne::start_with_args(dir, accounts_file.as_deref(), args).await.expect("the all-in-one");
         let api = wait_for_api_as(all_in_one.addr, "admin", &all_in_one.admin_password()).await;
         Embedded { api, dir: all_in_one.dir.path().to_path_buf(), all_in_one }
     }
