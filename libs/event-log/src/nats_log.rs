@@ -303,6 +303,21 @@ impl EventLog for NatsLog {
         if from > upto || max == 0 {
             return Ok(Vec::new());
         }
+        if max == 1 {
+            // One event: asked of the stream's leader, with no consumer to create (a watch
+            // looks up where to start this way, and a thousand at once must not make a thousand).
+            return match self.stream.get_first_raw_message_by_subject(">", from).await {
+                Ok(m) => Ok(vec![RecordedEvent {
+                    seq: m.sequence,
+                    subject: m.subject.to_string(),
+                    headers: user_headers(Some(&m.headers)),
+                    payload: m.payload,
+                    time: m.time,
+                }]),
+                Err(e) if matches!(e.kind(), stream::RawMessageErrorKind::NoMessageFound) => Ok(Vec::new()),
+                Err(e) => Err(unavailable(e)),
+            };
+        }
         let mut messages = self.ordered_from(from, &[]).await?;
         let mut out = Vec::new();
         while let Some(m) = tokio::time::timeout(Duration::from_secs(10), messages.next())

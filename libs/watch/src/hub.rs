@@ -19,8 +19,8 @@ use tokio::sync::{mpsc, watch};
 use crate::error::WatchError;
 use crate::public::{self, PublicEvent};
 
-/// Recent public events kept in memory for every watch to share.
-const RING: usize = 4096;
+/// Recent public events kept in memory for every watch to share, by default.
+pub const RING: usize = 4096;
 /// Most events a watch takes at once, from the ring or the stream.
 const READ_BATCH: usize = 256;
 /// How often a watch checks that its caller's credentials still hold.
@@ -42,6 +42,22 @@ pub struct Hub {
     /// The public sequence of the newest event in the ring.
     head: watch::Sender<u64>,
     bookmark_after: Duration,
+    ring_capacity: usize,
+}
+
+/// How a hub serves its watches.
+#[derive(Debug, Clone, Copy)]
+pub struct HubConfig {
+    /// A bookmark after this long without a matching event, for watches that asked.
+    pub bookmark_after: Duration,
+    /// How many recent events are kept in memory; a watch further behind reads the stream.
+    pub ring: usize,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig { bookmark_after: BOOKMARK_AFTER, ring: RING }
+    }
 }
 
 /// What a watch asks for.
@@ -125,32 +141,36 @@ impl Hub {
         view: Arc<Queries>,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<Arc<Hub>, WatchError> {
-        Self::start_with(internal, public, view, BOOKMARK_AFTER, shutdown).await
+        Self::start_with(internal, public, view, HubConfig::default(), shutdown).await
     }
 
-    /// As [`Hub::start`], with bookmarks after `bookmark_after` without a matching event instead
-    /// of 30 s.
+    /// As [`Hub::start`], configured.
     pub async fn start_with(
         internal: Arc<dyn EventLog>,
         public: Arc<dyn EventLog>,
         view: Arc<Queries>,
-        bookmark_after: Duration,
+        config: HubConfig,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<Arc<Hub>, WatchError> {
-        let last = public.last_seq().await?;
+        let ring_capacity = config.ring.max(1);
+        let (first, last) = (public.first_seq().await?, public.last_seq().await?);
+        // The ring starts with the stream's most recent events, so that watches resuming near
+        // the head after a restart find them in memory.
+        let start = first.max(last.saturating_sub(ring_capacity as u64 - 1)).max(1);
         let hub = Arc::new(Hub {
             internal,
             public,
             view,
-            ring: RwLock::new(VecDeque::with_capacity(RING)),
-            head: watch::channel(last).0,
-            bookmark_after,
+            ring: RwLock::new(VecDeque::with_capacity(ring_capacity)),
+            head: watch::channel(start - 1).0,
+            bookmark_after: config.bookmark_after,
+            ring_capacity,
         });
         let follower = hub.clone();
         tokio::spawn(async move {
             tokio::select! {
                 _ = shutdown => {}
-                _ = follower.follow(last + 1) => {}
+                _ = follower.follow(start) => {}
             }
         });
         Ok(hub)
@@ -196,7 +216,7 @@ impl Hub {
             if ring.back().is_some_and(|b| b.seq + 1 != seq) {
                 ring.clear();
             }
-            if ring.len() == RING {
+            if ring.len() == self.ring_capacity {
                 ring.pop_front();
             }
             ring.push_back(item);

@@ -133,9 +133,9 @@ pub async fn run(
         registry.projection().clone(),
         RegistryConfig::default().read_timeout,
     ));
-    let bookmark_after = config.events.bookmark_after();
+    let hub_config = corral_watch::HubConfig { bookmark_after: config.events.bookmark_after(), ..Default::default() };
     let hub =
-        corral_watch::Hub::start_with(log.clone(), public, view, bookmark_after, stopped(stop_tx.subscribe())).await?;
+        corral_watch::Hub::start_with(log.clone(), public, view, hub_config, stopped(stop_tx.subscribe())).await?;
     let rotation = corral_auth_rotation::AuthRotation::start(
         log,
         key,

@@ -475,7 +475,8 @@ pub async fn run(
     let queries = corral_cluster_model::start_view(log.clone(), timeout, view_stop).await?;
     let public = config.events.open(client.clone(), config.service.nats.stream.stream_replicas).await?;
     let mut hub_stop = stop_tx.subscribe();
-    let hub = corral_watch::Hub::start_with(log, public, queries.clone(), config.events.bookmark_after(), async move {
+    let hub_config = corral_watch::HubConfig { bookmark_after: config.events.bookmark_after(), ..Default::default() };
+    let hub = corral_watch::Hub::start_with(log, public, queries.clone(), hub_config, async move {
         let _ = hub_stop.wait_for(|s| *s).await;
     })
     .await?;
