@@ -1,9 +1,11 @@
 //! Drives a gateway over gRPC with N concurrent clients and prints, for Create, Get, List (at 1k
 //! and 10k clusters) and Update, p50 / p99 / operations per second, beside the floors measured in
 //! the same run: a bare tonic unary round trip (an in-process echo server on loopback) and a bare
-//! JetStream publish-with-ack on the given NATS server.
+//! JetStream publish-with-ack on the given NATS server; then the stream of cluster changes: event
+//! latency with 1, 100 and 1,000 watchers beside its floor, and Create beside idle watchers.
 
 mod cpu;
+mod events;
 mod flow;
 
 use std::net::SocketAddr;
@@ -291,9 +293,12 @@ async fn main() -> anyhow::Result<()> {
     } else {
         login(args.gateway, &args.username, &args.password).await?
     };
-    let gw = Arc::new(clients(args.gateway, c, gw_auth).await?);
+    let gw = Arc::new(clients(args.gateway, c, gw_auth.clone()).await?);
     if !args.auth_only {
         measure_the_api(&args, gw.clone(), &echo, &echo_single, create_floor, single_create_floor).await?;
+        // New clusters past every one the phases above may have registered.
+        let first = args.list_sizes.iter().copied().max().unwrap_or(0) + 10_000;
+        events::measure(&args.nats_url, args.gateway, &gw_auth, gw.clone(), c, first).await?;
     }
 
     if let Some(auth_addr) = args.auth_gateway {
