@@ -283,9 +283,15 @@ impl Hub {
             };
         }
         let at = |seq: u64| async move {
-            let ev = self.public.read(seq, 1).await?;
-            let ev = ev.into_iter().next().ok_or_else(|| WatchError::Unavailable("public event vanished".into()))?;
-            Ok::<_, WatchError>((ev.seq, public::revision_of(&ev)?, public::previous_revision_of(&ev)?))
+            // An event appended a moment ago may not be readable yet (the embedded log answers
+            // what it has flushed): look again shortly before giving up.
+            for _ in 0..50 {
+                if let Some(ev) = self.public.read(seq, 1).await?.into_iter().next() {
+                    return Ok((ev.seq, public::revision_of(&ev)?, public::previous_revision_of(&ev)?));
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(WatchError::Unavailable(format!("public event {seq} cannot be read")))
         };
         let (first_seq, first_revision, before_first) = at(first).await?;
         if before_first > revision {
