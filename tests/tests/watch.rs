@@ -172,6 +172,7 @@ async fn watch_suite(api: &Api, tag: &str) -> u64 {
     assert_eq!(bad.map(|_| ()).expect_err("a bad selector").code(), Code::InvalidArgument);
 
     rest_suite(api, tag, start, &seen.iter().map(|s| s.3).collect::<Vec<_>>()).await;
+    grpc_web_serves_the_watch(api, start, seen[0].3).await;
     token_revocation_ends_the_watch(api).await;
     start
 }
@@ -229,6 +230,35 @@ async fn rest_suite(api: &Api, tag: &str, start: u64, revisions: &[u64]) {
     assert_eq!(bad.status(), 400);
     let anonymous = api.anonymous().http.get(api.url("/api/v1/stream/clusters")).send().await.expect("req");
     assert_eq!(anonymous.status(), 401);
+}
+
+/// The same watch over gRPC-web (browsers, Argo CD's CLI with --grpc-web): a message frame per
+/// event on an HTTP/1.1 response.
+async fn grpc_web_serves_the_watch(api: &Api, start: u64, first_revision: u64) {
+    use prost::Message as _;
+    let request = WatchClustersRequest { resource_version: start.to_string(), ..Default::default() }.encode_to_vec();
+    let mut body = vec![0u8];
+    body.extend_from_slice(&(request.len() as u32).to_be_bytes());
+    body.extend_from_slice(&request);
+    let mut resp = api
+        .http
+        .post(api.url("/corral.watch.v1.ClusterWatch/Watch"))
+        .header("content-type", "application/grpc-web+proto")
+        .header("x-grpc-web", "1")
+        .body(body)
+        .send()
+        .await
+        .expect("gRPC-web request");
+    assert_eq!(resp.status(), 200);
+    let mut bytes = Vec::new();
+    while bytes.len() < 5 || bytes.len() < 5 + u32::from_be_bytes(bytes[1..5].try_into().expect("4 bytes")) as usize {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), resp.chunk()).await.expect("a chunk in time");
+        bytes.extend_from_slice(&chunk.expect("chunk").expect("stream open"));
+    }
+    assert_eq!(bytes[0], 0, "a message frame");
+    let len = u32::from_be_bytes(bytes[1..5].try_into().expect("4 bytes")) as usize;
+    let event = ClusterEvent::decode(&bytes[5..5 + len]).expect("a ClusterEvent");
+    assert_eq!(rv(&event), first_revision);
 }
 
 /// A watch ends with Unauthenticated within a second or so of its session being logged out.

@@ -31,7 +31,49 @@ pub const BOOKMARK_AFTER: Duration = Duration::from_secs(30);
 #[derive(Clone)]
 struct Item {
     seq: u64,
-    event: Arc<PublicEvent>,
+    event: Arc<Shared>,
+}
+
+/// A public event and what watches make of it, made once for all of them: the event as ADDED,
+/// MODIFIED and DELETED, each rendered for the wire when first asked for.
+struct Shared {
+    public: PublicEvent,
+    views: [std::sync::OnceLock<Arc<Rendered>>; 3],
+}
+
+impl Shared {
+    fn new(public: PublicEvent) -> Shared {
+        Shared { public, views: Default::default() }
+    }
+}
+
+/// One event as a watch sends it, with its protobuf and JSON encodings made at most once however
+/// many watches send it.
+#[derive(Debug)]
+pub struct Rendered {
+    pub event: ClusterEvent,
+    proto: std::sync::OnceLock<bytes::Bytes>,
+    json: std::sync::OnceLock<bytes::Bytes>,
+}
+
+impl Rendered {
+    pub fn new(event: ClusterEvent) -> Rendered {
+        Rendered { event, proto: Default::default(), json: Default::default() }
+    }
+
+    /// The event encoded as protobuf.
+    pub fn proto(&self) -> bytes::Bytes {
+        self.proto.get_or_init(|| prost::Message::encode_to_vec(&self.event).into()).clone()
+    }
+
+    /// `{"result": event}` as JSON, the REST stream's line.
+    pub fn json(&self) -> bytes::Bytes {
+        self.json
+            .get_or_init(|| {
+                serde_json::json!({"result": corral_api_json::cluster_event_to_json(&self.event)}).to_string().into()
+            })
+            .clone()
+    }
 }
 
 pub struct Hub {
@@ -97,7 +139,7 @@ pub struct Watch {
     hub: Arc<Hub>,
     filter: Filter,
     watcher: Arc<dyn Watcher>,
-    initial: Vec<ClusterEvent>,
+    initial: Vec<Arc<Rendered>>,
     /// The public sequence to read next, and the revision everything up to which was handled.
     cursor: u64,
     revision: u64,
@@ -185,7 +227,7 @@ impl Hub {
                     while let Some(item) = events.next().await {
                         let decoded = item.map_err(WatchError::from).and_then(|ev| {
                             let event = public::decode(&ev)?;
-                            Ok(Item { seq: ev.seq, event: Arc::new(event) })
+                            Ok(Item { seq: ev.seq, event: Arc::new(Shared::new(event)) })
                         });
                         match decoded {
                             Ok(item) => {
@@ -246,7 +288,7 @@ impl Hub {
                 let oldest = public::previous_revision_of(&ev)?;
                 return Err(WatchError::Expired { asked: 0, oldest });
             }
-            items.push(Item { seq: ev.seq, event: Arc::new(public::decode(&ev)?) });
+            items.push(Item { seq: ev.seq, event: Arc::new(Shared::new(public::decode(&ev)?)) });
         }
         Ok(items)
     }
@@ -262,9 +304,9 @@ impl Hub {
                 ring.pop_front();
             }
             if let Some(front) = ring.front()
-                && front.event.previous_revision <= revision
+                && front.event.public.previous_revision <= revision
             {
-                let after = ring.partition_point(|i| i.event.revision <= revision);
+                let after = ring.partition_point(|i| i.event.public.revision <= revision);
                 return Ok(front.seq + after as u64);
             }
         }
@@ -341,17 +383,19 @@ impl Hub {
                 self.view.wait_for(r).await?;
             }
             let (at, clusters) = self.view.snapshot()?;
-            let mut initial: Vec<ClusterEvent> = clusters
+            let mut initial: Vec<Arc<Rendered>> = clusters
                 .into_iter()
                 .filter(|c| filter.matches(c, watcher.as_ref()))
-                .map(|c| ClusterEvent {
-                    r#type: WatchType::Added.as_str().into(),
-                    resource_version: at.to_string(),
-                    cluster: Some(c),
-                    ..Default::default()
+                .map(|c| {
+                    Arc::new(Rendered::new(ClusterEvent {
+                        r#type: WatchType::Added.as_str().into(),
+                        resource_version: at.to_string(),
+                        cluster: Some(c),
+                        ..Default::default()
+                    }))
                 })
                 .collect();
-            initial.push(bookmark(at, true));
+            initial.push(Arc::new(Rendered::new(bookmark(at, true))));
             (at, initial)
         } else {
             (asked.unwrap_or(head), Vec::new())
@@ -373,35 +417,44 @@ impl Hub {
 }
 
 impl Watch {
-    /// The event `e` is for this watch, if it sees it.
-    fn event_for(&self, e: &PublicEvent) -> Option<ClusterEvent> {
+    /// The event `e` is for this watch, if it sees it; shared with every watch that sees it alike.
+    fn event_for(&self, shared: &Shared) -> Option<Arc<Rendered>> {
+        let e = &shared.public;
         let watcher = self.watcher.as_ref();
         let before = e.previous.as_ref().unwrap_or(&e.cluster);
         let matched_before = e.reason != Reason::Registered && self.filter.matches(before, watcher);
         let matches_after = e.reason != Reason::Deleted && self.filter.matches(&e.cluster, watcher);
         let kind = watch_type(e.reason, matched_before, matches_after)?;
-        // A cluster that stopped matching leaves with its last matching state.
-        let cluster = if kind == WatchType::Deleted && e.reason != Reason::Deleted { before } else { &e.cluster };
-        Some(ClusterEvent {
-            r#type: kind.as_str().into(),
-            reason: e.reason.as_str().into(),
-            resource_version: e.revision.to_string(),
-            cluster: Some(cluster.clone()),
-            occurred_at: Some(timestamp(e.occurred_at)),
-            initial_events_end: false,
-        })
+        let view = match kind {
+            WatchType::Added => 0,
+            WatchType::Modified => 1,
+            _ => 2,
+        };
+        let rendered = shared.views[view].get_or_init(|| {
+            // A cluster that stopped matching leaves with its last matching state.
+            let cluster = if kind == WatchType::Deleted && e.reason != Reason::Deleted { before } else { &e.cluster };
+            Arc::new(Rendered::new(ClusterEvent {
+                r#type: kind.as_str().into(),
+                reason: e.reason.as_str().into(),
+                resource_version: e.revision.to_string(),
+                cluster: Some(cluster.clone()),
+                occurred_at: Some(timestamp(e.occurred_at)),
+                initial_events_end: false,
+            }))
+        });
+        Some(rendered.clone())
     }
 
     /// Sends the watch's events into `out` until the receiver is dropped or the watch ends with
     /// an error, which is sent last. A slow receiver slows this watch only.
-    pub async fn run(mut self, out: mpsc::Sender<Result<ClusterEvent, WatchError>>) {
+    pub async fn run(mut self, out: mpsc::Sender<Result<Arc<Rendered>, WatchError>>) {
         if let Err(Ended::Error(e)) = self.send_all(&out).await {
             let _ = out.send(Err(e)).await;
         }
     }
 
-    async fn send_all(&mut self, out: &mpsc::Sender<Result<ClusterEvent, WatchError>>) -> Result<(), Ended> {
-        let send = |ev: ClusterEvent| async move { out.send(Ok(ev)).await.map_err(|_| Ended::Closed) };
+    async fn send_all(&mut self, out: &mpsc::Sender<Result<Arc<Rendered>, WatchError>>) -> Result<(), Ended> {
+        let send = |ev: Arc<Rendered>| async move { out.send(Ok(ev)).await.map_err(|_| Ended::Closed) };
         for ev in std::mem::take(&mut self.initial) {
             send(ev).await?;
         }
@@ -428,7 +481,7 @@ impl Watch {
                     _ = head.changed() => {}
                     _ = tokio::time::sleep_until(checked + AUTH_CHECK_EVERY) => {}
                     _ = tokio::time::sleep_until(bookmark_at), if self.allow_bookmarks => {
-                        send(bookmark(self.revision, false)).await?;
+                        send(Arc::new(Rendered::new(bookmark(self.revision, false)))).await?;
                         quiet_since = tokio::time::Instant::now();
                     }
                     _ = out.closed() => return Err(Ended::Closed),
@@ -438,10 +491,10 @@ impl Watch {
             for item in items {
                 self.cursor = item.seq + 1;
                 // Announced late, after the initial events already showed it.
-                if item.event.revision <= self.revision {
+                if item.event.public.revision <= self.revision {
                     continue;
                 }
-                self.revision = item.event.revision;
+                self.revision = item.event.public.revision;
                 if let Some(ev) = self.event_for(&item.event) {
                     send(ev).await?;
                     quiet_since = tokio::time::Instant::now();

@@ -13,4 +13,4 @@ pub mod public;
 pub mod publisher;
 
 pub use error::WatchError;
-pub use hub::{Hub, HubConfig, Watch, WatchRequest, Watcher};
+pub use hub::{Hub, HubConfig, Rendered, Watch, WatchRequest, Watcher};

@@ -77,10 +77,7 @@ fn publish(logs: &Logs) {
     tokio::spawn(run);
 }
 
-async fn revisions(
-    rx: &mut mpsc::Receiver<Result<corral_proto::watch::ClusterEvent, WatchError>>,
-    n: usize,
-) -> Vec<u64> {
+async fn revisions(rx: &mut mpsc::Receiver<Result<Arc<corral_watch::Rendered>, WatchError>>, n: usize) -> Vec<u64> {
     let mut out = Vec::new();
     while out.len() < n {
         let e = tokio::time::timeout(Duration::from_secs(10), rx.recv())
@@ -88,7 +85,7 @@ async fn revisions(
             .expect("an event in time")
             .expect("the watch runs")
             .expect("no error");
-        out.push(e.resource_version.parse().expect("decimal"));
+        out.push(e.event.resource_version.parse().expect("decimal"));
     }
     out
 }

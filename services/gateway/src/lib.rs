@@ -28,7 +28,6 @@ use corral_proto::account::account_service_server::AccountServiceServer;
 use corral_proto::cluster::cluster_service_server::ClusterServiceServer;
 use corral_proto::session::session_service_server::SessionServiceServer;
 use corral_proto::version::version_service_server::VersionServiceServer;
-use corral_proto::watch::cluster_watch_server::ClusterWatchServer;
 use corral_service_api::{ClusterCommands, ClusterQueries, CredentialRotation};
 use tonic::Code;
 use tracing::Instrument;
@@ -260,18 +259,21 @@ pub fn app(
     let grpc_sessions =
         SessionServiceServer::new(accounts_grpc::GrpcSessions(accounts.clone())).max_decoding_message_size(tonic_limit);
     let grpc_version = VersionServiceServer::new(version::GrpcVersion);
-    let grpc_watch = ClusterWatchServer::new(watch::GrpcWatch(watches.clone())).max_decoding_message_size(tonic_limit);
     let grpc_router = tonic::service::Routes::new(grpc_clusters)
         .add_service(grpc_accounts)
         .add_service(grpc_sessions)
         .add_service(grpc_version)
-        .add_service(grpc_watch)
         .add_service(health_service())
         .add_service(reflection_v1())
         .add_service(reflection_v1alpha())
         .into_axum_router()
         .merge(
             Router::new().route(grpc::LIST_PATH, axum::routing::post(grpc::list)).with_state((clusters.clone(), limit)),
+        )
+        .merge(
+            Router::new()
+                .route(watch::WATCH_PATH, axum::routing::post(watch::watch_grpc))
+                .with_state((watches.clone(), limit)),
         )
         .layer(from_fn(move |req, next| limit::grpc_message_limit(limit, req, next)));
     let rest_router = routes::router(routes::RestState {

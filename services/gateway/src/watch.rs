@@ -11,9 +11,8 @@ use axum::extract::{Extension, State};
 use axum::response::{IntoResponse, Response};
 use corral_auth::{Auth, Principal};
 use corral_proto::v1alpha1::Cluster;
-use corral_proto::watch::cluster_watch_server::ClusterWatch;
-use corral_proto::watch::{ClusterEvent, WatchClustersRequest};
-use corral_watch::{Hub, WatchError, WatchRequest, Watcher};
+use corral_proto::watch::WatchClustersRequest;
+use corral_watch::{Hub, Rendered, WatchError, WatchRequest, Watcher};
 use futures::Stream;
 use tokio::sync::mpsc;
 
@@ -70,7 +69,7 @@ impl Watches {
         &self,
         ctx: &CallContext,
         req: WatchRequest,
-    ) -> Result<mpsc::Receiver<Result<ClusterEvent, WatchError>>, WatchError> {
+    ) -> Result<mpsc::Receiver<Result<Arc<Rendered>, WatchError>>, WatchError> {
         let principal =
             ctx.principal.clone().ok_or_else(|| WatchError::Unauthenticated("no session information".into()))?;
         let caller = Caller { auth: self.auth.clone(), principal, token: ctx.token.clone() };
@@ -81,30 +80,75 @@ impl Watches {
     }
 }
 
-pub struct GrpcWatch(pub Watches);
-
-type EventStream = Pin<Box<dyn Stream<Item = Result<ClusterEvent, tonic::Status>> + Send>>;
-
 fn status(e: WatchError) -> tonic::Status {
     tonic::Status::from(api_error(&e))
 }
 
-#[tonic::async_trait]
-impl ClusterWatch for GrpcWatch {
-    type WatchStream = EventStream;
+/// The gRPC path of the watch, served by [`watch_grpc`] rather than by the generated service.
+pub const WATCH_PATH: &str = "/corral.watch.v1.ClusterWatch/Watch";
 
-    async fn watch(
-        &self,
-        req: tonic::Request<WatchClustersRequest>,
-    ) -> Result<tonic::Response<EventStream>, tonic::Status> {
-        let ctx = CallContext::of(&req);
-        let rx = self.0.start(&ctx, req.into_inner().into()).await.map_err(status)?;
-        let events = futures::stream::unfold(rx, |mut rx| async move {
-            let item = rx.recv().await?;
-            Some((item.map_err(status), rx))
-        });
-        Ok(tonic::Response::new(Box::pin(events)))
+/// A `ClusterEvent` already encoded: each event is encoded once however many watches send it,
+/// where the generated service would encode it again for every one. Same bytes on the wire.
+#[derive(Debug, Clone, Default)]
+pub struct EncodedEvent(bytes::Bytes);
+
+impl prost::Message for EncodedEvent {
+    fn encode_raw(&self, buf: &mut impl bytes::BufMut) {
+        buf.put_slice(&self.0);
     }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: prost::encoding::WireType,
+        buf: &mut impl bytes::Buf,
+        ctx: prost::encoding::DecodeContext,
+    ) -> Result<(), prost::DecodeError> {
+        // Only ever sent: a decoder should use ClusterEvent.
+        prost::encoding::skip_field(wire_type, tag, buf, ctx)
+    }
+
+    fn encoded_len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn clear(&mut self) {
+        self.0.clear();
+    }
+}
+
+#[derive(Clone)]
+struct WatchService(Watches);
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<EncodedEvent, tonic::Status>> + Send>>;
+
+impl tonic::server::ServerStreamingService<WatchClustersRequest> for WatchService {
+    type Response = EncodedEvent;
+    type ResponseStream = EventStream;
+    type Future = futures::future::BoxFuture<'static, Result<tonic::Response<EventStream>, tonic::Status>>;
+
+    fn call(&mut self, req: tonic::Request<WatchClustersRequest>) -> Self::Future {
+        let watches = self.0.clone();
+        Box::pin(async move {
+            let ctx = CallContext::of(&req);
+            let rx = watches.start(&ctx, req.into_inner().into()).await.map_err(status)?;
+            let events = futures::stream::unfold(rx, |mut rx| async move {
+                let item = rx.recv().await?;
+                Some((item.map(|r| EncodedEvent(r.proto())).map_err(status), rx))
+            });
+            Ok(tonic::Response::new(Box::pin(events) as EventStream))
+        })
+    }
+}
+
+/// Serves [`WATCH_PATH`] (gRPC, and gRPC-web through the translating layer in front).
+pub async fn watch_grpc(
+    State((watches, max_body_bytes)): State<(Watches, usize)>,
+    req: axum::extract::Request,
+) -> Response {
+    let codec = tonic_prost::ProstCodec::<EncodedEvent, WatchClustersRequest>::default();
+    let mut grpc = tonic::server::Grpc::new(codec).apply_max_message_size_config(Some(max_body_bytes), None);
+    grpc.server_streaming(WatchService(watches), req).await.map(Body::new)
 }
 
 /// grpc-gateway v1's terminal stream error, as Argo CD's REST streams end.
@@ -173,7 +217,7 @@ pub async fn rest_watch(
 /// The stream's bytes: one line of JSON per event, or one SSE event per event with a comment
 /// every 15 s.
 fn frames(
-    rx: mpsc::Receiver<Result<ClusterEvent, WatchError>>,
+    rx: mpsc::Receiver<Result<Arc<Rendered>, WatchError>>,
     sse: bool,
 ) -> impl Stream<Item = Result<bytes::Bytes, std::convert::Infallible>> + Send {
     let keepalive = tokio::time::interval_at(tokio::time::Instant::now() + SSE_KEEPALIVE, SSE_KEEPALIVE);
@@ -190,8 +234,10 @@ fn frames(
             rx.recv().await
         };
         let (frame, done) = match item? {
-            Ok(ev) => {
-                let line = serde_json::json!({"result": corral_api_json::cluster_event_to_json(&ev)}).to_string();
+            Ok(rendered) => {
+                let ev = &rendered.event;
+                let line = rendered.json();
+                let line = String::from_utf8_lossy(&line);
                 // Only a point a watch can resume after carries an id: not the initial ADDED events.
                 let resumable = !(ev.r#type == "ADDED" && ev.reason.is_empty());
                 let frame = match (sse, resumable) {

@@ -10,13 +10,29 @@ use std::time::{Duration, Instant};
 
 use corral_proto::cluster::ClusterCreateRequest;
 use corral_proto::watch::WatchClustersRequest;
-use corral_proto::watch::cluster_watch_client::ClusterWatchClient;
 use futures::StreamExt as _;
 use tonic::transport::Channel;
 
 use crate::{BearerToken, Client, Stats, cluster, drive, report, us};
 
-type Watcher = ClusterWatchClient<tonic::service::interceptor::InterceptedService<Channel, BearerToken>>;
+type Watcher = tonic::client::Grpc<tonic::service::interceptor::InterceptedService<Channel, BearerToken>>;
+
+/// The two fields of a `ClusterEvent` the watchers here read: they measure when events arrive,
+/// not what parsing a cluster costs a client.
+#[derive(Clone, PartialEq, prost::Message)]
+struct ThinEvent {
+    #[prost(string, tag = "1")]
+    r#type: String,
+    #[prost(string, tag = "3")]
+    resource_version: String,
+}
+
+async fn open(w: &mut Watcher, req: WatchClustersRequest) -> anyhow::Result<tonic::Streaming<ThinEvent>> {
+    w.ready().await?;
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/corral.watch.v1.ClusterWatch/Watch");
+    let codec = tonic_prost::ProstCodec::<WatchClustersRequest, ThinEvent>::default();
+    Ok(w.server_streaming(tonic::Request::new(req), path, codec).await?.into_inner())
+}
 
 /// Publish → delivery to an ordered consumer, one message at a time: what any event stream on
 /// JetStream costs from a write to a reader.
@@ -54,7 +70,13 @@ async fn watchers(addr: SocketAddr, n: usize, auth: &BearerToken) -> anyhow::Res
     for _ in 0..conns {
         channels.push(Channel::from_shared(format!("http://{addr}"))?.connect().await?);
     }
-    Ok((0..n).map(|i| ClusterWatchClient::with_interceptor(channels[i % conns].clone(), auth.clone())).collect())
+    Ok((0..n)
+        .map(|i| {
+            let service =
+                tonic::service::interceptor::InterceptedService::new(channels[i % conns].clone(), auth.clone());
+            tonic::client::Grpc::new(service)
+        })
+        .collect())
 }
 
 fn from_now(selector: &str) -> WatchClustersRequest {
@@ -69,7 +91,7 @@ async fn attach(
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<Vec<(u64, Instant)>>>> {
     let mut tasks = Vec::new();
     for mut w in clients {
-        let mut events = w.watch(from_now(selector)).await?.into_inner();
+        let mut events = open(&mut w, from_now(selector)).await?;
         let mut stop = stop.clone();
         tasks.push(tokio::spawn(async move {
             let mut seen = Vec::new();
@@ -102,6 +124,7 @@ pub async fn latency(
     watchers_count: usize,
     creates: usize,
     first: usize,
+    pause: Duration,
 ) -> anyhow::Result<Stats> {
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let tasks = attach(watchers(addr, watchers_count, auth).await?, "", &stop).await?;
@@ -121,8 +144,9 @@ pub async fn latency(
             }
             Err(_) => errors += 1,
         }
-        // One change at a time, with a pause: latency, not queueing.
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        // One change at a time, apart enough for its events to reach every watcher before the
+        // next one: latency, not queueing.
+        tokio::time::sleep(pause).await;
     }
     // Time for the last event to reach every watcher.
     tokio::time::sleep(Duration::from_millis(1000)).await;
@@ -182,8 +206,8 @@ pub async fn measure(
     report(&floor, None);
     let floor_p50 = floor.pct(0.5);
     let mut next = first;
-    for (watchers, creates) in [(1usize, 300usize), (100, 200), (1000, 100)] {
-        let stats = latency(addr, auth, &gw, watchers, creates, next).await?;
+    for (watchers, creates, pause_ms) in [(1usize, 300usize, 2u64), (100, 200, 10), (1000, 100, 50)] {
+        let stats = latency(addr, auth, &gw, watchers, creates, next, Duration::from_millis(pause_ms)).await?;
         next += creates;
         report(&stats, Some(("pub->consumer", floor_p50)));
     }

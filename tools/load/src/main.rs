@@ -61,6 +61,10 @@ struct Args {
     /// each phase (this tool's own always is). Repeat for each process.
     #[arg(long = "cpu-of", value_parser = cpu::parse_named_pid)]
     cpu_of: Vec<(String, u32)>,
+    /// Only the floors and the stream of cluster changes (event latency, Create beside idle
+    /// watchers).
+    #[arg(long)]
+    events_only: bool,
 }
 
 /// Sends the session token with every call, as an Argo CD client does.
@@ -283,7 +287,7 @@ async fn main() -> anyhow::Result<()> {
     report(&publish_single, None);
     let single_create_floor = echo_single.pct(0.5) + publish_single.pct(0.5);
     let create_floor = echo.pct(0.5) + publish.pct(0.5);
-    if !args.auth_only {
+    if !args.auth_only && !args.events_only {
         create_flow_floor(&args, create_floor, single_create_floor).await?;
     }
 
@@ -294,10 +298,15 @@ async fn main() -> anyhow::Result<()> {
         login(args.gateway, &args.username, &args.password).await?
     };
     let gw = Arc::new(clients(args.gateway, c, gw_auth.clone()).await?);
+    if args.events_only && args.auth_only {
+        return Ok(());
+    }
     if !args.auth_only {
-        measure_the_api(&args, gw.clone(), &echo, &echo_single, create_floor, single_create_floor).await?;
-        // New clusters past every one the phases above may have registered.
-        let first = args.list_sizes.iter().copied().max().unwrap_or(0) + 10_000;
+        if !args.events_only {
+            measure_the_api(&args, gw.clone(), &echo, &echo_single, create_floor, single_create_floor).await?;
+        }
+        // New clusters past every one the phases above may have registered, or an earlier run.
+        let first = args.list_sizes.iter().copied().max().unwrap_or(0) + 10_000 + std::process::id() as usize * 10_000;
         events::measure(&args.nats_url, args.gateway, &gw_auth, gw.clone(), c, first).await?;
     }
 
