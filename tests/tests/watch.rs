@@ -138,6 +138,11 @@ async fn watch_suite(api: &Api, tag: &str) -> u64 {
     assert_eq!((gone.r#type.as_str(), gone.reason.as_str(), server_of(&gone)), ("DELETED", "deleted", b.as_str()));
     quiet(&mut filtered).await;
     assert!(rv(&added) > start && rv(&left) > rv(&added) && rv(&gone) > rv(&left));
+    // The clusters were registered with a bearer token and a password: no event carries either.
+    for e in [&first, &added, &left, &gone] {
+        let text = format!("{e:?}");
+        assert!(!text.contains(TOKEN) && !text.contains(PASSWORD), "{text}");
+    }
 
     // Exact resume: everything after `start`, in order, once, replayed from the log; no initial
     // events unless asked for.
@@ -281,6 +286,27 @@ async fn token_revocation_ends_the_watch(api: &Api) {
     let took = started.elapsed();
     println!("a logged-out session's watch ended after {} ms", took.as_millis());
     assert!(took < Duration::from_millis(1500), "took {took:?}");
+
+    // Over REST the stream's last line is the error, in grpc-gateway's shape.
+    let session = api.new_session().await;
+    let mut resp = session.http.get(session.url("/api/v1/stream/clusters")).send().await.expect("REST stream");
+    assert_eq!(resp.status(), 200);
+    let mut first = Vec::new();
+    while !String::from_utf8_lossy(&first).contains("initialEventsEnd") {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), resp.chunk()).await.expect("a chunk in time");
+        first.extend_from_slice(&chunk.expect("chunk").expect("stream open"));
+    }
+    let logout = session.http.delete(session.url("/api/v1/session")).send().await.expect("logout");
+    assert_eq!(logout.status(), 200);
+    let mut rest = Vec::new();
+    while let Some(chunk) =
+        tokio::time::timeout(Duration::from_secs(10), resp.chunk()).await.expect("in time").expect("chunk")
+    {
+        rest.extend_from_slice(&chunk);
+    }
+    let last: serde_json::Value = serde_json::from_slice(&rest).expect("one JSON line");
+    assert_eq!(last["error"]["grpc_code"], 16, "{last}");
+    assert_eq!(last["error"]["http_code"], 401, "{last}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
