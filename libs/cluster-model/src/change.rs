@@ -87,15 +87,16 @@ pub fn diff(event_type: &str, before: Option<&ClusterRecord>, after: Option<&Clu
                 CLUSTER_CACHE_SYNCED if before != after => Reason::CacheSynced,
                 _ => return None,
             };
-            let (before, cluster) = (public(before), public(after));
-            let previous = (filtered_fields(&before) != filtered_fields(&cluster)).then_some(before);
-            Some(Change { reason, cluster, previous })
+            // The state before is rendered only when a watch could match it differently.
+            let previous = (filtered_fields(before) != filtered_fields(after)).then(|| public(before));
+            Some(Change { reason, cluster: public(after), previous })
         }
     }
 }
 
-fn filtered_fields(c: &Cluster) -> (&str, &str, &str, &std::collections::HashMap<String, String>) {
-    (&c.name, &c.server, &c.project, &c.labels)
+/// What watches filter on (name, server, project, labels), read off the record.
+fn filtered_fields(r: &ClusterRecord) -> Option<(&str, &str, &str, &std::collections::HashMap<String, String>)> {
+    r.spec.as_ref().map(|s| (s.name.as_str(), s.server.as_str(), s.project.as_str(), &s.labels))
 }
 
 /// The cluster as subscribers see it: the record rendered as Get renders it, then copied field by

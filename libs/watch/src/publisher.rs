@@ -83,8 +83,16 @@ impl Clusters {
     ) -> Result<Option<NewEvent>, WatchError> {
         let Some((id, on)) = read_model::cluster_subject(&ev.subject) else { return Ok(None) };
         let env = read_model::decode_envelope(ev)?;
-        let before = self.records.get(id).cloned();
-        let after = read_model::fold_cluster_event(before.clone(), id, on, ev, &env)?;
+        let before = self.records.remove(id);
+        let after = match read_model::fold_cluster_event(before.clone(), id, on, ev, &env) {
+            Ok(after) => after,
+            Err(e) => {
+                if let Some(rec) = before {
+                    self.records.insert(id.to_string(), rec);
+                }
+                return Err(e.into());
+            }
+        };
         let announcement = if announce {
             let now = after.as_ref().or(before.as_ref());
             diff(&env.event_type, before.as_ref(), now).map(|change| {
@@ -104,9 +112,9 @@ impl Clusters {
         } else {
             None
         };
-        if on != ClusterSubject::Credentials
-            && let Some(rec) = after
-        {
+        // A credential rotation's own events change nothing in the record.
+        let kept = if on == ClusterSubject::Credentials { before } else { after.or(before) };
+        if let Some(rec) = kept {
             self.records.insert(id.to_string(), rec);
         }
         Ok(announcement)
