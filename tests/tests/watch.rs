@@ -509,3 +509,75 @@ async fn a_watcher_sees_only_what_it_may_get() {
     grpc.delete(ClusterQuery { server: "https://ra.example".into(), ..Default::default() }).await.expect("delete");
     quiet(&mut events).await;
 }
+
+const TOKEN_ACCOUNTS: &str = r#"
+"accounts.ci" = "apiKey"
+"accounts.ops" = "apiKey"
+"policy.csv" = """
+p, ci, clusters, get, *, allow
+p, ops, clusters, get, *, allow
+"""
+"#;
+
+async fn api_token(admin: &Api, account: &str, body: serde_json::Value) -> String {
+    let resp = admin.http.post(admin.url(&format!("/api/v1/account/{account}/token"))).json(&body).send().await;
+    let body: serde_json::Value = resp.expect("create token").json().await.expect("JSON");
+    body["token"].as_str().unwrap_or_else(|| panic!("no token: {body}")).to_string()
+}
+
+/// A watch past its initial events, as `token`'s holder.
+async fn watching_as(admin: &Api, token: &str) -> Events {
+    let mut events = watch(&admin.with_token(Some(token)), WatchClustersRequest::default()).await.expect("watch");
+    while !next_ok(&mut events).await.initial_events_end {}
+    events
+}
+
+/// How long until the watch ends with Unauthenticated.
+async fn until_unauthenticated(events: &mut Events) -> Duration {
+    let started = std::time::Instant::now();
+    loop {
+        match next(events).await {
+            Ok(_) => continue,
+            Err(status) => {
+                assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+                return started.elapsed();
+            }
+        }
+    }
+}
+
+/// A revoked API token, an expired one and a disabled account each end the watch they opened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_ends_when_its_token_no_longer_holds() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cp = common::Embedded::start_with_accounts(dir, Some(TOKEN_ACCOUNTS)).await;
+    let admin = &cp.api;
+
+    let revoked = api_token(admin, "ci", serde_json::json!({"id": "watch-1"})).await;
+    let mut events = watching_as(admin, &revoked).await;
+    let resp = admin.http.delete(admin.url("/api/v1/account/ci/token/watch-1")).send().await.expect("revoke");
+    assert_eq!(resp.status(), 200);
+    let took = until_unauthenticated(&mut events).await;
+    println!("a revoked token's watch ended after {} ms", took.as_millis());
+    assert!(took < Duration::from_millis(1500), "revoked: {took:?}");
+
+    let short = api_token(admin, "ci", serde_json::json!({"id": "watch-2", "expiresIn": 2})).await;
+    let issued = std::time::Instant::now();
+    let mut events = watching_as(admin, &short).await;
+    until_unauthenticated(&mut events).await;
+    let after_expiry = issued.elapsed().saturating_sub(Duration::from_secs(2));
+    println!("an expired token's watch ended {} ms after expiry", after_expiry.as_millis());
+    assert!(after_expiry < Duration::from_millis(1500), "expired: {after_expiry:?} after expiry");
+
+    let ops = api_token(admin, "ops", serde_json::json!({"id": "watch-3"})).await;
+    let mut events = watching_as(admin, &ops).await;
+    let disabled = TOKEN_ACCOUNTS.replace(
+        "\"accounts.ops\" = \"apiKey\"",
+        "\"accounts.ops\" = \"apiKey\"\n\"accounts.ops.enabled\" = \"false\"",
+    );
+    std::fs::write(cp.dir.join("accounts.toml"), disabled).expect("disable the account");
+    let took = until_unauthenticated(&mut events).await;
+    // The accounts file is read again within a second of a change, then the next check ends it.
+    println!("a disabled account's watch ended {} ms after the file changed", took.as_millis());
+    assert!(took < Duration::from_millis(2500), "disabled: {took:?}");
+}
