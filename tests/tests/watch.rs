@@ -581,3 +581,46 @@ async fn a_watch_ends_when_its_token_no_longer_holds() {
     println!("a disabled account's watch ended {} ms after the file changed", took.as_millis());
     assert!(took < Duration::from_millis(2500), "disabled: {took:?}");
 }
+
+/// A quiet Server-Sent Events stream carries a comment every 15 s, as Argo CD's does, so that
+/// proxies do not close it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_sse_stream_gets_a_comment_every_15_seconds() {
+    let cp = common::Embedded::start().await;
+    let api = &cp.api;
+    let mut resp = api
+        .http
+        .get(api.url("/api/v1/stream/clusters"))
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .expect("SSE stream");
+    let opened = std::time::Instant::now();
+    let mut text = String::new();
+    while !text.contains("\n:\n\n") {
+        let chunk = tokio::time::timeout(Duration::from_secs(20), resp.chunk()).await.expect("a chunk in time");
+        text.push_str(&String::from_utf8_lossy(&chunk.expect("chunk").expect("stream open")));
+    }
+    let took = opened.elapsed();
+    assert!(text.contains("initialEventsEnd"), "{text}");
+    assert!(took >= Duration::from_secs(14) && took < Duration::from_secs(17), "the first comment after {took:?}");
+}
+
+/// Invalidating a cluster's cache is a change a watch sees, with its reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_invalidation_is_a_change() {
+    let cp = common::Embedded::start().await;
+    let api = &cp.api;
+    let server = "https://cache.example";
+    let created = create(api, labelled(server, "cache", "x")).await;
+    let mut events = watch(api, WatchClustersRequest { resource_version: created.to_string(), ..Default::default() })
+        .await
+        .expect("watch");
+    let mut grpc = api.grpc.clone();
+    let answer =
+        grpc.invalidate_cache(ClusterQuery { server: server.into(), ..Default::default() }).await.expect("invalidate");
+    let e = next_ok(&mut events).await;
+    assert_eq!((e.r#type.as_str(), e.reason.as_str(), server_of(&e)), ("MODIFIED", "cache_invalidated", server));
+    assert_eq!(rv(&e), revision(&answer));
+    assert!(e.cluster.and_then(|c| c.refresh_requested_at).is_some());
+}
