@@ -5,8 +5,8 @@
 //! event of a revision is a pure function of the log, so two publishers compute the same one;
 //! each append expects the public stream's last sequence to be what the publisher last saw, so
 //! only one of them lands it. The other is refused, reads where the stream now ends, drops what
-//! is already there and waits a moment before trying again: a standby that takes over within a
-//! fraction of a second when the active publisher stops, with no election to lose events in.
+//! is already there and waits a moment before trying again: a standby that takes over at its next
+//! look when the active publisher stops, with no election to lose events in.
 
 use std::collections::HashMap;
 use std::sync::Arc;
