@@ -1,5 +1,5 @@
 //! Uniqueness and read-your-writes across replicas: two registry processes and two gateway
-//! processes on one nats-server.
+//! processes on one nats-server, and on three clustered ones with the stream at three replicas.
 
 mod common;
 
@@ -13,7 +13,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 
 async fn stored_event_types(d: &common::Deployment, subject: &str) -> Vec<String> {
-    let client = async_nats::connect(d.nats.url()).await.expect("nats");
+    let client = corral_process::connect(&d.nats.url(), "test").await.expect("nats");
     let log = NatsLog::new(client, Default::default()).await.expect("log");
     let mut out = Vec::new();
     let mut from = 1;
@@ -51,7 +51,15 @@ async fn race(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_creates_of_one_server_register_it_once() {
-    let d = common::Deployment::start(2, 2).await;
+    racing_creates_of_one_server_register_it_once_on(common::Deployment::start(2, 2).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_three_node_cluster_racing_creates_of_one_server_register_it_once() {
+    racing_creates_of_one_server_register_it_once_on(common::Deployment::start_clustered(2, 2, &[]).await).await;
+}
+
+async fn racing_creates_of_one_server_register_it_once_on(d: common::Deployment) {
     let apis = Arc::new(vec![d.api(0).await, d.api(1).await]);
     let server = "https://contended.example.com";
     // Each racer asks for a different spec, so only the first may win.
@@ -73,7 +81,15 @@ async fn racing_creates_of_one_server_register_it_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_creates_of_one_name_give_it_to_one_server() {
-    let d = common::Deployment::start(2, 2).await;
+    racing_creates_of_one_name_give_it_to_one_server_on(common::Deployment::start(2, 2).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_three_node_cluster_racing_creates_of_one_name_give_it_to_one_server() {
+    racing_creates_of_one_name_give_it_to_one_server_on(common::Deployment::start_clustered(2, 2, &[]).await).await;
+}
+
+async fn racing_creates_of_one_name_give_it_to_one_server_on(d: common::Deployment) {
     let apis = Arc::new(vec![d.api(0).await, d.api(1).await]);
     let answers =
         race(&apis, 16, |i| json!({"server": format!("https://name-race-{i}.example.com"), "name": "the-one-name"}))
@@ -93,7 +109,15 @@ async fn racing_creates_of_one_name_give_it_to_one_server() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_are_read_back_at_once_through_any_replica() {
-    let d = common::Deployment::start(2, 2).await;
+    writes_are_read_back_at_once_through_any_replica_on(common::Deployment::start(2, 2).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_three_node_cluster_writes_are_read_back_at_once_through_any_replica() {
+    writes_are_read_back_at_once_through_any_replica_on(common::Deployment::start_clustered(2, 2, &[]).await).await;
+}
+
+async fn writes_are_read_back_at_once_through_any_replica_on(d: common::Deployment) {
     let apis = [d.api(0).await, d.api(1).await];
     for i in 0..60 {
         let (w, r) = (&apis[i % 2], &apis[(i + 1) % 2]);
@@ -132,7 +156,7 @@ async fn a_command_expecting_a_stale_version_is_refused_and_changes_nothing() {
         common::suite::rest_post(&api, "/api/v1/clusters", serde_json::json!({"server": server, "name": "versioned"}))
             .await;
     assert!(s.is_success());
-    let client = async_nats::connect(d.nats.url()).await.expect("nats");
+    let client = corral_process::connect(&d.nats.url(), "test").await.expect("nats");
     let registry = corral_service_api::nats::NatsClient::new(client, std::time::Duration::from_secs(30));
     let get = || Query {
         linearizable: true,

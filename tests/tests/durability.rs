@@ -125,7 +125,7 @@ async fn kill_9_of_registry_and_gateway_loses_no_acknowledged_write() {
     assert!(lost.is_empty(), "acknowledged but lost: {lost:?}");
 
     // The registry's projection survived kill -9; the new gateway built its view from zero.
-    let survived = registry_list(&d).await;
+    let survived = common::registry_list(&d).await;
     assert_eq!(survived.items.len(), stored.len());
     let via_gateway =
         api.grpc.clone().list(corral_proto::cluster::ClusterQuery::default()).await.expect("list").into_inner();
@@ -135,20 +135,7 @@ async fn kill_9_of_registry_and_gateway_loses_no_acknowledged_write() {
     d.registries[0].kill_9().await;
     let fresh = tempfile::tempdir().expect("tempdir");
     d.registries[0] = d.spawn_registry(fresh.path()).await;
-    assert_eq!(registry_list(&d).await, survived, "rebuilt projection matches the one that survived");
-}
-
-/// Lists through the registry replicas' own projection, over NATS, bypassing the gateway's view.
-async fn registry_list(d: &common::Deployment) -> corral_proto::v1alpha1::ClusterList {
-    use corral_proto::registry::{Query, query, reply};
-    use corral_service_api::ClusterQueries as _;
-    let client = async_nats::connect(d.nats.url()).await.expect("nats");
-    let registry = corral_service_api::nats::NatsClient::new(client, Duration::from_secs(30));
-    let q = Query { linearizable: true, kind: Some(query::Kind::List(Default::default())), ..Default::default() };
-    match registry.query(q).await.result {
-        Some(reply::Result::List(l)) => l,
-        other => panic!("registry list failed: {other:?}"),
-    }
+    assert_eq!(common::registry_list(&d).await, survived, "rebuilt projection matches the one that survived");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -48,7 +48,7 @@ fn status(c: &Value) -> &str {
 }
 
 async fn state_events(d: &Deployment) -> usize {
-    let client = async_nats::connect(d.nats.url()).await.expect("nats");
+    let client = corral_process::connect(&d.nats.url(), "test").await.expect("nats");
     let log = corral_event_log::NatsLog::new(client, Default::default()).await.expect("log");
     log.read(1, 1_000_000).await.expect("read").iter().filter(|e| e.subject.starts_with("corral.clusterstate.")).count()
 }
@@ -233,7 +233,7 @@ async fn the_health_probe_records_what_each_cluster_answers() {
 /// Each cluster's observation events, by the replica that appended them (the envelope's actor).
 async fn observers(d: &Deployment) -> std::collections::HashMap<String, Vec<String>> {
     use prost::Message;
-    let client = async_nats::connect(d.nats.url()).await.expect("nats");
+    let client = corral_process::connect(&d.nats.url(), "test").await.expect("nats");
     let log = corral_event_log::NatsLog::new(client, Default::default()).await.expect("log");
     let mut by_cluster: std::collections::HashMap<String, Vec<String>> = Default::default();
     for e in log.read(1, 1_000_000).await.expect("read") {

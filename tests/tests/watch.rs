@@ -335,7 +335,7 @@ async fn watch_on_nats_and_the_public_nats_stream() {
         }
     }
 
-    let client = async_nats::connect(d.nats.url()).await.expect("nats");
+    let client = corral_process::connect(&d.nats.url(), "test").await.expect("nats");
     let js = async_nats::jetstream::new(client);
     let stream = js.get_stream("CORRAL_EVENTS").await.expect("the public stream");
     let info = stream.cached_info().config.clone();

@@ -11,7 +11,7 @@ mod sled_log;
 
 use chrono::{DateTime, Utc};
 
-pub use nats_log::{NatsLog, NatsLogConfig};
+pub use nats_log::{JETSTREAM_TIMEOUT, NatsLog, NatsLogConfig};
 pub use sled_log::SledLog;
 
 pub type Headers = Vec<(String, String)>;

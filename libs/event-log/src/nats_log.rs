@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, consumer, context::PublishErrorKind, stream};
-use bytes::Bytes;
 use futures::StreamExt;
 
 use crate::{AppendOutcome, EventLog, EventStream, Headers, LogError, NewEvent, RecordedEvent, check_subject};
@@ -26,6 +25,15 @@ impl Default for NatsLogConfig {
         NatsLogConfig { stream: "CORRAL".into(), subjects: vec!["corral.>".into()], replicas: 1, max_age: None }
     }
 }
+
+/// How long a JetStream request or publish waits for its answer. While a stream elects a new
+/// leader nothing answers; a short wait lets the caller retry (appends carry ids, so a retry of
+/// one that landed is dropped as a duplicate) as soon as the new leader serves, instead of
+/// waiting out async-nats' 5 s default per attempt.
+pub const JETSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long one pull of a follower's consumer waits on the server (its heartbeat is half).
+const FOLLOW_PULL_EXPIRY: Duration = Duration::from_secs(3);
 
 /// The duplicate window JetStream keeps message ids for; never longer than the retention.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
@@ -119,7 +127,8 @@ fn publish_error(e: jetstream::context::PublishError, subject: &str, expected: O
 impl NatsLog {
     /// The stream's state, from its leader.
     async fn state(&self) -> Result<StreamLastSeq, LogError> {
-        let reply = self.js.client().request(self.info_subject.clone(), Bytes::new()).await.map_err(unavailable)?;
+        let request = async_nats::Request::new().timeout(Some(JETSTREAM_TIMEOUT));
+        let reply = self.js.client().send_request(self.info_subject.clone(), request).await.map_err(unavailable)?;
         let info: StreamInfoLastSeq = serde_json::from_slice(&reply.payload)
             .map_err(|e| LogError::Unavailable(format!("unreadable stream info: {e}")))?;
         match (info.state, info.error) {
@@ -137,7 +146,7 @@ impl NatsLog {
     /// Opens the stream, creating it if missing: file storage, the configured replicas, a
     /// 2-minute duplicate window, direct gets and atomic batches.
     pub async fn new(client: async_nats::Client, config: NatsLogConfig) -> Result<NatsLog, LogError> {
-        let js = jetstream::new(client);
+        let js = jetstream::ContextBuilder::new().timeout(JETSTREAM_TIMEOUT).build(client);
         // JetStream's "no limit" is zero.
         let max_age = config.max_age.unwrap_or(Duration::ZERO);
         let mut stream = js
@@ -183,6 +192,11 @@ impl NatsLog {
             .create_consumer(consumer::pull::OrderedConfig {
                 deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: from_seq.max(1) },
                 filter_subjects: filters.to_vec(),
+                // The client asks the server for a heartbeat every half of a pull's expiry and
+                // makes the consumer again after two are missed: with async-nats' 30 s pulls a
+                // follower whose consumer was on a node that died stood still for half a
+                // minute; with these it resumes within seconds.
+                max_expires: FOLLOW_PULL_EXPIRY,
                 ..Default::default()
             })
             .await

@@ -2,6 +2,7 @@
 //! set of clap arguments, each also an environment variable, all listed by `--help`), connecting
 //! to NATS and opening the log on it, and the line a process prints once it is ready.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -39,7 +40,7 @@ impl StreamOptions {
     pub async fn open(&self, client: async_nats::Client) -> Result<Arc<dyn EventLog>, ProcessError> {
         let config =
             NatsLogConfig { stream: self.stream.clone(), replicas: self.stream_replicas, ..Default::default() };
-        Ok(Arc::new(NatsLog::new(client, config).await?))
+        open_log(client, config).await
     }
 }
 
@@ -69,7 +70,38 @@ impl EventsOptions {
             replicas,
             max_age: Some(self.events_max_age),
         };
-        Ok(Arc::new(NatsLog::new(client, config).await?))
+        open_log(client, config).await
+    }
+}
+
+/// Opens (or creates) the stream of `config`, trying again while JetStream does not answer: a
+/// cluster without a quorum, or one electing a leader, serves again in seconds, and a service
+/// that gave up would need someone to start it again.
+async fn open_log(client: async_nats::Client, config: NatsLogConfig) -> Result<Arc<dyn EventLog>, ProcessError> {
+    let log = retry_while_unavailable(&format!("open the stream {}", config.stream), || {
+        NatsLog::new(client.clone(), config.clone())
+    })
+    .await?;
+    Ok(Arc::new(log))
+}
+
+/// Runs `step` until it succeeds or fails otherwise than with [`LogError::Unavailable`],
+/// waiting from 100 ms up to 5 s between tries and saying so in the log.
+pub async fn retry_while_unavailable<T, F, Fut>(what: &str, mut step: F) -> Result<T, LogError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, LogError>>,
+{
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match step().await {
+            Err(LogError::Unavailable(e)) => {
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot {what} yet");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            other => return other,
+        }
     }
 }
 
@@ -118,7 +150,14 @@ impl NatsOptions {
 /// server that is down at start is retried rather than refused: the others, or it, will answer.
 pub async fn connect(urls: &str, name: &str) -> Result<async_nats::Client, ProcessError> {
     let addrs = server_addrs(urls)?;
-    Ok(async_nats::ConnectOptions::new().name(name).retry_on_initial_connect().connect(addrs).await?)
+    Ok(async_nats::ConnectOptions::new()
+        .name(name)
+        .retry_on_initial_connect()
+        // A request nobody answers (a JetStream API call while the stream has no leader) is
+        // given up soon, so that the caller's retry reaches the new leader.
+        .request_timeout(Some(corral_event_log::JETSTREAM_TIMEOUT))
+        .connect(addrs)
+        .await?)
 }
 
 fn server_addrs(urls: &str) -> Result<Vec<async_nats::ServerAddr>, ProcessError> {

@@ -149,6 +149,47 @@ impl NatsCluster {
         self.launch(i)?;
         self.wait_ready(i).await
     }
+
+    /// Stops node `i` politely (SIGTERM: it leaves the cluster as an upgrade would stop it) and
+    /// waits for it to exit.
+    pub async fn stop(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].child.take() {
+            crate::signal(&c, "TERM");
+            if tokio::time::timeout(Duration::from_secs(30), c.wait()).await.is_err() {
+                let _ = c.kill().await;
+            }
+        }
+    }
+
+    /// Freezes node `i` (SIGSTOP): its sockets stay open but nothing answers, as a node cut off
+    /// by a partition looks to its peers and clients.
+    pub fn freeze(&self, i: usize) {
+        if let Some(c) = &self.nodes[i].child {
+            crate::signal(c, "STOP");
+        }
+    }
+
+    /// Lets a frozen node `i` run again (SIGCONT).
+    pub fn thaw(&self, i: usize) {
+        if let Some(c) = &self.nodes[i].child {
+            crate::signal(c, "CONT");
+        }
+    }
+
+    /// The node leading `stream`'s replicas, as the JetStream API tells it.
+    pub async fn stream_leader(&self, stream: &str) -> Option<usize> {
+        let urls: Vec<String> = (0..self.nodes.len()).map(|i| self.url(i)).collect();
+        let client = async_nats::connect(urls).await.ok()?;
+        let answer = client.request(format!("$JS.API.STREAM.INFO.{stream}"), "".into()).await.ok()?;
+        let info: serde_json::Value = serde_json::from_slice(&answer.payload).ok()?;
+        let leader = info["cluster"]["leader"].as_str()?;
+        self.nodes.iter().position(|n| n.name == leader)
+    }
+
+    /// The last lines node `i` wrote.
+    pub fn tail(&self, i: usize, lines: usize) -> String {
+        self.nodes[i].output.tail(lines)
+    }
 }
 
 impl Drop for NatsCluster {

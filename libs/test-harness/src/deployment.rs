@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::cluster::NatsCluster;
 use crate::{HarnessError, NatsServer, ServiceProcess, parse_listen_addr};
 
 /// The admin password the spawned gateways start with.
@@ -45,9 +46,41 @@ fn ready(name: &str) -> String {
     corral_process::ready_line(name, None)
 }
 
-/// Gateways and registries as separate processes on their own nats-server.
+/// The NATS a deployment runs on: one server, or three clustered as production runs them.
+pub enum Nats {
+    Server(NatsServer),
+    Cluster(NatsCluster),
+}
+
+impl Nats {
+    /// What the services are given: the one URL, or the three comma-separated.
+    pub fn url(&self) -> String {
+        match self {
+            Nats::Server(s) => s.url(),
+            Nats::Cluster(c) => c.urls(),
+        }
+    }
+
+    /// The folder holding every node's store.
+    pub fn store_dir(&self) -> &Path {
+        match self {
+            Nats::Server(s) => s.store_dir(),
+            Nats::Cluster(c) => c.store_dir(),
+        }
+    }
+
+    /// The cluster; panics on a one-server deployment (a test's mistake).
+    pub fn cluster(&mut self) -> &mut NatsCluster {
+        match self {
+            Nats::Cluster(c) => c,
+            Nats::Server(_) => panic!("this deployment runs on one nats-server, not a cluster"),
+        }
+    }
+}
+
+/// Gateways and registries as separate processes on their own nats-server (or cluster).
 pub struct Deployment {
-    pub nats: NatsServer,
+    pub nats: Nats,
     pub seal_key: String,
     pub registries: Vec<ServiceProcess>,
     pub registry_dirs: Vec<tempfile::TempDir>,
@@ -76,12 +109,32 @@ impl Deployment {
         accounts: Option<&str>,
         env: &[(&str, &str)],
     ) -> Deployment {
+        let nats = Nats::Server(NatsServer::start().await.expect("nats-server"));
+        Self::start_on(nats, registries, gateways, accounts, env).await
+    }
+
+    /// A deployment on a three-node NATS cluster with the stream at three replicas, as the
+    /// README's production shape.
+    pub async fn start_clustered(registries: usize, gateways: usize, env: &[(&str, &str)]) -> Deployment {
+        let nats = Nats::Cluster(NatsCluster::start().await.expect("three nats-server nodes"));
+        let mut env = env.to_vec();
+        env.push(("CORRAL_STREAM_REPLICAS", "3"));
+        Self::start_on(nats, registries, gateways, None, &env).await
+    }
+
+    /// A deployment on `nats`.
+    pub async fn start_on(
+        nats: Nats,
+        registries: usize,
+        gateways: usize,
+        accounts: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> Deployment {
         let accounts_file = accounts.map(|text| {
             let f = tempfile::NamedTempFile::new().expect("accounts file");
             std::fs::write(f.path(), text).expect("write accounts file");
             f
         });
-        let nats = NatsServer::start().await.expect("nats-server");
         let mut d = Deployment {
             nats,
             seal_key: new_seal_key(),

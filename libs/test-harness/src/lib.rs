@@ -124,7 +124,7 @@ fn spawn_child(program: &Path, args: &[String], envs: &[(String, String)]) -> Re
     Ok((child, output))
 }
 
-fn signal(child: &Child, sig: &str) {
+pub(crate) fn signal(child: &Child, sig: &str) {
     if let Some(pid) = child.id() {
         let _ = std::process::Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
     }
@@ -245,6 +245,12 @@ impl ServiceProcess {
 
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().and_then(|c| c.id())
+    }
+
+    /// Whether the process has ended by itself (never the case for a service that rides out
+    /// faults), with its exit status.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// SIGKILL: the process gets no chance to flush anything.

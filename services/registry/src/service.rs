@@ -31,6 +31,9 @@ pub struct RegistryConfig {
     /// A name claim whose cluster does not (yet) hold the name counts for this long: the time a
     /// create in flight needs between claiming the name and registering the cluster.
     pub name_claim_lease: Duration,
+    /// How long a command keeps trying while the log does not answer (a NATS stream electing a
+    /// new leader takes seconds) before it is answered Unavailable.
+    pub unavailable_retry_for: Duration,
 }
 
 impl Default for RegistryConfig {
@@ -39,7 +42,34 @@ impl Default for RegistryConfig {
             read_timeout: Duration::from_secs(10),
             max_attempts: 20,
             name_claim_lease: Duration::from_secs(30),
+            unavailable_retry_for: Duration::from_secs(6),
         }
+    }
+}
+
+/// Retries while the log does not answer: backing off from 100 ms to 1 s, for at most a
+/// given time from the first failure.
+struct Unavailable {
+    retry_for: Duration,
+    since: Option<tokio::time::Instant>,
+    backoff: Duration,
+}
+
+impl Unavailable {
+    fn new(retry_for: Duration) -> Unavailable {
+        Unavailable { retry_for, since: None, backoff: Duration::from_millis(100) }
+    }
+
+    /// Waits before the next try, or gives back `error` once the time is up.
+    async fn wait_or(&mut self, error: RegistryError) -> Result<(), RegistryError> {
+        let since = *self.since.get_or_insert_with(tokio::time::Instant::now);
+        if since.elapsed() + self.backoff > self.retry_for {
+            return Err(error);
+        }
+        tracing::debug!(error = %error, backoff_ms = self.backoff.as_millis() as u64, "log unavailable; retrying");
+        tokio::time::sleep(self.backoff).await;
+        self.backoff = (self.backoff * 2).min(Duration::from_secs(1));
+        Ok(())
     }
 }
 
@@ -161,10 +191,22 @@ impl Registry {
         command: impl Fn(&Option<ClusterState>) -> ClusterCommand,
     ) -> Result<(u64, Option<v1alpha1::Cluster>), RegistryError> {
         let mut caught_up = false;
-        for attempt in 0..self.config.max_attempts {
+        let mut conflicts = 0;
+        let mut unavailable = Unavailable::new(self.config.unavailable_retry_for);
+        loop {
             match self.attempt_command(origin, &resolve, &command).await {
                 Err(RegistryError::Conflict) => {
-                    tracing::debug!(attempt, "append conflict; retrying on fresh state");
+                    conflicts += 1;
+                    tracing::debug!(conflicts, "append conflict; retrying on fresh state");
+                    if conflicts >= self.config.max_attempts {
+                        return Err(RegistryError::Conflict);
+                    }
+                }
+                // The events carry ids made from the request, so sending them again after an
+                // append whose answer was lost stores them once.
+                Err(e @ RegistryError::Unavailable(_)) => {
+                    unavailable.wait_or(e).await?;
+                    continue;
                 }
                 Err(e) if !caught_up && e.is_refusal() => {}
                 Ok(Attempt::Unchanged(..)) if !caught_up => {}
@@ -173,10 +215,15 @@ impl Registry {
                 }
                 Err(e) => return Err(e),
             }
-            self.catch_up().await?;
+            loop {
+                match self.catch_up().await {
+                    Ok(_) => break,
+                    Err(e @ RegistryError::Unavailable(_)) => unavailable.wait_or(e).await?,
+                    Err(e) => return Err(e),
+                }
+            }
             caught_up = true;
         }
-        Err(RegistryError::Conflict)
     }
 
     async fn attempt_command(

@@ -204,3 +204,16 @@ pub fn files_containing(dir: &std::path::Path, needle: &[u8]) -> Vec<String> {
     }
     hits
 }
+
+/// Lists through the registry replicas' own projection, over NATS, bypassing the gateway's view.
+pub async fn registry_list(d: &Deployment) -> corral_proto::v1alpha1::ClusterList {
+    use corral_proto::registry::{Query, query, reply};
+    use corral_service_api::ClusterQueries as _;
+    let client = corral_process::connect(&d.nats.url(), "test").await.expect("nats");
+    let registry = corral_service_api::nats::NatsClient::new(client, Duration::from_secs(30));
+    let q = Query { linearizable: true, kind: Some(query::Kind::List(Default::default())), ..Default::default() };
+    match registry.query(q).await.result {
+        Some(reply::Result::List(l)) => l,
+        other => panic!("registry list failed: {other:?}"),
+    }
+}

@@ -1,0 +1,418 @@
+//! The production shape under faults: three clustered nats-server nodes (`sync_interval: always`),
+//! the stream at three replicas, two registries and two gateways given all three URLs. Writers
+//! create and update clusters through both gateways, retrying what a client may retry, while a
+//! node is killed, two are stopped, all are restarted in turn, or one is frozen. Afterwards every
+//! acknowledged write is on every replica and every projection equals a rebuild from the stream.
+//! Each test prints what the callers saw.
+
+mod common;
+
+use common::DeploymentApi as _;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::suite::{escape, rest_get, rest_post};
+use serde_json::{Value, json};
+
+/// How one attempt of a write ended, as a client sees it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Outcome {
+    Ok,
+    /// An HTTP status with the gRPC code in the body.
+    Status(u16, i64),
+    /// No answer within the client's time-out.
+    TimedOut,
+    /// The connection failed.
+    Connection,
+}
+
+impl Outcome {
+    /// What a client may simply send again: Unavailable, DeadlineExceeded, a time-out, a
+    /// dropped connection.
+    fn retriable(&self) -> bool {
+        match self {
+            Outcome::Ok => false,
+            Outcome::Status(503, 14) | Outcome::Status(504, 4) => true,
+            Outcome::Status(..) => false,
+            Outcome::TimedOut | Outcome::Connection => true,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Record {
+    /// Acknowledged creates, and the label value of the last acknowledged update of each.
+    acked: BTreeMap<String, u32>,
+    outcomes: BTreeMap<Outcome, usize>,
+    /// When each write was acknowledged, from the start of the load.
+    acks: Vec<Duration>,
+    /// The slowest acknowledged attempt.
+    slowest: Duration,
+    /// Writes that needed more than one attempt.
+    retried: usize,
+}
+
+/// Writers each creating a cluster and then updating its labels, through gateway `w % 2`,
+/// every write sent again until acknowledged as long as its failures are retriable.
+struct Load {
+    record: Arc<Mutex<Record>>,
+    stop: Arc<AtomicBool>,
+    started: Instant,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn attempt(req: reqwest::RequestBuilder) -> Outcome {
+    match req.send().await {
+        Ok(r) if r.status().is_success() => Outcome::Ok,
+        Ok(r) => {
+            let status = r.status().as_u16();
+            let body: Value = r.json().await.unwrap_or(Value::Null);
+            Outcome::Status(status, body["code"].as_i64().unwrap_or(-1))
+        }
+        Err(e) if e.is_timeout() => Outcome::TimedOut,
+        Err(_) => Outcome::Connection,
+    }
+}
+
+impl Load {
+    fn start(gateways: &[std::net::SocketAddr], token: String, writers: usize, tag: &'static str) -> Load {
+        let record: Arc<Mutex<Record>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let started = Instant::now();
+        let tasks = (0..writers)
+            .map(|w| {
+                let base = format!("http://{}", gateways[w % gateways.len()]);
+                let (record, stop, token) = (record.clone(), stop.clone(), token.clone());
+                tokio::spawn(async move {
+                    let http = reqwest::Client::builder().timeout(CLIENT_TIMEOUT).build().expect("client");
+                    let mut n = 0u32;
+                    while !stop.load(Ordering::Relaxed) {
+                        let server = format!("https://{tag}-{w}-{n}.example.com");
+                        let create = json!({"server": server, "name": format!("{tag}-{w}-{n}")});
+                        let update = format!("{base}/api/v1/clusters/{}?updatedFields=labels", escape(&server));
+                        'write: for step in 0..2 {
+                            let mut attempts = 0;
+                            loop {
+                                let req = if step == 0 {
+                                    http.post(format!("{base}/api/v1/clusters")).json(&create)
+                                } else {
+                                    http.put(&update).json(&json!({"labels": {"v": "1"}}))
+                                };
+                                let sent = Instant::now();
+                                let outcome = attempt(req.bearer_auth(&token)).await;
+                                attempts += 1;
+                                let acked = {
+                                    let mut r = record.lock().expect("record");
+                                    *r.outcomes.entry(outcome.clone()).or_default() += 1;
+                                    if outcome == Outcome::Ok {
+                                        r.slowest = r.slowest.max(sent.elapsed());
+                                        r.acks.push(started.elapsed());
+                                        r.acked.insert(server.clone(), step);
+                                        if attempts > 1 {
+                                            r.retried += 1;
+                                        }
+                                    }
+                                    outcome == Outcome::Ok
+                                };
+                                if acked {
+                                    break;
+                                }
+                                if !outcome.retriable() || stop.load(Ordering::Relaxed) && step == 0 {
+                                    break 'write;
+                                }
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                            }
+                        }
+                        n += 1;
+                    }
+                })
+            })
+            .collect();
+        Load { record, stop, started, tasks }
+    }
+
+    fn acked(&self) -> usize {
+        self.record.lock().expect("record").acks.len()
+    }
+
+    /// Waits until `more` further writes are acknowledged.
+    async fn wait_for_more(&self, more: usize) {
+        let target = self.acked() + more;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while self.acked() < target {
+            assert!(Instant::now() < deadline, "no write acknowledged for 120 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn now(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    async fn finish(self) -> Record {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        Arc::try_unwrap(self.record).ok().expect("writers done").into_inner().expect("record")
+    }
+}
+
+impl Record {
+    /// The longest time within `window` in which no write was acknowledged.
+    fn longest_gap(&self, window: (Duration, Duration)) -> Duration {
+        let mut acks: Vec<Duration> = self.acks.iter().copied().filter(|t| *t >= window.0 && *t <= window.1).collect();
+        acks.sort();
+        let mut edges = vec![window.0];
+        edges.extend(acks);
+        edges.push(window.1);
+        edges.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default()
+    }
+
+    fn print(&self, test: &str, window: (Duration, Duration)) {
+        println!(
+            "{test}: {} writes acknowledged ({} clusters), {} needed a retry; longest time without an \
+             acknowledgement from the fault on: {:.1} s; slowest acknowledged attempt {:.1} s; attempts by \
+             outcome: {:?}",
+            self.acks.len(),
+            self.acked.len(),
+            self.retried,
+            self.longest_gap(window).as_secs_f64(),
+            self.slowest.as_secs_f64(),
+            self.outcomes
+        );
+    }
+
+    /// No attempt failed in a way a client could not retry.
+    fn assert_all_retriable(&self) {
+        let bad: Vec<_> = self.outcomes.keys().filter(|o| **o != Outcome::Ok && !o.retriable()).collect();
+        assert!(bad.is_empty(), "answers a client cannot retry: {bad:?} in {:?}", self.outcomes);
+    }
+}
+
+/// Every acknowledged write is in `list`: each cluster there, with the label of its update
+/// when that was acknowledged.
+fn assert_holds(list: &corral_proto::v1alpha1::ClusterList, acked: &BTreeMap<String, u32>, whose: &str) {
+    let stored: BTreeMap<&str, &corral_proto::v1alpha1::Cluster> =
+        list.items.iter().map(|c| (c.server.as_str(), c)).collect();
+    let mut lost = Vec::new();
+    for (server, step) in acked {
+        match stored.get(server.as_str()) {
+            None => lost.push(format!("{server} (created)")),
+            Some(c) if *step == 1 && c.labels.get("v").map(String::as_str) != Some("1") => {
+                lost.push(format!("{server} (updated)"))
+            }
+            Some(_) => {}
+        }
+    }
+    assert!(lost.is_empty(), "{whose}: acknowledged but lost: {} of {}: {lost:?}", lost.len(), acked.len());
+}
+
+/// Every replica's projection, the gateways' views and a registry rebuilt from an empty folder
+/// agree, and hold every acknowledged write.
+async fn assert_every_replica_holds(d: &mut common::Deployment, acked: &BTreeMap<String, u32>) {
+    for (kind, processes) in [("registry", &mut d.registries), ("gateway", &mut d.gateways)] {
+        for (i, p) in processes.iter_mut().enumerate() {
+            assert_eq!(p.exited(), None, "{kind} {i} exited during the fault: {:?}", p.logs());
+        }
+    }
+    // The registries' projections, one at a time: with the other one stopped, queries reach it.
+    let mut lists = Vec::new();
+    for r in 0..d.registries.len() {
+        for other in 0..d.registries.len() {
+            d.registries[other].terminate().await;
+        }
+        let dir = d.registry_dirs[r].path().to_path_buf();
+        d.registries[r] = d.spawn_registry(&dir).await;
+        lists.push(common::registry_list(d).await);
+    }
+    for r in &mut d.registries {
+        r.terminate().await;
+    }
+    let fresh = tempfile::tempdir().expect("tempdir");
+    let mut rebuilt_registry = d.spawn_registry(fresh.path()).await;
+    let rebuilt = common::registry_list(d).await;
+    rebuilt_registry.terminate().await;
+    assert_holds(&rebuilt, acked, "a registry rebuilt from the stream");
+    for (r, list) in lists.iter().enumerate() {
+        assert_eq!(list, &rebuilt, "registry {r}'s projection differs from a rebuild from the stream");
+    }
+    for g in 0..d.gateways.len() {
+        let api = d.api(g).await;
+        let view =
+            api.grpc.clone().list(corral_proto::cluster::ClusterQuery::default()).await.expect("list").into_inner();
+        assert_eq!(view, rebuilt, "gateway {g}'s view differs from a rebuild from the stream");
+    }
+    // The deployment goes on with its registries.
+    for r in 0..d.registries.len() {
+        let dir = d.registry_dirs[r].path().to_path_buf();
+        d.registries[r] = d.spawn_registry(&dir).await;
+    }
+}
+
+async fn clustered() -> (common::Deployment, String) {
+    let d = common::Deployment::start_clustered(2, 2, &[]).await;
+    let token = d.api(0).await.token.clone().expect("logged in");
+    (d, token)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_suite_passes_on_a_three_node_cluster() {
+    let (d, _) = clustered().await;
+    let _rotation = d.spawn_auth_rotation(300.0).await;
+    common::suite::run_all(&d.api(0).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_the_stream_leader_loses_no_acknowledged_write() {
+    let (mut d, token) = clustered().await;
+    let load = Load::start(&d.gateway_addrs, token, 8, "leader");
+    load.wait_for_more(200).await;
+    let leader = d.nats.cluster().stream_leader("CORRAL").await.expect("the stream has a leader");
+    let fault = load.now();
+    d.nats.cluster().kill(leader).await;
+    load.wait_for_more(300).await;
+    d.nats.cluster().restart(leader).await.expect("node back");
+    load.wait_for_more(200).await;
+    let end = load.now();
+    let record = load.finish().await;
+    record.print(&format!("kill -9 of the stream leader (node {})", leader + 1), (fault, end));
+    record.assert_all_retriable();
+    assert_every_replica_holds(&mut d, &record.acked).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_quorum_writes_are_refused_as_unavailable_and_reads_still_answer() {
+    let (mut d, token) = clustered().await;
+    let api = d.api(0).await;
+    let (s, body) =
+        rest_post(&api, "/api/v1/clusters", json!({"server": "https://before.example.com", "name": "b"})).await;
+    assert!(s.is_success(), "{body}");
+    d.nats.cluster().stop(1).await;
+    d.nats.cluster().stop(2).await;
+    let refused_at = Instant::now();
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("client");
+    let gw = format!("http://{}", d.gateway_addrs[0]);
+    let outcome = attempt(
+        http.post(format!("{gw}/api/v1/clusters"))
+            .bearer_auth(&token)
+            .json(&json!({"server": "https://during.example.com", "name": "during"})),
+    )
+    .await;
+    println!("a create without a quorum: {outcome:?} after {:.1} s", refused_at.elapsed().as_secs_f64());
+    assert_eq!(outcome, Outcome::Status(503, 14), "a write without a quorum is Unavailable");
+    for g in 0..2 {
+        let (s, got) =
+            rest_get(&d.api(g).await, &format!("/api/v1/clusters/{}", escape("https://before.example.com"))).await;
+        assert!(s.is_success(), "gateway {g} cannot read what it has without a quorum: {got}");
+    }
+    d.nats.cluster().restart(1).await.expect("node 2 back");
+    d.nats.cluster().restart(2).await.expect("node 3 back");
+    // Writes resume with no service restarted (each retried while the stream elects a leader).
+    let resumed = Instant::now();
+    let mut last = Outcome::TimedOut;
+    while resumed.elapsed() < Duration::from_secs(60) {
+        last = attempt(
+            http.post(format!("{gw}/api/v1/clusters"))
+                .bearer_auth(&token)
+                .json(&json!({"server": "https://after.example.com", "name": "after"})),
+        )
+        .await;
+        if last == Outcome::Ok || !last.retriable() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!("writes accepted again {:.1} s after the two nodes were started", resumed.elapsed().as_secs_f64());
+    assert_eq!(last, Outcome::Ok);
+    let expected =
+        BTreeMap::from([("https://before.example.com".to_string(), 0), ("https://after.example.com".into(), 0)]);
+    assert_every_replica_holds(&mut d, &expected).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_of_every_node_under_load_loses_nothing() {
+    let (mut d, token) = clustered().await;
+    let load = Load::start(&d.gateway_addrs, token, 8, "rolling");
+    load.wait_for_more(200).await;
+    let fault = load.now();
+    for node in 0..3 {
+        d.nats.cluster().stop(node).await;
+        d.nats.cluster().restart(node).await.expect("node back");
+        load.wait_for_more(150).await;
+    }
+    let end = load.now();
+    let record = load.finish().await;
+    record.print("a rolling restart of the three nodes", (fault, end));
+    record.assert_all_retriable();
+    assert_every_replica_holds(&mut d, &record.acked).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_node_is_left_behind_and_catches_up_after() {
+    let (mut d, token) = clustered().await;
+    let load = Load::start(&d.gateway_addrs, token, 8, "frozen");
+    load.wait_for_more(200).await;
+    // The leader, so that the majority must elect another one.
+    let frozen = d.nats.cluster().stream_leader("CORRAL").await.expect("the stream has a leader");
+    let fault = load.now();
+    d.nats.cluster().freeze(frozen);
+    load.wait_for_more(300).await;
+    let during = load.now();
+    d.nats.cluster().thaw(frozen);
+    load.wait_for_more(200).await;
+    let end = load.now();
+    let record = load.finish().await;
+    record.print(
+        &format!("node {} frozen (SIGSTOP) for {:.1} s", frozen + 1, (during - fault).as_secs_f64()),
+        (fault, end),
+    );
+    record.assert_all_retriable();
+    assert_every_replica_holds(&mut d, &record.acked).await;
+}
+
+/// A create whose first attempt timed out on the client is sent again: it is applied once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_sent_again_after_a_client_time_out_is_applied_once() {
+    let (d, token) = clustered().await;
+    let gw = format!("http://{}", d.gateway_addrs[0]);
+    // A client that gives up long before the answer comes.
+    let impatient = reqwest::Client::builder().timeout(Duration::from_micros(300)).build().expect("client");
+    let patient = reqwest::Client::new();
+    let mut timed_out = 0;
+    for i in 0..20 {
+        let body = json!({"server": format!("https://again-{i}.example.com"), "name": format!("again-{i}")});
+        let first = attempt(impatient.post(format!("{gw}/api/v1/clusters")).bearer_auth(&token).json(&body)).await;
+        if first == Outcome::TimedOut {
+            timed_out += 1;
+        }
+        let again = attempt(patient.post(format!("{gw}/api/v1/clusters")).bearer_auth(&token).json(&body)).await;
+        assert_eq!(again, Outcome::Ok, "the create sent again");
+    }
+    println!("{timed_out} of 20 first attempts timed out on the client");
+    let client = corral_process::connect(&d.nats.url(), "test").await.expect("nats");
+    let log = corral_event_log::NatsLog::new(client, Default::default()).await.expect("log");
+    let mut registered: BTreeMap<String, usize> = BTreeMap::new();
+    let mut from = 1;
+    loop {
+        let batch = corral_event_log::EventLog::read(&log, from, 1000).await.expect("read");
+        let Some(last) = batch.last() else { break };
+        from = last.seq + 1;
+        for e in &batch {
+            if e.headers.iter().any(|(k, v)| k == "Corral-Event-Type" && v == "ClusterRegistered") {
+                *registered.entry(e.subject.clone()).or_default() += 1;
+            }
+        }
+    }
+    let servers: BTreeSet<String> = (0..20)
+        .map(|i| format!("corral.cluster.{}", corral_domain::cluster_id(&format!("https://again-{i}.example.com"))))
+        .collect();
+    for s in &servers {
+        assert_eq!(registered.get(s), Some(&1), "{s} registered {:?} times", registered.get(s));
+    }
+}
