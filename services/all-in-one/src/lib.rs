@@ -15,6 +15,8 @@ pub struct Config {
     /// Address to listen on for gRPC and REST.
     #[arg(long, env = "CORRAL_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    #[command(flatten)]
+    pub tls: corral_gateway::TlsOptions,
     /// Folder for the embedded log, projections, the generated sealing key and admin password,
     /// and the accounts file.
     #[arg(long, env = "CORRAL_DATA_DIR", default_value = "./data")]
@@ -76,7 +78,7 @@ fn default_accounts_file(data_dir: &std::path::Path) -> std::io::Result<PathBuf>
 /// Runs the control plane on an already-bound listener until `shutdown` resolves.
 pub async fn run(
     config: Config,
-    listener: tokio::net::TcpListener,
+    listener: corral_gateway::PublicListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)?;

@@ -9,6 +9,6 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> anyhow::Result<()> {
     let config = corral::Config::parse();
     let _telemetry = config.log.init(corral::NAME);
-    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    let listener = corral_gateway::PublicListener::bind(config.listen, &config.tls).await?;
     corral::run(config, listener, corral_telemetry::shutdown_signal()).await
 }

@@ -11,6 +11,7 @@ mod limit;
 pub mod openapi;
 pub mod rest;
 pub mod routes;
+pub mod tls;
 pub mod version;
 pub mod watch;
 
@@ -34,6 +35,7 @@ use tracing::Instrument;
 
 pub use calls::{CallContext, Clusters};
 pub use error::ApiError;
+pub use tls::{PublicListener, TlsOptions};
 
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 
@@ -352,22 +354,29 @@ const WATCH_SERVICE: &str = "corral.watch.v1.ClusterWatch";
 
 /// Serves `app` on an already-bound listener until `shutdown` resolves.
 pub async fn serve(
-    listener: tokio::net::TcpListener,
+    listener: PublicListener,
     app: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     use axum::serve::ListenerExt as _;
-    // Replies go out at once: with Nagle's algorithm a response's last frame waits for the
-    // client's delayed ACK, up to 40 ms, whenever a connection is not busy.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "could not set TCP_NODELAY");
-        }
-    });
     // The peer address feeds the per-source login rate limit.
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown)
-        .await
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
+    match listener {
+        PublicListener::Plain(listener) => {
+            // Replies go out at once: with Nagle's algorithm a response's last frame waits for
+            // the client's delayed ACK, up to 40 ms, whenever a connection is not busy.
+            let listener = listener.tap_io(|tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!(error = %e, "could not set TCP_NODELAY");
+                }
+            });
+            axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+        }
+        // TCP_NODELAY is set before the handshake; the tap gives the peer address to handlers.
+        PublicListener::Tls(listener) => {
+            axum::serve(listener.tap_io(|_| {}), app).with_graceful_shutdown(shutdown).await
+        }
+    }
 }
 
 /// Configuration of the stand-alone gateway process.
@@ -379,6 +388,8 @@ pub struct ServiceConfig {
     /// Address to listen on for gRPC and REST.
     #[arg(long, env = "CORRAL_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    #[command(flatten)]
+    pub tls: TlsOptions,
     /// Largest accepted request body in bytes.
     #[arg(long, env = "CORRAL_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES)]
     pub max_body_bytes: usize,
@@ -463,6 +474,8 @@ pub async fn run(
     config: ServiceConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // Refused before anything else starts.
+    config.tls.check(config.listen)?;
     let (key, client, log) = config.service.connect(NAME).await?;
     let timeout = Duration::from_millis(config.registry_timeout_ms);
     let services = Arc::new(corral_service_api::nats::NatsClient::new(client.clone(), timeout));
@@ -482,7 +495,7 @@ pub async fn run(
         let _ = hub_stop.wait_for(|s| *s).await;
     })
     .await?;
-    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    let listener = PublicListener::bind(config.listen, &config.tls).await?;
     let addr = listener.local_addr()?;
     let gateway = GatewayConfig { max_body_bytes: config.max_body_bytes };
     let app = app(services.clone(), queries, services, auth, hub, &gateway);
