@@ -416,7 +416,7 @@ async fn accounts_tokens_and_rbac_across_two_gateways() {
     assert_eq!(s, 503, "{b}");
 
     // --- No token, password or hash in clear in the stream, the registry's sled files or logs.
-    let client = corral_process::connect(&d.nats.url(), "test").await.expect("nats");
+    let client = d.client().await;
     let log = corral_event_log::NatsLog::new(client, Default::default()).await.expect("log");
     use corral_event_log::EventLog;
     let events = log.read(1, 100_000).await.expect("read");

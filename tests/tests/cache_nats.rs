@@ -34,7 +34,16 @@ async fn wait_cache(api: &Api, server: &str, limit: Duration, want: impl Fn(&Val
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalidate_cache_resyncs_the_discovery_counts() {
-    let d = Deployment::start(1, 1).await;
+    invalidate_cache_resyncs_the_discovery_counts_on(Deployment::start(1, 1).await).await;
+}
+
+/// The same over TLS to three NATS nodes, each service as its own least-privilege user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_least_privilege_users_invalidate_cache_resyncs_the_discovery_counts() {
+    invalidate_cache_resyncs_the_discovery_counts_on(Deployment::start_secured(1, 1, &[]).await).await;
+}
+
+async fn invalidate_cache_resyncs_the_discovery_counts_on(d: Deployment) {
     let fake = FakeKube::start(&["cache-token"]).await;
     let _cache = d.spawn_cache_invalidation(0.5).await;
     let api = d.api(0).await;

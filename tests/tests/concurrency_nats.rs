@@ -13,7 +13,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 
 async fn stored_event_types(d: &common::Deployment, subject: &str) -> Vec<String> {
-    let client = corral_process::connect(&d.nats.url(), "test").await.expect("nats");
+    let client = d.client().await;
     let log = NatsLog::new(client, Default::default()).await.expect("log");
     let mut out = Vec::new();
     let mut from = 1;
@@ -156,7 +156,7 @@ async fn a_command_expecting_a_stale_version_is_refused_and_changes_nothing() {
         common::suite::rest_post(&api, "/api/v1/clusters", serde_json::json!({"server": server, "name": "versioned"}))
             .await;
     assert!(s.is_success());
-    let client = corral_process::connect(&d.nats.url(), "test").await.expect("nats");
+    let client = d.client().await;
     let registry = corral_service_api::nats::NatsClient::new(client, std::time::Duration::from_secs(30));
     let get = || Query {
         linearizable: true,

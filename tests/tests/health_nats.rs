@@ -48,14 +48,23 @@ fn status(c: &Value) -> &str {
 }
 
 async fn state_events(d: &Deployment) -> usize {
-    let client = corral_process::connect(&d.nats.url(), "test").await.expect("nats");
+    let client = d.client().await;
     let log = corral_event_log::NatsLog::new(client, Default::default()).await.expect("log");
     log.read(1, 1_000_000).await.expect("read").iter().filter(|e| e.subject.starts_with("corral.clusterstate.")).count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_health_probe_records_what_each_cluster_answers() {
-    let d = Deployment::start(1, 1).await;
+    the_health_probe_records_what_each_cluster_answers_on(Deployment::start(1, 1).await).await;
+}
+
+/// The same over TLS to three NATS nodes, each service as its own least-privilege user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_least_privilege_users_the_health_probe_records_what_each_cluster_answers() {
+    the_health_probe_records_what_each_cluster_answers_on(Deployment::start_secured(1, 1, &[]).await).await;
+}
+
+async fn the_health_probe_records_what_each_cluster_answers_on(d: Deployment) {
     let fake = FakeKube::start(&["good-token"]).await;
     let other = FakeKube::start(&["exec-token"]).await;
     // `other` also plays AWS STS for role assumption (AWS_ENDPOINT_URL_STS, trusted via AWS_CA_BUNDLE).
@@ -233,7 +242,7 @@ async fn the_health_probe_records_what_each_cluster_answers() {
 /// Each cluster's observation events, by the replica that appended them (the envelope's actor).
 async fn observers(d: &Deployment) -> std::collections::HashMap<String, Vec<String>> {
     use prost::Message;
-    let client = corral_process::connect(&d.nats.url(), "test").await.expect("nats");
+    let client = d.client().await;
     let log = corral_event_log::NatsLog::new(client, Default::default()).await.expect("log");
     let mut by_cluster: std::collections::HashMap<String, Vec<String>> = Default::default();
     for e in log.read(1, 1_000_000).await.expect("read") {
@@ -247,7 +256,16 @@ async fn observers(d: &Deployment) -> std::collections::HashMap<String, Vec<Stri
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_probe_replicas_split_the_fleet_and_the_survivor_takes_over() {
-    let d = Deployment::start(1, 1).await;
+    two_probe_replicas_split_the_fleet_and_the_survivor_takes_over_on(Deployment::start(1, 1).await).await;
+}
+
+/// The same over TLS to three NATS nodes, each service as its own least-privilege user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_least_privilege_users_two_probe_replicas_split_the_fleet_and_the_survivor_takes_over() {
+    two_probe_replicas_split_the_fleet_and_the_survivor_takes_over_on(Deployment::start_secured(1, 1, &[]).await).await;
+}
+
+async fn two_probe_replicas_split_the_fleet_and_the_survivor_takes_over_on(d: Deployment) {
     let fake = FakeKube::start(&["fleet-token"]).await;
     let mut first = d.spawn_health_probe(INTERVAL, TIMEOUT).await;
     let second = d.spawn_health_probe(INTERVAL, TIMEOUT).await;

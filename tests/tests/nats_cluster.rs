@@ -395,7 +395,7 @@ async fn a_create_sent_again_after_a_client_time_out_is_applied_once() {
         assert_eq!(again, Outcome::Ok, "the create sent again");
     }
     println!("{timed_out} of 20 first attempts timed out on the client");
-    let client = corral_process::connect(&d.nats.url(), "test").await.expect("nats");
+    let client = d.client().await;
     let log = corral_event_log::NatsLog::new(client, Default::default()).await.expect("log");
     let mut registered: BTreeMap<String, usize> = BTreeMap::new();
     let mut from = 1;
@@ -415,4 +415,80 @@ async fn a_create_sent_again_after_a_client_time_out_is_applied_once() {
     for s in &servers {
         assert_eq!(registered.get(s), Some(&1), "{s} registered {:?} times", registered.get(s));
     }
+}
+
+/// TLS between every service and NATS, each service its own least-privilege user
+/// (nats/authorization.conf): the API suite passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_suite_passes_over_tls_with_a_least_privilege_user_per_service() {
+    let mut d = common::Deployment::start_secured(2, 2, &[]).await;
+    let _rotation = d.spawn_auth_rotation(300.0).await;
+    common::suite::run_all(&d.api(0).await).await;
+    let (s, body) = rest_get(&d.api(1).await, "/api/v1/clusters").await;
+    assert!(s.is_success(), "{body}");
+    let expected = BTreeMap::new();
+    assert_every_replica_holds(&mut d, &expected).await;
+}
+
+/// What the server said to a connection about what it refused.
+async fn connect_as(
+    d: &mut common::Deployment,
+    service: &str,
+) -> (async_nats::Client, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let auth = d.nats.cluster().auth_for(service);
+    let urls = d.nats.url();
+    let options = async_nats::ConnectOptions::new()
+        .add_root_certificates(auth.nats_tls_ca.clone().expect("ca"))
+        .require_tls(true)
+        .user_and_password(auth.nats_user.clone().expect("user"), auth.nats_password.clone().expect("password"))
+        .custom_inbox_prefix(format!("_INBOX.{service}"))
+        .event_callback(move |event| {
+            let tx = tx.clone();
+            async move {
+                if let async_nats::Event::ServerError(e) = event {
+                    let _ = tx.send(e.to_string());
+                }
+            }
+        });
+    let addrs: Vec<async_nats::ServerAddr> = urls.split(',').map(|u| u.parse().expect("url")).collect();
+    (options.connect(addrs).await.expect("connect"), rx)
+}
+
+async fn refusal(errors: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> String {
+    tokio::time::timeout(Duration::from_secs(10), errors.recv()).await.ok().flatten().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_is_refused_outside_its_subjects() {
+    let mut d = common::Deployment::start_secured(1, 1, &[]).await;
+    let log = corral_event_log::NatsLog::new(d.client().await, Default::default()).await.expect("log");
+    let before = corral_event_log::EventLog::last_seq(&log).await.expect("last seq");
+    let spec_subject = format!("corral.cluster.{}", corral_domain::cluster_id("https://forged.example.com"));
+
+    // The health probe may append observed state, not a cluster's spec, and may not command.
+    let (probe, mut errors) = connect_as(&mut d, "corral-health-probe").await;
+    let js = async_nats::jetstream::new(probe.clone());
+    let forged = js.publish(spec_subject.clone(), "forged".into()).await.expect("sent");
+    assert!(forged.await.is_err(), "the health probe appended a cluster spec event");
+    let said = refusal(&mut errors).await;
+    assert!(said.contains("Permissions Violation for Publish"), "{said}");
+    let command = probe.request(corral_service_api::nats::COMMAND_SUBJECT, "x".into()).await;
+    assert!(command.is_err(), "the health probe sent a registry command");
+    let said = refusal(&mut errors).await;
+    assert!(said.contains("Permissions Violation for Publish"), "{said}");
+    // Nor read another service's replies.
+    let _ = probe.subscribe("_INBOX.corral-gateway.>").await;
+    let said = refusal(&mut errors).await;
+    assert!(said.contains("Permissions Violation for Subscription"), "{said}");
+
+    // The gateway may not append a cluster event either.
+    let (gateway, mut errors) = connect_as(&mut d, "corral-gateway").await;
+    let js = async_nats::jetstream::new(gateway);
+    let forged = js.publish(spec_subject, "forged".into()).await.expect("sent");
+    assert!(forged.await.is_err(), "the gateway appended a cluster event");
+    let said = refusal(&mut errors).await;
+    assert!(said.contains("Permissions Violation for Publish"), "{said}");
+
+    assert_eq!(corral_event_log::EventLog::last_seq(&log).await.expect("last seq"), before, "something was appended");
 }

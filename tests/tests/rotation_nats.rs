@@ -63,7 +63,7 @@ async fn rotate_auth_swaps_the_token_and_retires_the_old_one_after_the_grace_per
     assert!(!c.to_string().contains(&new), "responses never show the token");
 
     // The new token is sealed in the log, never in clear.
-    let client = corral_process::connect(&d.nats.url(), "test").await.expect("nats");
+    let client = d.client().await;
     let log = corral_event_log::NatsLog::new(client, Default::default()).await.expect("log");
     for e in log.read(1, 1_000_000).await.expect("read") {
         assert!(

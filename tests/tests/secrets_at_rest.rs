@@ -17,7 +17,7 @@ async fn no_credential_in_clear_in_the_stream_the_store_or_sled_files() {
     let (_, got) = rest_get(&api, "/api/v1/clusters/sealed?id.type=name").await;
     assert!(!got.to_string().contains(TOKEN));
 
-    let client = corral_process::connect(&d.nats.url(), "test").await.expect("nats");
+    let client = d.client().await;
     let log = NatsLog::new(client, Default::default()).await.expect("log");
     let events = log.read(1, 10_000).await.expect("read");
     assert!(!events.is_empty());

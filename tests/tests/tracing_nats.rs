@@ -26,7 +26,7 @@ async fn trace_context_travels_from_the_gateway_into_the_events() {
         .expect("send");
     assert!(resp.status().is_success());
 
-    let client = corral_process::connect(&d.nats.url(), "test").await.expect("nats");
+    let client = d.client().await;
     let log = NatsLog::new(client, Default::default()).await.expect("log");
     let subject = format!("corral.cluster.{}", corral_domain::cluster_id("https://traced.example.com"));
     let events: Vec<_> = log.read(1, 1000).await.expect("read").into_iter().filter(|e| e.subject == subject).collect();

@@ -319,7 +319,16 @@ async fn watch_on_the_embedded_control_plane() {
 /// and no credential anywhere in the stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_on_nats_and_the_public_nats_stream() {
-    let d = common::Deployment::start(1, 2).await;
+    watch_on_nats_and_the_public_nats_stream_on(common::Deployment::start(1, 2).await).await;
+}
+
+/// The same over TLS to three NATS nodes, each service as its own least-privilege user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_with_least_privilege_users_on_a_three_node_cluster() {
+    watch_on_nats_and_the_public_nats_stream_on(common::Deployment::start_secured(1, 2, &[]).await).await;
+}
+
+async fn watch_on_nats_and_the_public_nats_stream_on(d: common::Deployment) {
     let api = d.api(0).await;
     watch_suite(&api, "nats").await;
     // Through the other gateway replica: the same revisions from its own hub.
@@ -335,7 +344,7 @@ async fn watch_on_nats_and_the_public_nats_stream() {
         }
     }
 
-    let client = corral_process::connect(&d.nats.url(), "test").await.expect("nats");
+    let client = d.client().await;
     let js = async_nats::jetstream::new(client);
     let stream = js.get_stream("CORRAL_EVENTS").await.expect("the public stream");
     let info = stream.cached_info().config.clone();

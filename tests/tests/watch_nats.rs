@@ -151,7 +151,7 @@ async fn the_public_stream_is_exactly_once_whatever_publishers_die() {
         refused += w.await.expect("writer");
     }
 
-    let client = corral_process::connect(&d.nats.url(), "test").await.expect("nats");
+    let client = d.client().await;
     let js = async_nats::jetstream::new(client);
     let internal = internal_cluster_revisions(&js).await;
     let deadline = Instant::now() + Duration::from_secs(30);

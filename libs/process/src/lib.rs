@@ -15,6 +15,8 @@ use corral_secrets::{SealingKey, SecretsError};
 pub enum ProcessError {
     #[error("invalid NATS URL {url:?}: {message}")]
     NatsUrl { url: String, message: String },
+    #[error("{0}")]
+    NatsAuth(String),
     #[error("cannot connect to NATS: {0}")]
     Nats(#[from] async_nats::ConnectError),
     #[error(transparent)]
@@ -130,12 +132,14 @@ pub struct NatsOptions {
     #[arg(long, env = "CORRAL_NATS_URL")]
     pub nats_url: String,
     #[command(flatten)]
+    pub auth: NatsAuthOptions,
+    #[command(flatten)]
     pub stream: StreamOptions,
 }
 
 impl NatsOptions {
     pub async fn connect(&self, name: &str) -> Result<async_nats::Client, ProcessError> {
-        connect(&self.nats_url, name).await
+        connect(&self.nats_url, name, &self.auth).await
     }
 
     /// The connection and the log on it.
@@ -146,18 +150,121 @@ impl NatsOptions {
     }
 }
 
-/// Connects to the NATS servers in `urls` (comma-separated), naming the connection `name`. A
-/// server that is down at start is retried rather than refused: the others, or it, will answer.
-pub async fn connect(urls: &str, name: &str) -> Result<async_nats::Client, ProcessError> {
+/// How a service proves itself to NATS and checks the servers: TLS (the servers' authority, a
+/// client certificate) and at most one of user and password, token, credentials file or nkey.
+#[derive(Clone, Default, clap::Args)]
+pub struct NatsAuthOptions {
+    /// PEM file of the authority that signed the NATS servers' certificates; with it the
+    /// connection requires TLS.
+    #[arg(long, env = "CORRAL_NATS_TLS_CA")]
+    pub nats_tls_ca: Option<PathBuf>,
+    /// PEM client certificate, for servers that verify clients (`verify: true`).
+    #[arg(long, env = "CORRAL_NATS_TLS_CERT", requires = "nats_tls_key")]
+    pub nats_tls_cert: Option<PathBuf>,
+    /// PEM key of the client certificate.
+    #[arg(long, env = "CORRAL_NATS_TLS_KEY", requires = "nats_tls_cert")]
+    pub nats_tls_key: Option<PathBuf>,
+    /// NATS user name (with a password).
+    #[arg(long, env = "CORRAL_NATS_USER")]
+    pub nats_user: Option<String>,
+    /// The NATS user's password. Give it in the environment or a file, not on the command line.
+    #[arg(long, env = "CORRAL_NATS_PASSWORD", hide_env_values = true)]
+    pub nats_password: Option<String>,
+    /// File holding the NATS user's password.
+    #[arg(long, env = "CORRAL_NATS_PASSWORD_FILE")]
+    pub nats_password_file: Option<PathBuf>,
+    /// File holding a NATS authentication token.
+    #[arg(long, env = "CORRAL_NATS_TOKEN_FILE")]
+    pub nats_token_file: Option<PathBuf>,
+    /// NATS credentials file (.creds: a user JWT and its nkey seed, as `nsc` writes it).
+    #[arg(long, env = "CORRAL_NATS_CREDS")]
+    pub nats_creds: Option<PathBuf>,
+    /// File holding an nkey seed (SU...).
+    #[arg(long, env = "CORRAL_NATS_NKEY_FILE")]
+    pub nats_nkey_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for NatsAuthOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsAuthOptions")
+            .field("nats_tls_ca", &self.nats_tls_ca)
+            .field("nats_tls_cert", &self.nats_tls_cert)
+            .field("nats_tls_key", &self.nats_tls_key)
+            .field("nats_user", &self.nats_user)
+            .field("nats_password", &self.nats_password.as_ref().map(|_| "[redacted]"))
+            .field("nats_password_file", &self.nats_password_file)
+            .field("nats_token_file", &self.nats_token_file)
+            .field("nats_creds", &self.nats_creds)
+            .field("nats_nkey_file", &self.nats_nkey_file)
+            .finish()
+    }
+}
+
+fn read_secret(path: &Path, what: &str) -> Result<String, ProcessError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ProcessError::NatsAuth(format!("cannot read the {what} file {}: {e}", path.display())))?;
+    Ok(text.trim().to_string())
+}
+
+impl NatsAuthOptions {
+    /// `options` with this TLS and these credentials.
+    async fn apply(&self, mut options: async_nats::ConnectOptions) -> Result<async_nats::ConnectOptions, ProcessError> {
+        if let Some(ca) = &self.nats_tls_ca {
+            options = options.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        if let (Some(cert), Some(key)) = (&self.nats_tls_cert, &self.nats_tls_key) {
+            options = options.add_client_certificate(cert.clone(), key.clone()).require_tls(true);
+        }
+        let password = match (&self.nats_password, &self.nats_password_file) {
+            (Some(p), _) if !p.is_empty() => Some(p.clone()),
+            (_, Some(file)) => Some(read_secret(file, "NATS password")?),
+            _ => None,
+        };
+        let given = [
+            password.is_some(),
+            self.nats_token_file.is_some(),
+            self.nats_creds.is_some(),
+            self.nats_nkey_file.is_some(),
+        ];
+        if given.iter().filter(|g| **g).count() > 1 {
+            return Err(ProcessError::NatsAuth(
+                "give one of a NATS password, token file, credentials file or nkey file".into(),
+            ));
+        }
+        match (&self.nats_user, password) {
+            (Some(user), Some(password)) => options = options.user_and_password(user.clone(), password),
+            (None, None) => {}
+            _ => return Err(ProcessError::NatsAuth("a NATS user needs a password, and a password a user".into())),
+        }
+        if let Some(file) = &self.nats_token_file {
+            options = options.token(read_secret(file, "NATS token")?);
+        }
+        if let Some(file) = &self.nats_nkey_file {
+            options = options.nkey(read_secret(file, "nkey seed")?);
+        }
+        if let Some(creds) = &self.nats_creds {
+            options = options.credentials_file(creds).await.map_err(|e| {
+                ProcessError::NatsAuth(format!("cannot read the NATS credentials file {}: {e}", creds.display()))
+            })?;
+        }
+        Ok(options)
+    }
+}
+
+/// Connects to the NATS servers in `urls` (comma-separated) as `auth` says, naming the
+/// connection `name`. A server that is down at start is retried rather than refused: the
+/// others, or it, will answer. Replies come on `_INBOX.<name>.>`, so a server's permissions can
+/// let each service read its own replies only.
+pub async fn connect(urls: &str, name: &str, auth: &NatsAuthOptions) -> Result<async_nats::Client, ProcessError> {
     let addrs = server_addrs(urls)?;
-    Ok(async_nats::ConnectOptions::new()
+    let options = async_nats::ConnectOptions::new()
         .name(name)
+        .custom_inbox_prefix(format!("_INBOX.{name}"))
         .retry_on_initial_connect()
         // A request nobody answers (a JetStream API call while the stream has no leader) is
         // given up soon, so that the caller's retry reaches the new leader.
-        .request_timeout(Some(corral_event_log::JETSTREAM_TIMEOUT))
-        .connect(addrs)
-        .await?)
+        .request_timeout(Some(corral_event_log::JETSTREAM_TIMEOUT));
+    Ok(auth.apply(options).await?.connect(addrs).await?)
 }
 
 fn server_addrs(urls: &str) -> Result<Vec<async_nats::ServerAddr>, ProcessError> {

@@ -5,9 +5,106 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use corral_process::NatsAuthOptions;
 use tokio::process::Child;
 
 use crate::{HarnessError, Output, nats_server_binary, spawn_child};
+
+/// The kinds of service and the NATS user each connects as (nats/authorization.conf).
+pub const SERVICE_USERS: [(&str, &str); 5] = [
+    ("corral-registry", "REGISTRY"),
+    ("corral-gateway", "GATEWAY"),
+    ("corral-health-probe", "HEALTH_PROBE"),
+    ("corral-cache-invalidation", "CACHE_INVALIDATION"),
+    ("corral-auth-rotation", "AUTH_ROTATION"),
+];
+
+/// TLS on the client port (a certificate from an authority made here) and the repository's
+/// least-privilege users, each with a password made here.
+pub struct Secured {
+    dir: tempfile::TempDir,
+    passwords: Vec<(String, String)>,
+}
+
+impl Secured {
+    pub fn new() -> Result<Secured, HarnessError> {
+        let dir = tempfile::tempdir()?;
+        let ca_key = rcgen::KeyPair::generate().map_err(pki)?;
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(pki)?;
+        ca_params.distinguished_name.push(rcgen::DnType::CommonName, "corral test NATS authority");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).map_err(pki)?;
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let key = rcgen::KeyPair::generate().map_err(pki)?;
+        let params =
+            rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).map_err(pki)?;
+        let cert = params.signed_by(&key, &issuer).map_err(pki)?;
+        std::fs::write(dir.path().join("ca.pem"), ca.pem())?;
+        std::fs::write(dir.path().join("server.pem"), cert.pem())?;
+        std::fs::write(dir.path().join("server-key.pem"), key.serialize_pem())?;
+        let passwords = SERVICE_USERS
+            .iter()
+            .map(|(_, kind)| kind.to_string())
+            .chain(["ADMIN".to_string()])
+            .map(|kind| (kind, crate::deployment::new_seal_key()))
+            .collect();
+        Ok(Secured { dir, passwords })
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    fn password(&self, kind: &str) -> String {
+        self.passwords.iter().find(|(k, _)| k == kind).map(|(_, p)| p.clone()).unwrap_or_default()
+    }
+
+    /// What a node's environment holds for the authorization file.
+    fn server_env(&self) -> Vec<(String, String)> {
+        self.passwords.iter().map(|(kind, p)| (format!("CORRAL_NATS_PASSWORD_{kind}"), p.clone())).collect()
+    }
+
+    /// The environment that makes `service` connect over TLS as its own user.
+    pub fn service_env(&self, service: &str) -> Vec<(String, String)> {
+        let Some((user, kind)) = SERVICE_USERS.iter().find(|(name, _)| *name == service) else {
+            return vec![("CORRAL_NATS_TLS_CA".into(), self.ca().display().to_string())];
+        };
+        vec![
+            ("CORRAL_NATS_TLS_CA".into(), self.ca().display().to_string()),
+            ("CORRAL_NATS_USER".into(), user.to_string()),
+            ("CORRAL_NATS_PASSWORD".into(), self.password(kind)),
+        ]
+    }
+
+    /// How `service` connects (the admin for anything else).
+    pub fn options_for(&self, service: &str) -> NatsAuthOptions {
+        let (user, kind) = SERVICE_USERS
+            .iter()
+            .find(|(name, _)| *name == service)
+            .map(|(u, k)| (u.to_string(), k.to_string()))
+            .unwrap_or(("corral-admin".into(), "ADMIN".into()));
+        NatsAuthOptions {
+            nats_tls_ca: Some(self.ca()),
+            nats_user: Some(user),
+            nats_password: Some(self.password(&kind)),
+            ..Default::default()
+        }
+    }
+
+    fn config(&self) -> String {
+        // NATS includes a file relative to the one including it: the copy beside the nodes'.
+        let authorization = "authorization.conf";
+        let d = self.dir.path().display();
+        format!(
+            "tls {{\n  cert_file: \"{d}/server.pem\"\n  key_file: \"{d}/server-key.pem\"\n  timeout: 5\n}}\n\
+             include \"{authorization}\"\n"
+        )
+    }
+}
+
+fn pki(e: rcgen::Error) -> HarnessError {
+    HarnessError::Io(std::io::Error::other(e.to_string()))
+}
 
 struct Node {
     name: String,
@@ -22,6 +119,7 @@ struct Node {
 pub struct NatsCluster {
     nodes: Vec<Node>,
     dir: tempfile::TempDir,
+    secured: Option<Secured>,
 }
 
 /// A loopback port nothing listens on at the moment of the call.
@@ -41,7 +139,20 @@ fn config_text(name: &str, client: u16, cluster: u16, peers: &[u16], store: &Pat
 
 impl NatsCluster {
     pub async fn start() -> Result<NatsCluster, HarnessError> {
+        Self::start_with(None).await
+    }
+
+    /// A cluster serving clients over TLS, with the repository's least-privilege users.
+    pub async fn start_secured() -> Result<NatsCluster, HarnessError> {
+        Self::start_with(Some(Secured::new()?)).await
+    }
+
+    async fn start_with(secured: Option<Secured>) -> Result<NatsCluster, HarnessError> {
         let dir = tempfile::tempdir()?;
+        if secured.is_some() {
+            let repository = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../nats/authorization.conf");
+            std::fs::copy(repository, dir.path().join("authorization.conf"))?;
+        }
         let ports: Vec<(u16, u16)> =
             (0..3).map(|_| Ok((free_port()?, free_port()?))).collect::<Result<_, HarnessError>>()?;
         let mut nodes = Vec::new();
@@ -51,7 +162,11 @@ impl NatsCluster {
             let store = dir.path().join(&name);
             std::fs::create_dir_all(&store)?;
             let config = dir.path().join(format!("{name}.conf"));
-            std::fs::write(&config, config_text(&name, *client, *cluster, &peers, &store))?;
+            let mut text = config_text(&name, *client, *cluster, &peers, &store);
+            if let Some(secured) = &secured {
+                text.push_str(&secured.config());
+            }
+            std::fs::write(&config, text)?;
             nodes.push(Node {
                 name,
                 client_port: *client,
@@ -61,7 +176,7 @@ impl NatsCluster {
                 output: Output::default(),
             });
         }
-        let mut c = NatsCluster { nodes, dir };
+        let mut c = NatsCluster { nodes, dir, secured };
         for i in 0..3 {
             c.launch(i)?;
         }
@@ -75,7 +190,8 @@ impl NatsCluster {
     fn launch(&mut self, i: usize) -> Result<(), HarnessError> {
         let node = &mut self.nodes[i];
         let args = vec!["-c".to_string(), node.config.display().to_string()];
-        let (child, output) = spawn_child(&nats_server_binary(), &args, &[])?;
+        let env = self.secured.as_ref().map(Secured::server_env).unwrap_or_default();
+        let (child, output) = spawn_child(&nats_server_binary(), &args, &env)?;
         node.child = Some(child);
         node.output = output;
         Ok(())
@@ -97,8 +213,7 @@ impl NatsCluster {
     async fn wait_for_jetstream(&self) -> Result<(), HarnessError> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
-            let urls: Vec<String> = (0..self.nodes.len()).map(|i| self.url(i)).collect();
-            if let Ok(client) = async_nats::connect(urls).await {
+            if let Ok(client) = self.client("harness").await {
                 let answer = client.request("$JS.API.INFO", "".into()).await;
                 if answer.is_ok_and(|m| !String::from_utf8_lossy(&m.payload).contains("\"error\"")) {
                     return Ok(());
@@ -113,6 +228,23 @@ impl NatsCluster {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// How `service` connects: over TLS as its own user on a secured cluster.
+    pub fn auth_for(&self, service: &str) -> NatsAuthOptions {
+        self.secured.as_ref().map(|s| s.options_for(service)).unwrap_or_default()
+    }
+
+    /// The environment that makes `service` connect as [`NatsCluster::auth_for`] says.
+    pub fn service_env(&self, service: &str) -> Vec<(String, String)> {
+        self.secured.as_ref().map(|s| s.service_env(service)).unwrap_or_default()
+    }
+
+    /// A connection to the cluster as `service` (anything not a service: the admin).
+    pub async fn client(&self, service: &str) -> Result<async_nats::Client, HarnessError> {
+        corral_process::connect(&self.urls(), service, &self.auth_for(service))
+            .await
+            .map_err(|e| HarnessError::Io(std::io::Error::other(e.to_string())))
     }
 
     /// The three client URLs, comma-separated, as the services take them.
@@ -178,8 +310,7 @@ impl NatsCluster {
 
     /// The node leading `stream`'s replicas, as the JetStream API tells it.
     pub async fn stream_leader(&self, stream: &str) -> Option<usize> {
-        let urls: Vec<String> = (0..self.nodes.len()).map(|i| self.url(i)).collect();
-        let client = async_nats::connect(urls).await.ok()?;
+        let client = self.client("harness").await.ok()?;
         let answer = client.request(format!("$JS.API.STREAM.INFO.{stream}"), "".into()).await.ok()?;
         let info: serde_json::Value = serde_json::from_slice(&answer.payload).ok()?;
         let leader = info["cluster"]["leader"].as_str()?;

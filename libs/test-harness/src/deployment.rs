@@ -69,6 +69,22 @@ impl Nats {
         }
     }
 
+    /// A connection as the test's tooling (the admin on a secured cluster).
+    pub async fn client(&self) -> async_nats::Client {
+        match self {
+            Nats::Server(s) => async_nats::connect(s.url()).await.expect("nats"),
+            Nats::Cluster(c) => c.client("test").await.expect("nats"),
+        }
+    }
+
+    /// The environment that makes `service` connect as its own user, where the cluster has them.
+    pub fn service_env(&self, service: &str) -> Vec<(String, String)> {
+        match self {
+            Nats::Server(_) => Vec::new(),
+            Nats::Cluster(c) => c.service_env(service),
+        }
+    }
+
     /// The cluster; panics on a one-server deployment (a test's mistake).
     pub fn cluster(&mut self) -> &mut NatsCluster {
         match self {
@@ -122,6 +138,20 @@ impl Deployment {
         Self::start_on(nats, registries, gateways, None, &env).await
     }
 
+    /// As [`Deployment::start_clustered`], with TLS between the services and NATS and each
+    /// service connecting as its own least-privilege user (nats/authorization.conf).
+    pub async fn start_secured(registries: usize, gateways: usize, env: &[(&str, &str)]) -> Deployment {
+        let nats = Nats::Cluster(NatsCluster::start_secured().await.expect("three secured nats-server nodes"));
+        let mut env = env.to_vec();
+        env.push(("CORRAL_STREAM_REPLICAS", "3"));
+        Self::start_on(nats, registries, gateways, None, &env).await
+    }
+
+    /// A connection to the deployment's NATS as the test's tooling.
+    pub async fn client(&self) -> async_nats::Client {
+        self.nats.client().await
+    }
+
     /// A deployment on `nats`.
     pub async fn start_on(
         nats: Nats,
@@ -166,6 +196,7 @@ impl Deployment {
     async fn spawn(&self, name: &str, args: Vec<String>, mut env: Vec<(String, String)>) -> ServiceProcess {
         let args: Vec<String> = self.nats_args().into_iter().chain(args).collect();
         env.extend(self.env.iter().cloned());
+        env.extend(self.nats.service_env(name));
         ServiceProcess::spawn(&workspace_bin(name), &args, &env, &ready(name), STARTUP)
             .await
             .unwrap_or_else(|e| panic!("{name}: {e}"))

@@ -25,6 +25,8 @@ pub struct Config {
     #[arg(long, env = "CORRAL_NATS_URL")]
     pub nats_url: Option<String>,
     #[command(flatten)]
+    pub nats_auth: corral_process::NatsAuthOptions,
+    #[command(flatten)]
     pub stream: corral_process::StreamOptions,
     #[command(flatten)]
     pub events: corral_process::EventsOptions,
@@ -92,7 +94,7 @@ pub async fn run(
             Arc::new(corral_event_log::SledLog::open_with_retention(&config.data_dir.join("events"), max_age)?),
         ),
         Some(urls) => {
-            let client = corral_process::connect(urls, NAME).await?;
+            let client = corral_process::connect(urls, NAME, &config.nats_auth).await?;
             let public = config.events.open(client.clone(), config.stream.stream_replicas).await?;
             (config.stream.open(client).await?, public)
         }

@@ -209,7 +209,7 @@ pub fn files_containing(dir: &std::path::Path, needle: &[u8]) -> Vec<String> {
 pub async fn registry_list(d: &Deployment) -> corral_proto::v1alpha1::ClusterList {
     use corral_proto::registry::{Query, query, reply};
     use corral_service_api::ClusterQueries as _;
-    let client = corral_process::connect(&d.nats.url(), "test").await.expect("nats");
+    let client = d.client().await;
     let registry = corral_service_api::nats::NatsClient::new(client, Duration::from_secs(30));
     let q = Query { linearizable: true, kind: Some(query::Kind::List(Default::default())), ..Default::default() };
     match registry.query(q).await.result {
