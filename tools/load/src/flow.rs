@@ -25,6 +25,8 @@ use tokio::task::JoinHandle;
 use tonic::{Request, Response, Status};
 
 const STREAM: &str = "LOADFLOW";
+/// The stand-in of the public stream of cluster changes (CORRAL_EVENTS).
+const PUBLIC_STREAM: &str = "LOADFLOWPUBLIC";
 const COMMAND_SUBJECT: &str = "loadflowrpc.command";
 const TIMEOUT: Duration = Duration::from_secs(10);
 /// A W3C trace context of the size the gateway sends on.
@@ -43,7 +45,9 @@ impl Flow {
         for t in &self.tasks {
             t.abort();
         }
-        let _ = async_nats::jetstream::new(self.nats).delete_stream(STREAM).await;
+        let js = async_nats::jetstream::new(self.nats);
+        let _ = js.delete_stream(STREAM).await;
+        let _ = js.delete_stream(PUBLIC_STREAM).await;
     }
 }
 
@@ -53,19 +57,37 @@ async fn follower(log: &NatsLog) -> anyhow::Result<JoinHandle<()>> {
     Ok(tokio::spawn(async move { while let Some(Ok(_)) = events.next().await {} }))
 }
 
-/// One append as the registry makes it, through the same log: a de-duplication id, the subject's
-/// expected sequence (new here), the event type and the trace context.
-async fn append(log: &NatsLog, subject: String, event_type: &str, payload: Vec<u8>) -> anyhow::Result<u64> {
+/// One event as the registry appends it: a de-duplication id, the subject's expected sequence
+/// (new here), the event type and the trace context.
+fn event(subject: String, event_type: &str, payload: Vec<u8>) -> NewEvent {
     let headers = vec![
         (corral_events::EVENT_TYPE_HEADER.to_string(), event_type.to_string()),
         ("traceparent".to_string(), TRACEPARENT.to_string()),
     ];
     let msg_id = format!("{TRACEPARENT}:{subject}:1");
-    let event = NewEvent { subject, msg_id, expected_subject_seq: Some(0), headers, payload: payload.into() };
-    Ok(log.append(event).await?.seq)
+    NewEvent { subject, msg_id, expected_subject_seq: Some(0), headers, payload: payload.into() }
 }
 
-/// The stand-in registry's answer to one command: claim, event, reply.
+/// The stand-in publisher: every cluster event of the log becomes one event on the public
+/// stream, which a stand-in hub follows.
+async fn publisher(log: &NatsLog, public: NatsLog) -> anyhow::Result<JoinHandle<()>> {
+    let mut events = log.subscribe_matching(0, &["loadflow.clusters.>".to_string()]).await?;
+    Ok(tokio::spawn(async move {
+        let mut last = 0;
+        while let Some(Ok(e)) = events.next().await {
+            let name = e.subject.rsplit('.').next().unwrap_or_default().to_string();
+            let mut public_event = event(format!("loadflowpublic.{name}"), "registered", e.payload.to_vec());
+            public_event.expected_subject_seq = None;
+            if public.append_expecting(last, vec![public_event]).await.is_err() {
+                return;
+            }
+            last += 1;
+        }
+    }))
+}
+
+/// The stand-in registry's answer to one command: claim, event, reply; on a replicated stream
+/// the claim and the event in one atomic batch, as the registry appends them there.
 async fn handle(log: &NatsLog, payload: &[u8], with_claim: bool) -> anyhow::Result<Reply> {
     let command = Command::decode(payload)?;
     let Some(command::Kind::Create(ClusterCreateRequest { cluster: Some(cluster), .. })) = command.kind else {
@@ -73,17 +95,23 @@ async fn handle(log: &NatsLog, payload: &[u8], with_claim: bool) -> anyhow::Resu
     };
     // Names in the load are subject tokens already (load-N).
     let name = cluster.name.clone();
+    let registered =
+        event(format!("loadflow.clusters.{name}"), corral_events::event_type::CLUSTER_REGISTERED, payload.to_vec());
+    let mut events = Vec::new();
     if with_claim {
         let claim = name.clone().into_bytes();
-        append(log, format!("loadflow.names.{name}"), corral_events::event_type::CLUSTER_NAME_CLAIMED, claim).await?;
+        events.push(event(format!("loadflow.names.{name}"), corral_events::event_type::CLUSTER_NAME_CLAIMED, claim));
     }
-    let revision = append(
-        log,
-        format!("loadflow.clusters.{name}"),
-        corral_events::event_type::CLUSTER_REGISTERED,
-        payload.to_vec(),
-    )
-    .await?;
+    events.push(registered);
+    let revision = if log.batches_are_cheap() {
+        log.append_batch(events).await?.last().map(|o| o.seq).unwrap_or(0)
+    } else {
+        let mut seq = 0;
+        for e in events {
+            seq = log.append(e).await?.seq;
+        }
+        seq
+    };
     Ok(Reply { revision, result: Some(reply::Result::Cluster(cluster)), cluster_version: 1 })
 }
 
@@ -144,17 +172,32 @@ impl ClusterService for Gateway {
     }
 }
 
-/// Starts the stand-ins on a fresh stream made as the deployment's log makes its own; with or
-/// without the name claim.
-pub async fn start(nats_url: &str, with_claim: bool) -> anyhow::Result<Flow> {
-    let registry_client = async_nats::connect(nats_url).await?;
-    let gateway_client = async_nats::connect(nats_url).await?;
-    let _ = async_nats::jetstream::new(registry_client.clone()).delete_stream(STREAM).await;
-    let config =
-        || NatsLogConfig { stream: STREAM.into(), subjects: vec!["loadflow.>".into()], replicas: 1, max_age: None };
-    let registry_log = Arc::new(NatsLog::new(registry_client.clone(), config()).await?);
-    let gateway_log = NatsLog::new(gateway_client.clone(), config()).await?;
+/// Starts the stand-ins on a fresh stream made as the deployment's log makes its own, with
+/// `replicas`; with or without the name claim; with `public`, also the public stream of
+/// changes, its publisher and a hub following it.
+pub async fn start(nats_url: &str, with_claim: bool, replicas: usize, public: bool) -> anyhow::Result<Flow> {
+    let auth = corral_process::NatsAuthOptions::default();
+    let connect = || corral_process::connect(nats_url, "corral-load", &auth);
+    let registry_client = connect().await?;
+    let gateway_client = connect().await?;
+    let js = async_nats::jetstream::new(registry_client.clone());
+    let _ = js.delete_stream(STREAM).await;
+    let _ = js.delete_stream(PUBLIC_STREAM).await;
+    let config = |stream: &str, subjects: &str| NatsLogConfig {
+        stream: stream.into(),
+        subjects: vec![subjects.into()],
+        replicas,
+        max_age: None,
+    };
+    let registry_log = Arc::new(NatsLog::new(registry_client.clone(), config(STREAM, "loadflow.>")).await?);
+    let gateway_log = NatsLog::new(gateway_client.clone(), config(STREAM, "loadflow.>")).await?;
     let mut tasks = vec![follower(&registry_log).await?, follower(&gateway_log).await?];
+    if public {
+        let config = config(PUBLIC_STREAM, "loadflowpublic.>");
+        let public_log = NatsLog::new(registry_client.clone(), config.clone()).await?;
+        tasks.push(publisher(&registry_log, public_log).await?);
+        tasks.push(follower(&NatsLog::new(gateway_client.clone(), config).await?).await?);
+    }
     tasks.push(registry(registry_client.clone(), registry_log, with_claim));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;

@@ -5,6 +5,7 @@
 //! latency with 1, 100 and 1,000 watchers beside its floor, and Create beside idle watchers.
 
 mod cpu;
+mod durable;
 mod events;
 mod flow;
 
@@ -65,6 +66,11 @@ struct Args {
     /// watchers).
     #[arg(long)]
     events_only: bool,
+    /// Durable writes on a three-node cluster (--nats-url lists the three): the floor of one
+    /// create's event on an R3 stream (publish-with-ack expecting its subject empty), then
+    /// Create, Update and Get through the gateway against it. Nothing else is measured.
+    #[arg(long)]
+    durable: bool,
 }
 
 /// Sends the session token with every call, as an Argo CD client does.
@@ -241,6 +247,16 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     cpu::watch(args.cpu_of.clone());
     let c = args.concurrency;
+    if args.durable {
+        let nats = corral_process::connect(&args.nats_url, "corral-load", &Default::default()).await?;
+        let token = if args.password.is_empty() {
+            BearerToken::default()
+        } else {
+            login(args.gateway, &args.username, &args.password).await?
+        };
+        let gw = Arc::new(clients(args.gateway, c, token).await?);
+        return durable::measure(nats, &args.nats_url, gw, c, args.seconds).await;
+    }
 
     // Floors, measured on this machine in this run.
     let echo_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -374,7 +390,7 @@ async fn create_flow_floor(args: &Args, create_floor: Duration, single_create_fl
     ];
     let mut phases = Vec::new();
     for (name, with_claim, clients, seconds, floor) in runs {
-        let flow = flow::start(&args.nats_url, with_claim).await?;
+        let flow = flow::start(&args.nats_url, with_claim, 1, false).await?;
         let cl = Arc::new(self::clients(flow.addr, clients, BearerToken::default()).await?);
         let stats = drive(name, clients, None, seconds, move |i| {
             let mut g = cl[i % cl.len()].clone();
@@ -516,11 +532,16 @@ async fn publish_floor(name: &str, js: Arc<async_nats::jetstream::Context>, clie
 }
 
 async fn run_get(name: &str, cl: Arc<Vec<Client>>, clients: usize, n: usize, seconds: u64) -> Stats {
+    run_get_from(name, cl, clients, 0, n, seconds).await
+}
+
+/// Gets of the clusters numbered `base..base + n`, round robin.
+async fn run_get_from(name: &str, cl: Arc<Vec<Client>>, clients: usize, base: usize, n: usize, seconds: u64) -> Stats {
     drive(name, clients, None, seconds, move |i| {
         let mut g = cl[i % cl.len()].clone();
         async move {
             let q = ClusterQuery {
-                id: Some(ClusterId { r#type: "server".into(), value: server_url(i % n) }),
+                id: Some(ClusterId { r#type: "server".into(), value: server_url(base + i % n) }),
                 ..Default::default()
             };
             g.get(q).await.is_ok()
