@@ -173,6 +173,10 @@ pub struct NatsAuthOptions {
     /// File holding the NATS user's password.
     #[arg(long, env = "CORRAL_NATS_PASSWORD_FILE")]
     pub nats_password_file: Option<PathBuf>,
+    /// A NATS authentication token. Give it in the environment or a file, not on the command
+    /// line.
+    #[arg(long, env = "CORRAL_NATS_TOKEN", hide_env_values = true)]
+    pub nats_token: Option<String>,
     /// File holding a NATS authentication token.
     #[arg(long, env = "CORRAL_NATS_TOKEN_FILE")]
     pub nats_token_file: Option<PathBuf>,
@@ -193,6 +197,7 @@ impl std::fmt::Debug for NatsAuthOptions {
             .field("nats_user", &self.nats_user)
             .field("nats_password", &self.nats_password.as_ref().map(|_| "[redacted]"))
             .field("nats_password_file", &self.nats_password_file)
+            .field("nats_token", &self.nats_token.as_ref().map(|_| "[redacted]"))
             .field("nats_token_file", &self.nats_token_file)
             .field("nats_creds", &self.nats_creds)
             .field("nats_nkey_file", &self.nats_nkey_file)
@@ -220,15 +225,15 @@ impl NatsAuthOptions {
             (_, Some(file)) => Some(read_secret(file, "NATS password")?),
             _ => None,
         };
-        let given = [
-            password.is_some(),
-            self.nats_token_file.is_some(),
-            self.nats_creds.is_some(),
-            self.nats_nkey_file.is_some(),
-        ];
+        let token = match (&self.nats_token, &self.nats_token_file) {
+            (Some(t), _) if !t.is_empty() => Some(t.clone()),
+            (_, Some(file)) => Some(read_secret(file, "NATS token")?),
+            _ => None,
+        };
+        let given = [password.is_some(), token.is_some(), self.nats_creds.is_some(), self.nats_nkey_file.is_some()];
         if given.iter().filter(|g| **g).count() > 1 {
             return Err(ProcessError::NatsAuth(
-                "give one of a NATS password, token file, credentials file or nkey file".into(),
+                "give one of a NATS password, token, credentials file or nkey file".into(),
             ));
         }
         match (&self.nats_user, password) {
@@ -236,8 +241,8 @@ impl NatsAuthOptions {
             (None, None) => {}
             _ => return Err(ProcessError::NatsAuth("a NATS user needs a password, and a password a user".into())),
         }
-        if let Some(file) = &self.nats_token_file {
-            options = options.token(read_secret(file, "NATS token")?);
+        if let Some(token) = token {
+            options = options.token(token);
         }
         if let Some(file) = &self.nats_nkey_file {
             options = options.nkey(read_secret(file, "nkey seed")?);
@@ -377,6 +382,37 @@ mod tests {
         assert_eq!(three[1].port(), 4223);
         assert!(matches!(server_addrs(""), Err(ProcessError::NatsUrl { .. })));
         assert!(matches!(server_addrs("nats://a:notaport"), Err(ProcessError::NatsUrl { .. })));
+    }
+
+    #[test]
+    fn nats_secrets_stay_out_of_debug_output() {
+        let auth = NatsAuthOptions {
+            nats_user: Some("corral-registry".into()),
+            nats_password: Some("hunter2-canary".into()),
+            nats_token: Some("token-canary".into()),
+            ..Default::default()
+        };
+        let shown = format!("{auth:?}");
+        assert!(shown.contains("corral-registry") && shown.contains("[redacted]"), "{shown}");
+        assert!(!shown.contains("canary"), "{shown}");
+    }
+
+    #[tokio::test]
+    async fn nats_credentials_are_one_kind_and_a_user_goes_with_a_password() {
+        let two = NatsAuthOptions {
+            nats_user: Some("u".into()),
+            nats_password: Some("p".into()),
+            nats_token: Some("t".into()),
+            ..Default::default()
+        };
+        let e = two.apply(async_nats::ConnectOptions::new()).await.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("give one of"), "{e}");
+        let alone = NatsAuthOptions { nats_user: Some("u".into()), ..Default::default() };
+        let e = alone.apply(async_nats::ConnectOptions::new()).await.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("needs a password"), "{e}");
+        let missing = NatsAuthOptions { nats_token_file: Some("/nonexistent/token".into()), ..Default::default() };
+        let e = missing.apply(async_nats::ConnectOptions::new()).await.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("cannot read the NATS token file /nonexistent/token"), "{e}");
     }
 
     #[test]

@@ -122,9 +122,12 @@ pub struct NatsCluster {
     secured: Option<Secured>,
 }
 
-/// A loopback port nothing listens on at the moment of the call.
-fn free_port() -> Result<u16, HarnessError> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// `n` distinct loopback ports nothing listens on at the moment of the call (all bound at once,
+/// so none is given twice).
+fn free_ports(n: usize) -> Result<Vec<u16>, HarnessError> {
+    let listeners: Vec<std::net::TcpListener> =
+        (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0")).collect::<Result<_, _>>()?;
+    Ok(listeners.iter().map(|l| l.local_addr().map(|a| a.port())).collect::<Result<_, _>>()?)
 }
 
 fn config_text(name: &str, client: u16, cluster: u16, peers: &[u16], store: &Path) -> String {
@@ -147,14 +150,54 @@ impl NatsCluster {
         Self::start_with(Some(Secured::new()?)).await
     }
 
+    /// A port picked free may be taken by another process before the node binds it (tests run
+    /// side by side): then the cluster is started again on other ports.
     async fn start_with(secured: Option<Secured>) -> Result<NatsCluster, HarnessError> {
-        let dir = tempfile::tempdir()?;
+        let mut secured = secured;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match Self::start_once(secured.take()).await {
+                Ok(c) => return Ok(c),
+                Err((HarnessError::Exited { logs, .. }, s))
+                    if attempt < 5 && logs.contains("address already in use") =>
+                {
+                    secured = s;
+                }
+                Err((e, _)) => return Err(e),
+            }
+        }
+    }
+
+    async fn start_once(secured: Option<Secured>) -> Result<NatsCluster, (HarnessError, Option<Secured>)> {
+        let dir = match tempfile::tempdir() {
+            Ok(d) => d,
+            Err(e) => return Err((e.into(), secured)),
+        };
+        let mut c = NatsCluster { nodes: Vec::new(), dir, secured };
+        match c.configure_and_launch().await {
+            Ok(()) => Ok(c),
+            Err(e) => {
+                for node in &mut c.nodes {
+                    if let Some(child) = node.child.as_mut() {
+                        let _ = child.start_kill();
+                    }
+                }
+                let secured = c.secured.take();
+                Err((e, secured))
+            }
+        }
+    }
+
+    async fn configure_and_launch(&mut self) -> Result<(), HarnessError> {
+        let dir = &self.dir;
+        let secured = &self.secured;
         if secured.is_some() {
             let repository = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../nats/authorization.conf");
             std::fs::copy(repository, dir.path().join("authorization.conf"))?;
         }
-        let ports: Vec<(u16, u16)> =
-            (0..3).map(|_| Ok((free_port()?, free_port()?))).collect::<Result<_, HarnessError>>()?;
+        let picked = free_ports(6)?;
+        let ports: Vec<(u16, u16)> = picked.chunks(2).map(|p| (p[0], p[1])).collect();
         let mut nodes = Vec::new();
         for (i, (client, cluster)) in ports.iter().enumerate() {
             let name = format!("n{}", i + 1);
@@ -176,15 +219,14 @@ impl NatsCluster {
                 output: Output::default(),
             });
         }
-        let mut c = NatsCluster { nodes, dir, secured };
+        self.nodes = nodes;
         for i in 0..3 {
-            c.launch(i)?;
+            self.launch(i)?;
         }
         for i in 0..3 {
-            c.wait_ready(i).await?;
+            self.wait_ready(i).await?;
         }
-        c.wait_for_jetstream().await?;
-        Ok(c)
+        self.wait_for_jetstream().await
     }
 
     fn launch(&mut self, i: usize) -> Result<(), HarnessError> {
