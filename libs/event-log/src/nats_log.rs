@@ -113,9 +113,12 @@ fn publish_headers(event: &NewEvent) -> HeaderMap {
 fn publish_error(e: jetstream::context::PublishError, subject: &str, expected: Option<u64>) -> LogError {
     /// The server's code for an atomic batch holding an id it has already stored.
     const BATCH_DUPLICATE_MSG_ID: u64 = 10201;
+    /// The server's code for a message whose id another publisher is storing at this moment.
+    const DUPLICATE_MSG_ID_IN_PROCESS: u64 = 10158;
     let code =
         std::error::Error::source(&e).and_then(|s| s.downcast_ref::<jetstream::Error>()).map(|j| j.error_code().0);
-    if e.kind() == PublishErrorKind::WrongLastSequence {
+    // Another writer storing the same message now is a lost race, like a wrong last sequence.
+    if e.kind() == PublishErrorKind::WrongLastSequence || code == Some(DUPLICATE_MSG_ID_IN_PROCESS) {
         LogError::Conflict { subject: subject.to_string(), expected: expected.unwrap_or_default() }
     } else if code == Some(BATCH_DUPLICATE_MSG_ID) {
         LogError::DuplicateBatch

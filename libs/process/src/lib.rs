@@ -256,6 +256,9 @@ impl NatsAuthOptions {
     }
 }
 
+/// How often a service pings its NATS server.
+pub const PING_INTERVAL: Duration = Duration::from_secs(2);
+
 /// Connects to the NATS servers in `urls` (comma-separated) as `auth` says, naming the
 /// connection `name`. A server that is down at start is retried rather than refused: the
 /// others, or it, will answer. Replies come on `_INBOX.<name>.>`, so a server's permissions can
@@ -268,7 +271,11 @@ pub async fn connect(urls: &str, name: &str, auth: &NatsAuthOptions) -> Result<a
         .retry_on_initial_connect()
         // A request nobody answers (a JetStream API call while the stream has no leader) is
         // given up soon, so that the caller's retry reaches the new leader.
-        .request_timeout(Some(corral_event_log::JETSTREAM_TIMEOUT));
+        .request_timeout(Some(corral_event_log::JETSTREAM_TIMEOUT))
+        // The client gives a server up after three unanswered pings: with async-nats' 60 s a
+        // service on a node cut off by a partition stood still for three minutes before it
+        // moved to another node.
+        .ping_interval(PING_INTERVAL);
     Ok(auth.apply(options).await?.connect(addrs).await?)
 }
 

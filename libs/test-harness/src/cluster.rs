@@ -1,6 +1,9 @@
 //! Three nats-server nodes clustered on loopback, as production runs them: each with its own
 //! `server_name`, store, client and cluster ports, routes to the other two, and JetStream with
-//! `sync_interval: always` (an acknowledgement means the write is on disk on a majority).
+//! `sync_interval: always` (an acknowledgement means the write is on disk on a majority). Each
+//! node pings its routes and clients every 2 s: with NATS's default of 2 minutes, a node cut off
+//! by a partition keeps its clients' subscriptions (a registry's queue membership) alive on the
+//! others for minutes, and requests routed to them are lost.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -102,6 +105,18 @@ impl Secured {
     }
 }
 
+/// The body of a plain HTTP GET to a loopback port.
+async fn http_get(port: u16, path: &str) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes()).await?;
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut answer))
+        .await
+        .map_err(|_| std::io::Error::other("monitoring endpoint timed out"))??;
+    Ok(answer.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+}
+
 fn pki(e: rcgen::Error) -> HarnessError {
     HarnessError::Io(std::io::Error::other(e.to_string()))
 }
@@ -110,6 +125,7 @@ struct Node {
     name: String,
     client_port: u16,
     cluster_port: u16,
+    monitor_port: u16,
     config: PathBuf,
     child: Option<Child>,
     output: Output,
@@ -130,10 +146,11 @@ fn free_ports(n: usize) -> Result<Vec<u16>, HarnessError> {
     Ok(listeners.iter().map(|l| l.local_addr().map(|a| a.port())).collect::<Result<_, _>>()?)
 }
 
-fn config_text(name: &str, client: u16, cluster: u16, peers: &[u16], store: &Path) -> String {
+fn config_text(name: &str, (client, cluster, monitor): (u16, u16, u16), peers: &[u16], store: &Path) -> String {
     let routes: Vec<String> = peers.iter().map(|p| format!("    \"nats://127.0.0.1:{p}\"")).collect();
     format!(
-        "server_name: {name}\nlisten: \"127.0.0.1:{client}\"\njetstream {{\n  store_dir: \"{}\"\n  sync_interval: always\n}}\n\
+        "server_name: {name}\nlisten: \"127.0.0.1:{client}\"\nhttp: \"127.0.0.1:{monitor}\"\nping_interval: \"2s\"\n\
+         jetstream {{\n  store_dir: \"{}\"\n  sync_interval: always\n}}\n\
          cluster {{\n  name: corral-test\n  listen: \"127.0.0.1:{cluster}\"\n  routes: [\n{}\n  ]\n}}\n",
         store.display(),
         routes.join(",\n")
@@ -196,24 +213,25 @@ impl NatsCluster {
             let repository = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../nats/authorization.conf");
             std::fs::copy(repository, dir.path().join("authorization.conf"))?;
         }
-        let picked = free_ports(6)?;
-        let ports: Vec<(u16, u16)> = picked.chunks(2).map(|p| (p[0], p[1])).collect();
+        let picked = free_ports(9)?;
+        let ports: Vec<(u16, u16, u16)> = picked.chunks(3).map(|p| (p[0], p[1], p[2])).collect();
         let mut nodes = Vec::new();
-        for (i, (client, cluster)) in ports.iter().enumerate() {
+        for (i, &(client, cluster, monitor)) in ports.iter().enumerate() {
             let name = format!("n{}", i + 1);
-            let peers: Vec<u16> = ports.iter().filter(|(c, _)| c != client).map(|(_, cl)| *cl).collect();
+            let peers: Vec<u16> = ports.iter().filter(|(c, _, _)| *c != client).map(|(_, cl, _)| *cl).collect();
             let store = dir.path().join(&name);
             std::fs::create_dir_all(&store)?;
             let config = dir.path().join(format!("{name}.conf"));
-            let mut text = config_text(&name, *client, *cluster, &peers, &store);
+            let mut text = config_text(&name, (client, cluster, monitor), &peers, &store);
             if let Some(secured) = &secured {
                 text.push_str(&secured.config());
             }
             std::fs::write(&config, text)?;
             nodes.push(Node {
                 name,
-                client_port: *client,
-                cluster_port: *cluster,
+                client_port: client,
+                cluster_port: cluster,
+                monitor_port: monitor,
                 config,
                 child: None,
                 output: Output::default(),
@@ -357,6 +375,24 @@ impl NatsCluster {
         let info: serde_json::Value = serde_json::from_slice(&answer.payload).ok()?;
         let leader = info["cluster"]["leader"].as_str()?;
         self.nodes.iter().position(|n| n.name == leader)
+    }
+
+    /// The nodes holding a client connection named `name`, from each node's monitoring
+    /// endpoint (`/connz`).
+    pub async fn nodes_with_client(&self, name: &str) -> Vec<usize> {
+        let mut found = Vec::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            if node.child.is_none() {
+                continue;
+            }
+            let Ok(body) = http_get(node.monitor_port, "/connz?limit=4096").await else { continue };
+            let Ok(connz) = serde_json::from_str::<serde_json::Value>(&body) else { continue };
+            let connections = connz["connections"].as_array().cloned().unwrap_or_default();
+            if connections.iter().any(|c| c["name"] == name) {
+                found.push(i);
+            }
+        }
+        found
     }
 
     /// The last lines node `i` wrote.
