@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use corral_test_harness::ServiceProcess;
 use corral_test_harness::deployment::workspace_bin;
+use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -22,17 +23,10 @@ struct Pki {
 }
 
 fn new_pki(name: &str) -> Pki {
-    let ca_key = rcgen::KeyPair::generate().expect("ca key");
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("ca params");
-    ca_params.distinguished_name.push(rcgen::DnType::CommonName, name);
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).expect("ca");
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let key = rcgen::KeyPair::generate().expect("server key");
-    let params =
-        rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).expect("server params");
-    let cert = params.signed_by(&key, &issuer).expect("server cert");
-    Pki { ca: ca.der().clone(), cert_pem: cert.pem(), key_pem: key.serialize_pem() }
+    let authority = corral_test_harness::pki::TestAuthority::new(name).expect("authority");
+    let (cert_pem, key_pem) = authority.server_certificate().expect("server certificate");
+    let ca = CertificateDer::from_pem_slice(authority.ca_pem.as_bytes()).expect("ca der");
+    Pki { ca, cert_pem, key_pem }
 }
 
 fn write_pki(pki: &Pki, dir: &Path) {

@@ -266,7 +266,13 @@ impl Queries {
     pub async fn reach(&self, q: &Query) -> Result<u64, RegistryError> {
         let mut need = q.min_revision;
         if q.linearizable {
-            need = need.max(self.barrier.last_seq().await.map_err(RegistryError::Unavailable)?);
+            match self.barrier.last_seq().await {
+                Ok(seq) => need = need.max(seq),
+                // Without a quorum the log cannot say how far it goes: the answer is what this
+                // replica has applied (writes are refused meanwhile, except on the other side of
+                // a partition), rather than no answer.
+                Err(e) => tracing::debug!(error = %e, "log unavailable; reading what this replica has"),
+            }
         }
         if need > self.projection.last_applied() {
             self.wait_for(need).await?;

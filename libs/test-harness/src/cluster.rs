@@ -32,19 +32,11 @@ pub struct Secured {
 impl Secured {
     pub fn new() -> Result<Secured, HarnessError> {
         let dir = tempfile::tempdir()?;
-        let ca_key = rcgen::KeyPair::generate().map_err(pki)?;
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(pki)?;
-        ca_params.distinguished_name.push(rcgen::DnType::CommonName, "corral test NATS authority");
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let ca = ca_params.self_signed(&ca_key).map_err(pki)?;
-        let issuer = rcgen::Issuer::new(ca_params, ca_key);
-        let key = rcgen::KeyPair::generate().map_err(pki)?;
-        let params =
-            rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).map_err(pki)?;
-        let cert = params.signed_by(&key, &issuer).map_err(pki)?;
-        std::fs::write(dir.path().join("ca.pem"), ca.pem())?;
-        std::fs::write(dir.path().join("server.pem"), cert.pem())?;
-        std::fs::write(dir.path().join("server-key.pem"), key.serialize_pem())?;
+        let authority = crate::pki::TestAuthority::new("corral test NATS authority")?;
+        let (cert, key) = authority.server_certificate()?;
+        std::fs::write(dir.path().join("ca.pem"), &authority.ca_pem)?;
+        std::fs::write(dir.path().join("server.pem"), cert)?;
+        std::fs::write(dir.path().join("server-key.pem"), key)?;
         let passwords = SERVICE_USERS
             .iter()
             .map(|(_, kind)| kind.to_string())
@@ -115,10 +107,6 @@ async fn http_get(port: u16, path: &str) -> std::io::Result<String> {
         .await
         .map_err(|_| std::io::Error::other("monitoring endpoint timed out"))??;
     Ok(answer.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
-}
-
-fn pki(e: rcgen::Error) -> HarnessError {
-    HarnessError::Io(std::io::Error::other(e.to_string()))
 }
 
 struct Node {

@@ -5,6 +5,7 @@
 
 pub mod cluster;
 pub mod deployment;
+pub mod pki;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
