@@ -433,6 +433,7 @@ async fn a_create_sent_again_after_a_client_time_out_is_applied_once() {
         assert_eq!(again, Outcome::Ok, "the create sent again");
     }
     println!("{timed_out} of 20 first attempts timed out on the client");
+    assert!(timed_out > 0, "no first attempt timed out: the test sent nothing again after a time-out");
     let client = d.client().await;
     let log = corral_event_log::NatsLog::new(client, Default::default()).await.expect("log");
     let mut registered: BTreeMap<String, usize> = BTreeMap::new();

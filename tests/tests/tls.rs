@@ -96,11 +96,16 @@ async fn start_all_in_one(dir: &Path, tls: &Path) -> (ServiceProcess, SocketAddr
     .iter()
     .map(|s| s.to_string())
     .collect();
+    spawn_all_in_one(&args).await
+}
+
+/// The all-in-one with `args`, probing and cache syncing off (nothing to reach), and its address.
+async fn spawn_all_in_one(args: &[String]) -> (ServiceProcess, SocketAddr) {
     let env = [
         ("CORRAL_PROBE_INTERVAL_SECONDS".to_string(), "0".to_string()),
         ("CORRAL_CACHE_CHECK_SECONDS".to_string(), "0".to_string()),
     ];
-    let p = ServiceProcess::spawn(&workspace_bin("corral"), &args, &env, "listening on", Duration::from_secs(60))
+    let p = ServiceProcess::spawn(&workspace_bin("corral"), args, &env, "listening on", Duration::from_secs(60))
         .await
         .expect("corral");
     let addr = corral_test_harness::parse_listen_addr(&p.ready_line()).expect("addr");
@@ -214,14 +219,8 @@ async fn plaintext_outside_loopback_needs_insecure() {
     // With --insecure it serves (on every address, here reached through loopback).
     let args: Vec<String> =
         ["--listen", "0.0.0.0:0", "--insecure", "--data-dir", &data].iter().map(|s| s.to_string()).collect();
-    let env = [
-        ("CORRAL_PROBE_INTERVAL_SECONDS".to_string(), "0".to_string()),
-        ("CORRAL_CACHE_CHECK_SECONDS".to_string(), "0".to_string()),
-    ];
-    let p = ServiceProcess::spawn(&workspace_bin("corral"), &args, &env, "listening on", Duration::from_secs(60))
-        .await
-        .expect("--insecure serves");
-    let port = corral_test_harness::parse_listen_addr(&p.ready_line()).expect("addr").port();
+    let (_p, addr) = spawn_all_in_one(&args).await;
+    let port = addr.port();
     let answer = reqwest::get(format!("http://127.0.0.1:{port}/api/version")).await.expect("get");
     assert!(answer.status().is_success());
 }

@@ -80,24 +80,25 @@ impl EventsOptions {
 /// cluster without a quorum, or one electing a leader, serves again in seconds, and a service
 /// that gave up would need someone to start it again.
 async fn open_log(client: async_nats::Client, config: NatsLogConfig) -> Result<Arc<dyn EventLog>, ProcessError> {
-    let log = retry_while_unavailable(&format!("open the stream {}", config.stream), || {
-        NatsLog::new(client.clone(), config.clone())
-    })
-    .await?;
+    let what = format!("open the stream {}", config.stream);
+    let unavailable = |e: &LogError| matches!(e, LogError::Unavailable(_));
+    let log = retry_while(&what, unavailable, || NatsLog::new(client.clone(), config.clone())).await?;
     Ok(Arc::new(log))
 }
 
-/// Runs `step` until it succeeds or fails otherwise than with [`LogError::Unavailable`],
-/// waiting from 100 ms up to 5 s between tries and saying so in the log.
-pub async fn retry_while_unavailable<T, F, Fut>(what: &str, mut step: F) -> Result<T, LogError>
+/// Runs `step` until it succeeds or fails with an error `transient` does not accept (one that
+/// trying again would not mend), waiting from 100 ms up to 5 s between tries and saying so in
+/// the log.
+pub async fn retry_while<T, E, F, Fut>(what: &str, transient: impl Fn(&E) -> bool, mut step: F) -> Result<T, E>
 where
+    E: std::fmt::Display,
     F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, LogError>>,
+    Fut: Future<Output = Result<T, E>>,
 {
     let mut backoff = Duration::from_millis(100);
     loop {
         match step().await {
-            Err(LogError::Unavailable(e)) => {
+            Err(e) if transient(&e) => {
                 tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot {what} yet");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));

@@ -382,11 +382,6 @@ impl NatsCluster {
         }
         found
     }
-
-    /// The last lines node `i` wrote.
-    pub fn tail(&self, i: usize, lines: usize) -> String {
-        self.nodes[i].output.tail(lines)
-    }
 }
 
 impl Drop for NatsCluster {

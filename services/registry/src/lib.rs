@@ -30,17 +30,9 @@ pub async fn start(
     });
     let registry = Registry::new(log, projection, key, config);
     // A log without a quorum at start is waited for, as a running replica waits.
-    let mut backoff = std::time::Duration::from_millis(100);
-    loop {
-        match registry.ensure_in_cluster().await {
-            Err(RegistryError::Unavailable(e)) => {
-                tracing::warn!(error = %e, "cannot register the in-cluster entry yet; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
-            }
-            other => return other.map(|()| registry),
-        }
-    }
+    let unavailable = |e: &RegistryError| matches!(e, RegistryError::Unavailable(_));
+    corral_process::retry_while("register the in-cluster entry", unavailable, || registry.ensure_in_cluster()).await?;
+    Ok(registry)
 }
 
 /// Configuration of the stand-alone registry process.
