@@ -54,6 +54,11 @@ where
 
 /// Sends a request to whichever replica serves `subject` and waits at most `timeout` for the
 /// reply's payload. `traceparent`, when given, travels in the W3C header of that name.
+///
+/// While no replica is subscribed the request is sent again for up to [`NO_RESPONDERS_PATIENCE`]
+/// (within `timeout`): a replica that has just started, or moved to another node, is known to the
+/// caller's server a moment after it subscribed, and a message nobody received is safe to send
+/// twice. A service with no replica at all is reported after that, not after the whole timeout.
 pub async fn request(
     client: &async_nats::Client,
     subject: &'static str,
@@ -61,14 +66,41 @@ pub async fn request(
     payload: Vec<u8>,
     timeout: Duration,
 ) -> Result<Bytes, async_nats::RequestError> {
-    let mut request = async_nats::Request::new().payload(payload.into()).timeout(Some(timeout));
-    if !traceparent.is_empty() {
+    let payload = Bytes::from(payload);
+    let headers = (!traceparent.is_empty()).then(|| {
         let mut headers = HeaderMap::new();
         headers.insert("traceparent", traceparent);
-        request = request.headers(headers);
+        headers
+    });
+    let started = tokio::time::Instant::now();
+    let deadline = started + timeout;
+    let patience = started + timeout.min(NO_RESPONDERS_PATIENCE);
+    let mut pause = NO_RESPONDERS_FIRST_PAUSE;
+    loop {
+        let now = tokio::time::Instant::now();
+        let left = deadline.saturating_duration_since(now);
+        let mut request = async_nats::Request::new().payload(payload.clone()).timeout(Some(left));
+        if let Some(h) = &headers {
+            request = request.headers(h.clone());
+        }
+        match client.send_request(subject, request).await {
+            Ok(reply) => return Ok(reply.payload),
+            Err(e)
+                if e.kind() == async_nats::RequestErrorKind::NoResponders
+                    && patience.saturating_duration_since(now) > pause =>
+            {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(NO_RESPONDERS_MAX_PAUSE);
+            }
+            Err(e) => return Err(e),
+        }
     }
-    Ok(client.send_request(subject, request).await?.payload)
 }
+
+/// How long a request waits for a replica to subscribe.
+pub const NO_RESPONDERS_PATIENCE: Duration = Duration::from_secs(3);
+const NO_RESPONDERS_FIRST_PAUSE: Duration = Duration::from_millis(20);
+const NO_RESPONDERS_MAX_PAUSE: Duration = Duration::from_millis(500);
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
@@ -118,6 +150,30 @@ mod tests {
             assert!(tokio::time::Instant::now() < deadline, "no such outcome within 10 s");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    #[tokio::test]
+    async fn a_request_sent_before_any_replica_subscribed_waits_for_one() {
+        let server = corral_test_harness::NatsServer::start().await.unwrap();
+        let client = async_nats::connect(server.url()).await.unwrap();
+        let url = server.url();
+        let late = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            start_replica(&url, "late").await
+        });
+        let started = tokio::time::Instant::now();
+        let reply = request(&client, ECHO, "", b"early".to_vec(), Duration::from_secs(5)).await.unwrap();
+        assert_eq!(String::from_utf8_lossy(&reply), "late|early|");
+        assert!(started.elapsed() >= Duration::from_millis(400));
+        let (stop, task) = late.await.unwrap();
+        stop.send(()).unwrap();
+        task.await.unwrap();
+        // Nobody there for the whole time: no responders (not a time-out) once the time is up.
+        until(&client, |r| match r {
+            Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => Some(()),
+            _ => None,
+        })
+        .await;
     }
 
     fn served_by(reply: &[u8]) -> String {
