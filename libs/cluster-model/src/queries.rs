@@ -264,27 +264,47 @@ impl Queries {
 
     /// Waits until the projection holds what `q` must see; the revision it answers at.
     pub async fn reach(&self, q: &Query) -> Result<u64, RegistryError> {
+        Ok(self.reach_confirming(q).await?.0)
+    }
+
+    /// As [`Queries::reach`], and whether the answer is as fresh as `q` asked: a linearizable
+    /// query when the log cannot say how far it goes (no quorum) is answered from what this
+    /// replica has applied (writes are refused meanwhile, except on the other side of a
+    /// partition), rather than not at all, but that answer may be behind.
+    async fn reach_confirming(&self, q: &Query) -> Result<(u64, bool), RegistryError> {
         let mut need = q.min_revision;
+        let mut confirmed = true;
         if q.linearizable {
             match self.barrier.last_seq().await {
                 Ok(seq) => need = need.max(seq),
-                // Without a quorum the log cannot say how far it goes: the answer is what this
-                // replica has applied (writes are refused meanwhile, except on the other side of
-                // a partition), rather than no answer.
-                Err(e) => tracing::debug!(error = %e, "log unavailable; reading what this replica has"),
+                Err(e) => {
+                    tracing::debug!(error = %e, "log unavailable; reading what this replica has");
+                    confirmed = false;
+                }
             }
         }
         if need > self.projection.last_applied() {
             self.wait_for(need).await?;
         }
-        Ok(self.projection.last_applied())
+        Ok((self.projection.last_applied(), confirmed))
     }
 
     pub async fn handle_query(&self, q: Query) -> Result<(u64, reply::Result, u64), RegistryError> {
-        let revision = self.reach(&q).await?;
+        let (revision, confirmed) = self.reach_confirming(&q).await?;
         match q.kind.ok_or_else(|| RegistryError::InvalidArgument("empty query".into()))? {
             query::Kind::Get(cq) => {
-                let (cluster, version) = self.get_versioned(&cq)?;
+                let (cluster, version) = match self.get_versioned(&cq) {
+                    // A replica that may be behind can tell what it holds, not that something
+                    // is missing: it may have been created elsewhere a moment ago (a write's
+                    // authorisation would otherwise answer a final 404 for a cluster that exists).
+                    Err(RegistryError::NotFound(_)) if !confirmed => {
+                        return Err(RegistryError::Unavailable(
+                            "the event log is unavailable, so whether the cluster exists cannot be confirmed; retry"
+                                .into(),
+                        ));
+                    }
+                    other => other?,
+                };
                 Ok((revision, reply::Result::Cluster(cluster), version))
             }
             query::Kind::List(cq) => Ok((revision, reply::Result::List(self.list(&cq)?), 0)),
@@ -293,10 +313,76 @@ impl Queries {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
+    use corral_event_log::{AppendOutcome, EventStream, LogError, NewEvent, RecordedEvent};
     use prost::Message;
 
     use super::*;
+
+    /// A log with no quorum: nothing answers.
+    struct NoQuorum;
+
+    fn no_quorum<T>() -> Result<T, LogError> {
+        Err(LogError::Unavailable("no quorum".into()))
+    }
+
+    #[async_trait::async_trait]
+    impl EventLog for NoQuorum {
+        async fn append(&self, _: NewEvent) -> Result<AppendOutcome, LogError> {
+            no_quorum()
+        }
+        async fn append_batch(&self, _: Vec<NewEvent>) -> Result<Vec<AppendOutcome>, LogError> {
+            no_quorum()
+        }
+        async fn last_seq(&self) -> Result<u64, LogError> {
+            no_quorum()
+        }
+        async fn first_seq(&self) -> Result<u64, LogError> {
+            no_quorum()
+        }
+        async fn append_expecting(&self, _: u64, _: Vec<NewEvent>) -> Result<(), LogError> {
+            no_quorum()
+        }
+        async fn last_subject_seq(&self, _: &str) -> Result<u64, LogError> {
+            no_quorum()
+        }
+        async fn read(&self, _: u64, _: usize) -> Result<Vec<RecordedEvent>, LogError> {
+            no_quorum()
+        }
+        async fn subscribe(&self, _: u64) -> Result<EventStream, LogError> {
+            no_quorum()
+        }
+        async fn subscribe_matching(&self, _: u64, _: &[String]) -> Result<EventStream, LogError> {
+            no_quorum()
+        }
+        async fn last_seq_matching(&self, _: &[String]) -> Result<u64, LogError> {
+            no_quorum()
+        }
+    }
+
+    fn get(server: &str) -> Query {
+        let q = ClusterQuery { server: server.into(), ..Default::default() };
+        Query { linearizable: true, kind: Some(query::Kind::Get(q)), ..Default::default() }
+    }
+
+    #[tokio::test]
+    async fn a_replica_that_cannot_reach_the_log_does_not_answer_a_cluster_is_missing() {
+        let projection = Projection::in_memory("test").unwrap();
+        let cut_off = Queries::new(Arc::new(NoQuorum), projection.clone(), Duration::from_secs(1));
+        let e = cut_off.handle_query(get("https://elsewhere.example.com")).await.err();
+        assert!(matches!(e, Some(RegistryError::Unavailable(_))), "{e:?}");
+        // A list answers with what the replica has.
+        let list =
+            Query { linearizable: true, kind: Some(query::Kind::List(Default::default())), ..Default::default() };
+        assert!(cut_off.handle_query(list).await.is_ok());
+        // Where the log answers, missing is missing.
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(corral_event_log::SledLog::open(dir.path()).unwrap());
+        let reachable = Queries::new(log, projection, Duration::from_secs(1));
+        let e = reachable.handle_query(get("https://elsewhere.example.com")).await.err();
+        assert!(matches!(e, Some(RegistryError::NotFound(_))), "{e:?}");
+    }
 
     fn cluster(server: &str, project: &str) -> v1alpha1::Cluster {
         v1alpha1::Cluster {
