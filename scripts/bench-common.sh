@@ -17,6 +17,8 @@ nats_version="$("$nats_bin" --version | awk '{print $2}')"
 
 export CORRAL_SEAL_KEY="$(head -c 32 /dev/urandom | base64)"
 export RUST_LOG=warn
+# Each process's operations listener on a port of its own (the gateway's default is 8083).
+export CORRAL_OPS_LISTEN=127.0.0.1:0
 export CORRAL_ADMIN_PASSWORD="bench-$(head -c 12 /dev/urandom | base64 | tr -dc 'A-Za-z0-9')"
 if [ "${start_registry:-1}" = 1 ]; then
   # With callgrind_registry=1 the registry runs under callgrind, its counts in $work/callgrind.registry.*.

@@ -40,6 +40,7 @@ nats_version="$("$nats_bin" --version | awk '{print $2}')"
 
 export CORRAL_SEAL_KEY="$(head -c 32 /dev/urandom | base64)"
 export RUST_LOG=warn
+export CORRAL_OPS_LISTEN=127.0.0.1:0
 export CORRAL_STREAM_REPLICAS=3
 export CORRAL_ADMIN_PASSWORD="bench-$(head -c 12 /dev/urandom | base64 | tr -dc 'A-Za-z0-9')"
 target/release/corral-registry --nats-url "$urls" --data-dir "$work/registry" >"$work/registry.out" 2>"$work/registry.err" &

@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 CORRAL_NATS_SERVER="$(scripts/ensure-nats-server.sh)"
 export CORRAL_NATS_SERVER
 export RUST_LOG="${RUST_LOG:-warn}"
+export CORRAL_OPS_LISTEN=127.0.0.1:0
 cargo build --release --locked -p corral-probe-bench -p corral-registry -p corral-health-probe
 echo "$(nproc) cores"
 target/release/corral-probe-bench "$@"

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Runs the whole test suite. Installs the pinned nats-server and schemathesis first; every test that
-# needs NATS starts its own server from it on a free loopback port with a temporary store.
+# Runs the whole test suite. Installs the pinned nats-server, schemathesis and Prometheus' Python
+# client (its OpenMetrics parser) first; every test that needs NATS starts its own server from it
+# on a free loopback port with a temporary store.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CORRAL_NATS_SERVER="$(scripts/ensure-nats-server.sh)"
 export CORRAL_NATS_SERVER
 CORRAL_SCHEMATHESIS="$(scripts/ensure-schemathesis.sh)"
 export CORRAL_SCHEMATHESIS
+CORRAL_PROMETHEUS_PYTHON="$(scripts/ensure-prometheus-parser.sh)"
+export CORRAL_PROMETHEUS_PYTHON
 # The end-to-end tests start the service binaries, which `cargo test` alone does not build.
 cargo build --workspace --bins --locked
 # The workspace's own rules: formatting, and the lints with warnings as errors.

@@ -109,7 +109,11 @@ async fn the_readme_set_up_command_and_walk_through_work_as_written() {
     let scratch =
         Scratch { dir: tempfile::Builder::new().prefix("readme-").tempdir_in(&scratch).expect("scratch folder") };
     let dir = &scratch.dir;
-    let mut server = Shell::start(commands[0], dir.path(), &[("CORRAL_LISTEN", "127.0.0.1:0")]);
+    let mut server = Shell::start(
+        commands[0],
+        dir.path(),
+        &[("CORRAL_LISTEN", "127.0.0.1:0"), ("CORRAL_OPS_LISTEN", "127.0.0.1:0")],
+    );
     let mut out = BufReader::new(server.child.stdout.take().expect("stdout")).lines();
     let addr = tokio::time::timeout(Duration::from_secs(900), async {
         while let Ok(Some(line)) = out.next_line().await {

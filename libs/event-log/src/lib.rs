@@ -6,6 +6,7 @@
 //! suite both must pass whole.
 
 pub mod conformance;
+mod metrics;
 mod nats_log;
 mod sled_log;
 

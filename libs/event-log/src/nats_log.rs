@@ -149,6 +149,7 @@ impl NatsLog {
     /// Opens the stream, creating it if missing: file storage, the configured replicas, a
     /// 2-minute duplicate window, direct gets and atomic batches.
     pub async fn new(client: async_nats::Client, config: NatsLogConfig) -> Result<NatsLog, LogError> {
+        crate::metrics::register();
         let js = jetstream::ContextBuilder::new().timeout(JETSTREAM_TIMEOUT).build(client);
         // JetStream's "no limit" is zero.
         let max_age = config.max_age.unwrap_or(Duration::ZERO);
@@ -211,6 +212,7 @@ impl NatsLog {
 #[async_trait::async_trait]
 impl EventLog for NatsLog {
     async fn append(&self, event: NewEvent) -> Result<AppendOutcome, LogError> {
+        let _timer = crate::metrics::AppendTimer::start("jetstream");
         check_subject(&event.subject)?;
         let headers = publish_headers(&event);
         let ack = self
@@ -230,6 +232,7 @@ impl EventLog for NatsLog {
                 None => Ok(Vec::new()),
             };
         }
+        let _timer = crate::metrics::AppendTimer::start("jetstream");
         for e in &events {
             check_subject(&e.subject)?;
         }
@@ -288,6 +291,7 @@ impl EventLog for NatsLog {
     /// Pipelined: every message goes out before the first acknowledgement is awaited; the server
     /// checks each against the one before it, in order.
     async fn append_expecting(&self, expected_last_seq: u64, events: Vec<NewEvent>) -> Result<(), LogError> {
+        let _timer = crate::metrics::AppendTimer::start("jetstream");
         let mut acks = Vec::with_capacity(events.len());
         for (i, event) in events.into_iter().enumerate() {
             check_subject(&event.subject)?;

@@ -134,6 +134,7 @@ impl SledLog {
     }
 
     pub fn open_db(db: sled::Db) -> Result<SledLog, LogError> {
+        crate::metrics::register();
         let events = db.open_tree("events").map_err(storage)?;
         let subjects = db.open_tree("subjects").map_err(storage)?;
         let msg_ids = db.open_tree("msg_ids").map_err(storage)?;
@@ -178,6 +179,7 @@ impl SledLog {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
+        let _timer = crate::metrics::AppendTimer::start("embedded");
         for e in &batch {
             check_subject(&e.subject)?;
         }

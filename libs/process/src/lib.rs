@@ -23,6 +23,8 @@ pub enum ProcessError {
     Log(#[from] LogError),
     #[error(transparent)]
     Key(#[from] SecretsError),
+    #[error("cannot listen for operations on {addr}: {source}")]
+    Ops { addr: SocketAddr, source: std::io::Error },
 }
 
 /// The stream every service follows, and how durable it is made when a process finds it missing.
@@ -293,7 +295,8 @@ fn server_addrs(urls: &str) -> Result<Vec<async_nats::ServerAddr>, ProcessError>
     Ok(addrs)
 }
 
-/// What every service on NATS takes: its connection and stream, the sealing key, and logging.
+/// What every service on NATS takes: its connection and stream, the sealing key, logging, and
+/// the operations listener.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServiceOptions {
     #[command(flatten)]
@@ -302,18 +305,72 @@ pub struct ServiceOptions {
     pub seal_key: SealKeyOptions,
     #[command(flatten)]
     pub log: LogOptions,
+    #[command(flatten)]
+    pub ops: OpsOptions,
 }
 
 impl ServiceOptions {
-    /// The sealing key, the NATS connection named `name`, and the log on it.
+    /// The sealing key, the NATS connection named `name`, and the log on it. `readiness` from
+    /// then on requires the connection to be up.
     pub async fn connect(
         &self,
         name: &str,
+        readiness: &Readiness,
     ) -> Result<(Arc<SealingKey>, async_nats::Client, Arc<dyn EventLog>), ProcessError> {
         let key = self.seal_key.load(None)?;
-        let (client, log) = self.nats.connect_log(name).await?;
+        let client = self.nats.connect(name).await?;
+        require_connection(readiness, &client);
+        let log = self.nats.stream.open(client.clone()).await?;
         Ok((key, client, log))
     }
+}
+
+/// `readiness` requires `client` to be connected: a service whose NATS server went away is not
+/// ready until the client has reconnected (to it or to another node).
+pub fn require_connection(readiness: &Readiness, client: &async_nats::Client) {
+    let client = client.clone();
+    readiness
+        .require("connected to NATS", move || client.connection_state() == async_nats::connection::State::Connected);
+}
+
+pub use corral_telemetry::ops::Readiness;
+
+/// Argo CD's API server metrics port, where the gateway and the all-in-one answer by default.
+pub const DEFAULT_OPS_LISTEN: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8083);
+
+/// Where a service answers `/metrics` (Prometheus), `/healthz` (alive) and `/readyz` (caught up
+/// with the log and connected).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct OpsOptions {
+    /// Address of the operations listener: /metrics (Prometheus), /healthz and /readyz. The
+    /// gateway and the all-in-one listen on 127.0.0.1:8083 unless told otherwise; the other
+    /// services only when given one.
+    #[arg(long, env = "CORRAL_OPS_LISTEN")]
+    pub ops_listen: Option<SocketAddr>,
+}
+
+impl OpsOptions {
+    /// Starts the operations listener of `service` on the address given, else on `default`, and
+    /// says where on stdout (`NAME operations on ADDR`). `None` when there is no address.
+    pub async fn start(
+        &self,
+        service: &str,
+        default: Option<SocketAddr>,
+        readiness: &Readiness,
+    ) -> Result<Option<SocketAddr>, ProcessError> {
+        let Some(addr) = self.ops_listen.or(default) else { return Ok(None) };
+        let bound = corral_telemetry::ops::start(addr, readiness.clone())
+            .await
+            .map_err(|source| ProcessError::Ops { addr, source })?;
+        println!("{}", ops_line(service, bound));
+        tracing::info!(service, addr = %bound, "operations listener (/metrics, /healthz, /readyz)");
+        Ok(Some(bound))
+    }
+}
+
+/// The line a process prints on stdout once its operations listener is bound.
+pub fn ops_line(service: &str, addr: SocketAddr) -> String {
+    format!("{service} operations on {addr}")
 }
 
 /// The key that seals credentials in events.
@@ -368,8 +425,9 @@ pub fn ready_line(service: &str, listening: Option<SocketAddr>) -> String {
     }
 }
 
-/// Prints [`ready_line`] and logs it.
-pub fn announce_ready(service: &str, listening: Option<SocketAddr>) {
+/// Marks `readiness` caught up, prints [`ready_line`] and logs it.
+pub fn announce_ready(service: &str, listening: Option<SocketAddr>, readiness: &Readiness) {
+    readiness.caught_up();
     println!("{}", ready_line(service, listening));
     match listening {
         Some(addr) => tracing::info!(service, %addr, "ready"),

@@ -3,11 +3,15 @@
 //! with backoff. A sled projection ([`crate::run`]) and the states kept in memory (the
 //! authentication state, the observers' fleets) all follow through it.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use corral_event_log::{EventLog, LogError, RecordedEvent};
 use futures::{FutureExt as _, StreamExt as _};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -25,6 +29,48 @@ pub trait Follower: Send {
     fn last_applied(&self) -> u64;
     /// Applies events delivered together, in order, each after [`Follower::last_applied`].
     fn apply(&mut self, events: &[RecordedEvent]) -> Result<(), Self::Error>;
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FollowerLabel {
+    follower: String,
+}
+
+static LAG: LazyLock<Family<FollowerLabel, Gauge>> = LazyLock::new(|| {
+    corral_telemetry::metrics::register(
+        "corral_projection_lag_events",
+        "How far a follower is behind the log: the last sequence of the subjects it follows less the last it applied, sampled every 5 s",
+        Family::default(),
+    )
+});
+
+/// How often a follower's lag is measured: one stream-info request to the log each time.
+const LAG_SAMPLE_EVERY: Duration = Duration::from_secs(5);
+
+/// Sets the lag gauge of `name` every [`LAG_SAMPLE_EVERY`] from the log's last sequence (of
+/// `filters`' subjects) and what the follower has applied. A log that does not answer leaves
+/// the last figure.
+async fn sample_lag(log: Arc<dyn EventLog>, filters: Vec<String>, name: String, applied: Arc<AtomicU64>) {
+    let gauge = LAG.get_or_create(&FollowerLabel { follower: name }).clone();
+    let mut every = tokio::time::interval(LAG_SAMPLE_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let last = if filters.is_empty() { log.last_seq().await } else { log.last_seq_matching(&filters).await };
+        if let Ok(last) = last {
+            let behind = last.saturating_sub(applied.load(Ordering::Relaxed));
+            gauge.set(i64::try_from(behind).unwrap_or(i64::MAX));
+        }
+    }
+}
+
+/// Ends the lag sampler with the follow.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 fn log_stream_end(name: &str, end: Option<Result<RecordedEvent, LogError>>) {
@@ -47,6 +93,13 @@ pub async fn follow<F: Follower>(
     let mut shutdown = std::pin::pin!(shutdown);
     let mut backoff = MIN_BACKOFF;
     let mut burst: Vec<RecordedEvent> = Vec::new();
+    let progress = Arc::new(AtomicU64::new(follower.last_applied()));
+    let _sampler = AbortOnDrop(tokio::spawn(sample_lag(
+        log.clone(),
+        filters.to_vec(),
+        follower.name().to_string(),
+        progress.clone(),
+    )));
     loop {
         let from = follower.last_applied() + 1;
         let subscribed = tokio::select! {
@@ -90,6 +143,7 @@ pub async fn follow<F: Follower>(
                 }
                 if !burst.is_empty() {
                     follower.apply(&burst)?;
+                    progress.store(follower.last_applied(), Ordering::Relaxed);
                 }
                 if let Some(end) = stream_end {
                     log_stream_end(follower.name(), end);

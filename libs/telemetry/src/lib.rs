@@ -1,7 +1,11 @@
-//! Tracing and logging set-up shared by every binary, and W3C trace context helpers.
+//! What every binary shares to be observed: logging and tracing set-up, W3C trace context
+//! helpers, Prometheus metrics ([`metrics`]) and the operations listener ([`ops`]).
 //!
 //! Logs go to stderr (stdout carries only readiness lines), as text or JSON lines; `RUST_LOG`
 //! filters them (default `info`).
+
+pub mod metrics;
+pub mod ops;
 
 use tracing_subscriber::EnvFilter;
 

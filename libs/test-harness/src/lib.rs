@@ -110,6 +110,9 @@ impl Output {
 fn spawn_child(program: &Path, args: &[String], envs: &[(String, String)]) -> Result<(Child, Output), HarnessError> {
     let mut cmd = Command::new(program);
     cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+    // Each service's operations listener on a port of its own (the gateway's default, 8083,
+    // would be taken by the first); a test that wants another gives it.
+    cmd.env("CORRAL_OPS_LISTEN", "127.0.0.1:0");
     for (k, v) in envs {
         cmd.env(k, v);
     }
@@ -244,6 +247,11 @@ impl ServiceProcess {
         self.output.snapshot()
     }
 
+    /// Where the process serves /metrics, /healthz and /readyz (from its `operations on` line).
+    pub fn ops_addr(&self) -> Option<SocketAddr> {
+        self.output.snapshot().iter().find_map(|line| parse_ops_addr(line))
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().and_then(|c| c.id())
     }
@@ -282,6 +290,12 @@ impl Drop for ServiceProcess {
             let _ = c.start_kill();
         }
     }
+}
+
+/// The address in a "NAME operations on 127.0.0.1:PORT" line.
+pub fn parse_ops_addr(line: &str) -> Option<SocketAddr> {
+    let rest = &line[line.find(" operations on ")? + " operations on ".len()..];
+    rest.split_whitespace().next()?.parse().ok()
 }
 
 /// The address in a "listening on 127.0.0.1:PORT" line.

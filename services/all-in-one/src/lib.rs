@@ -46,6 +46,8 @@ pub struct Config {
     pub rotation: corral_auth_rotation::RotationOptions,
     #[command(flatten)]
     pub log: corral_process::LogOptions,
+    #[command(flatten)]
+    pub ops: corral_process::OpsOptions,
 }
 
 pub const NAME: &str = "corral";
@@ -83,6 +85,8 @@ pub async fn run(
     listener: corral_gateway::PublicListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let readiness = corral_process::Readiness::new();
+    config.ops.start(NAME, Some(corral_process::DEFAULT_OPS_LISTEN), &readiness).await?;
     std::fs::create_dir_all(&config.data_dir)?;
     let embedded = config.nats_url.is_none();
     let key = config.seal_key.load(embedded.then(|| config.data_dir.join("seal.key")).as_deref())?;
@@ -95,6 +99,7 @@ pub async fn run(
         ),
         Some(urls) => {
             let client = corral_process::connect(urls, NAME, &config.nats_auth).await?;
+            corral_process::require_connection(&readiness, &client);
             let public = config.events.open(client.clone(), config.stream.stream_replicas).await?;
             (config.stream.open(client).await?, public)
         }
@@ -149,16 +154,17 @@ pub async fn run(
         stopped(stop_tx.subscribe()),
     )
     .await?;
+    let addr = listener.local_addr()?;
+    // Ready (caught up) before the app is built, so that its health service starts SERVING.
+    corral_process::announce_ready(NAME, Some(addr), &readiness);
     let app = corral_gateway::app(
         registry.clone(),
         registry,
         rotation,
         auth,
         hub,
-        &corral_gateway::GatewayConfig { max_body_bytes: config.max_body_bytes },
+        &corral_gateway::GatewayConfig { max_body_bytes: config.max_body_bytes, readiness },
     );
-    let addr = listener.local_addr()?;
-    corral_process::announce_ready(NAME, Some(addr));
     tracing::info!(embedded, "control plane serving");
     corral_gateway::serve(listener, app, shutdown).await?;
     let _ = stop_tx.send(true);

@@ -12,7 +12,7 @@
 //! Secret with the new credentials and records `OldCredentialsRetired`.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use corral_cluster_access::{Clients, Fleet, Membership, Target, lock};
@@ -28,6 +28,9 @@ use corral_service_api::{ClusterCommands, CredentialRotation};
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prost::Message;
 use tonic::Code;
 
@@ -67,6 +70,19 @@ impl Default for RotationConfig {
         }
     }
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
+static ROTATIONS: LazyLock<Family<OutcomeLabel, Counter>> = LazyLock::new(|| {
+    corral_telemetry::metrics::register(
+        "corral_auth_rotations",
+        "Credential rotations by outcome: rotated, not_found, refused, changed, cluster_failed, unavailable",
+        Family::default(),
+    )
+});
 
 #[derive(Debug, thiserror::Error)]
 enum RotationError {
@@ -161,6 +177,7 @@ impl AuthRotation {
         membership: Membership,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<Arc<AuthRotation>, LogError> {
+        LazyLock::force(&ROTATIONS);
         let feed = corral_cluster_access::load_fleet(log.clone(), key, subject::CLUSTER_AUTH).await?;
         let svc = Arc::new(AuthRotation {
             log,
@@ -208,7 +225,22 @@ impl AuthRotation {
             .map_err(|e| RotationError::Cluster(corral_cluster_access::redact(e.to_string(), config)))
     }
 
+    /// One rotation, counted by outcome.
     async fn rotate_inner(&self, req: RotateAuth) -> Result<(), RotationError> {
+        let result = self.rotate_once(req).await;
+        let outcome = match &result {
+            Ok(()) => "rotated",
+            Err(RotationError::NotFound(_)) => "not_found",
+            Err(RotationError::Precondition(_)) => "refused",
+            Err(RotationError::Changed) => "changed",
+            Err(RotationError::Cluster(_)) => "cluster_failed",
+            Err(RotationError::Unavailable(_)) => "unavailable",
+        };
+        ROTATIONS.get_or_create(&OutcomeLabel { outcome }).inc();
+        result
+    }
+
+    async fn rotate_once(&self, req: RotateAuth) -> Result<(), RotationError> {
         self.catch_up().await?;
         let id = corral_domain::cluster_id(&req.server);
         let (server, config, version, created, sa, token_request) = {
@@ -546,7 +578,9 @@ pub async fn run(
     config: ServiceConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let (key, client, log) = config.service.connect(NAME).await?;
+    let readiness = corral_process::Readiness::new();
+    config.service.ops.start(NAME, None, &readiness).await?;
+    let (key, client, log) = config.service.connect(NAME, &readiness).await?;
     let registry = Arc::new(corral_service_api::nats::NatsClient::new(
         client.clone(),
         Duration::from_millis(config.registry_timeout_ms),
@@ -567,7 +601,7 @@ pub async fn run(
     }
     let rotation_config = config.rotation.rotation_config();
     let svc = AuthRotation::start(log, key, registry, rotation_config, membership, stopped(stop_rx.clone())).await?;
-    corral_process::announce_ready(NAME, None);
+    corral_process::announce_ready(NAME, None, &readiness);
     let serving = corral_service_api::nats::serve_rotation(client.clone(), svc, stopped(stop_rx.clone()));
     let tokens = corral_auth::nats::serve(client, auth, stopped(stop_rx));
     tokio::select! {

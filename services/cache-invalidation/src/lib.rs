@@ -270,12 +270,14 @@ pub async fn run(
     config: ServiceConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let (key, client, log) = config.service.connect(NAME).await?;
+    let readiness = corral_process::Readiness::new();
+    config.service.ops.start(NAME, None, &readiness).await?;
+    let (key, client, log) = config.service.connect(NAME, &readiness).await?;
     let cache_config = config.cache.cache_config();
     let membership = Membership::join(client, HEARTBEAT_SUBJECT, cache_config.check_interval / 3).await?;
     let (svc, feed) = CacheInvalidation::start(log, key, cache_config, membership).await?;
     println!("{NAME} replica {}", svc.membership.me());
-    corral_process::announce_ready(NAME, None);
+    corral_process::announce_ready(NAME, None, &readiness);
     svc.run(feed, shutdown).await;
     Ok(())
 }

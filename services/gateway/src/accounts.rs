@@ -41,11 +41,13 @@ pub struct Accounts {
 impl Accounts {
     pub async fn login(&self, ctx: &CallContext, req: SessionCreateRequest) -> Result<SessionResponse, ApiError> {
         if req.username.is_empty() || req.password.is_empty() {
+            crate::metrics::login(false);
             // Argo CD's SSO token exchange (`token`) is not served here.
             return Err(ApiError::new(Code::Unauthenticated, "username and password are required"));
         }
-        let token = self.auth.login(&req.username, &req.password, &ctx.source).await?;
-        Ok(SessionResponse { token })
+        let token = self.auth.login(&req.username, &req.password, &ctx.source).await;
+        crate::metrics::login(token.is_ok());
+        Ok(SessionResponse { token: token? })
     }
 
     pub async fn logout(&self, ctx: &CallContext) -> Result<SessionResponse, ApiError> {

@@ -8,6 +8,7 @@ pub mod calls;
 pub mod error;
 pub mod grpc;
 mod limit;
+pub mod metrics;
 pub mod openapi;
 pub mod rest;
 pub mod routes;
@@ -43,11 +44,15 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 pub struct GatewayConfig {
     /// Largest accepted request body (REST) or message (gRPC).
     pub max_body_bytes: usize,
+    /// What `/healthz` on the public port and the gRPC health service report.
+    pub readiness: corral_process::Readiness,
 }
 
 impl Default for GatewayConfig {
     fn default() -> Self {
-        GatewayConfig { max_body_bytes: DEFAULT_MAX_BODY_BYTES }
+        let readiness = corral_process::Readiness::new();
+        readiness.caught_up();
+        GatewayConfig { max_body_bytes: DEFAULT_MAX_BODY_BYTES, readiness }
     }
 }
 
@@ -72,9 +77,11 @@ async fn context_layer(mut req: Request, next: Next) -> Response {
     );
     let source = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string()).unwrap_or_default();
     req.extensions_mut().insert(CallContext { traceparent, correlation_id, source, ..Default::default() });
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
     let started = Instant::now();
     let response = next.run(req).instrument(span.clone()).await;
     let status = response.status().as_u16();
+    metrics::http_request(&method, metrics::route_of(&response, &path), status, started);
     let elapsed_us = started.elapsed().as_micros() as u64;
     span.in_scope(|| tracing::debug!(status, elapsed_us, "served"));
     response
@@ -107,6 +114,7 @@ fn access(req: &Request) -> Access {
         || path.starts_with("/grpc.health.v1.Health/")
         || path.starts_with("/grpc.reflection.")
         || path == openapi::DOCUMENT_PATH
+        || path == HEALTHZ_PATH
     {
         Access::Public
     } else if path == "/api/version" || path == "/version.VersionService/Version" {
@@ -251,7 +259,9 @@ pub fn app(
     let clusters = Clusters::new(commands, queries, rotation, auth.clone());
     let watches = watch::Watches { hub, auth: auth.clone() };
     let accounts = accounts::Accounts { auth: auth.clone() };
+    metrics::register_metrics();
     let limit = config.max_body_bytes;
+    let readiness = config.readiness.clone();
     // Beyond what the message limit layer lets through, so that it is the one that refuses.
     let tonic_limit = limit.saturating_add(1);
     let grpc_clusters = ClusterServiceServer::new(grpc::GrpcClusters { clusters: clusters.clone() })
@@ -265,7 +275,7 @@ pub fn app(
         .add_service(grpc_accounts)
         .add_service(grpc_sessions)
         .add_service(grpc_version)
-        .add_service(health_service())
+        .add_service(health_service(config.readiness.clone()))
         .add_service(reflection_v1())
         .add_service(reflection_v1alpha())
         .into_axum_router()
@@ -283,11 +293,15 @@ pub fn app(
         accounts: accounts_rest::RestAccounts { accounts, max_body_bytes: limit },
         watches,
     })
-    .route(openapi::DOCUMENT_PATH, axum::routing::get(openapi::serve));
+    .route(openapi::DOCUMENT_PATH, axum::routing::get(openapi::serve))
+    .route(HEALTHZ_PATH, axum::routing::get(move || async move { readiness.response() }))
+    .route_layer(from_fn(metrics::route_layer));
     let app = rest_router
         .merge(grpc_router)
         .fallback(not_found)
         .layer(from_fn_with_state(auth, auth_layer))
+        // Outside authentication: refused calls are counted, as go-grpc-prometheus counts them.
+        .layer(from_fn(metrics::grpc_layer))
         .layer(from_fn(json_error_bodies))
         .layer(from_fn(context_layer));
     with_grpc_web(app)
@@ -312,22 +326,45 @@ fn with_grpc_web(app: Router) -> Router {
     }))
 }
 
+/// The public port's health check for load balancers (Argo CD's API server has it too): it
+/// answers as the operations listener's `/readyz` does, so that no traffic is sent to a gateway
+/// that cannot serve it.
+pub const HEALTHZ_PATH: &str = "/healthz";
+
 /// The standard gRPC health service: the server as a whole ("") and each API service answer
-/// SERVING once the gateway is built, which is after its view of the clusters has caught up.
-fn health_service() -> tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health> {
+/// SERVING while `readiness` holds, NOT_SERVING while it does not (followed every second).
+fn health_service(
+    readiness: corral_process::Readiness,
+) -> tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health> {
     use futures::FutureExt as _;
     let (reporter, service) = tonic_health::server::health_reporter();
-    for name in [CLUSTER_SERVICE, ACCOUNT_SERVICE, SESSION_SERVICE, WATCH_SERVICE] {
+    let status = |ready: bool| {
+        if ready { tonic_health::ServingStatus::Serving } else { tonic_health::ServingStatus::NotServing }
+    };
+    let mut ready = readiness.is_ready();
+    for name in HEALTH_SERVICES {
         // The reporter is new and not shared yet, so its lock is free and this completes at once:
         // the statuses are in place before the first call can arrive.
-        let set = reporter.set_service_status(name, tonic_health::ServingStatus::Serving).now_or_never();
-        if set.is_none() {
-            let reporter = reporter.clone();
-            tokio::spawn(async move { reporter.set_service_status(name, tonic_health::ServingStatus::Serving).await });
-        }
+        let _ = reporter.set_service_status(name, status(ready)).now_or_never();
     }
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(1));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            let now = readiness.is_ready();
+            if now != ready {
+                ready = now;
+                for name in HEALTH_SERVICES {
+                    reporter.set_service_status(name, status(ready)).await;
+                }
+            }
+        }
+    });
     service
 }
+
+const HEALTH_SERVICES: [&str; 5] = ["", CLUSTER_SERVICE, ACCOUNT_SERVICE, SESSION_SERVICE, WATCH_SERVICE];
 
 /// gRPC server reflection (v1, and v1alpha for older tools), so that grpcurl and the like list
 /// and call every public service without the `.proto` files. It describes the public API only.
@@ -476,7 +513,9 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     // Refused before anything else starts.
     config.tls.check(config.listen)?;
-    let (key, client, log) = config.service.connect(NAME).await?;
+    let readiness = corral_process::Readiness::new();
+    config.service.ops.start(NAME, Some(corral_process::DEFAULT_OPS_LISTEN), &readiness).await?;
+    let (key, client, log) = config.service.connect(NAME, &readiness).await?;
     let timeout = Duration::from_millis(config.registry_timeout_ms);
     let services = Arc::new(corral_service_api::nats::NatsClient::new(client.clone(), timeout));
     let auth = start_auth(log.clone(), key, &config.auth).await?;
@@ -497,9 +536,10 @@ pub async fn run(
     .await?;
     let listener = PublicListener::bind(config.listen, &config.tls).await?;
     let addr = listener.local_addr()?;
-    let gateway = GatewayConfig { max_body_bytes: config.max_body_bytes };
+    // Ready (caught up) before the app is built, so that its health service starts SERVING.
+    corral_process::announce_ready(NAME, Some(addr), &readiness);
+    let gateway = GatewayConfig { max_body_bytes: config.max_body_bytes, readiness };
     let app = app(services.clone(), queries, services, auth, hub, &gateway);
-    corral_process::announce_ready(NAME, Some(addr));
     serve(listener, app, shutdown).await?;
     let _ = stop_tx.send(true);
     Ok(())

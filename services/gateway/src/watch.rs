@@ -75,7 +75,10 @@ impl Watches {
         let caller = Caller { auth: self.auth.clone(), principal, token: ctx.token.clone() };
         let watch = self.hub.open(req, Arc::new(caller)).await?;
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
-        tokio::spawn(watch.run(tx));
+        tokio::spawn(async move {
+            let _open = crate::metrics::OpenWatch::new();
+            watch.run(tx).await
+        });
         Ok(rx)
     }
 }

@@ -9,8 +9,8 @@
 //! Its view of the fleet is folded from the log (cluster events and its own observations), kept in
 //! memory and rebuilt at start; clients are kept per cluster and reused between probes.
 
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant};
 
 pub use corral_cluster_access::Membership;
 use corral_cluster_access::observer::Observer;
@@ -20,8 +20,42 @@ use corral_events::event_type::CLUSTER_CONNECTION_OBSERVED;
 use corral_events::subject;
 use corral_proto::events::ClusterConnectionObserved;
 use corral_secrets::SealingKey;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prost::Message;
 use tokio::sync::Semaphore;
+
+static ROUND_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
+    corral_telemetry::metrics::register(
+        "corral_health_probe_round_duration_seconds",
+        "Time for one round of probes of this replica's share of the fleet",
+        Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
+    )
+});
+
+static IN_FLIGHT: LazyLock<Gauge> = LazyLock::new(|| {
+    corral_telemetry::metrics::register(
+        "corral_health_probe_probes_in_flight",
+        "Probes of clusters under way",
+        Gauge::default(),
+    )
+});
+
+/// Counts a probe while it runs.
+struct InFlight(());
+
+impl InFlight {
+    fn new() -> InFlight {
+        IN_FLIGHT.inc();
+        InFlight(())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        IN_FLIGHT.dec();
+    }
+}
 
 /// NATS subject the health-probe replicas announce themselves on.
 pub const HEARTBEAT_SUBJECT: &str = "corralsvc.health-probe.heartbeat";
@@ -77,6 +111,7 @@ fn recorded(t: &corral_cluster_access::Target) -> Option<Observed> {
 
 impl Observer for HealthProbe {
     async fn round(self: Arc<Self>) {
+        let started = Instant::now();
         let live = self.membership.live();
         let all: Vec<(String, Option<i64>)> =
             lock(&self.fleet).targets.iter().map(|(id, t)| (id.clone(), t.shard())).collect();
@@ -100,6 +135,7 @@ impl Observer for HealthProbe {
         for t in tasks {
             let _ = t.await;
         }
+        ROUND_SECONDS.observe(started.elapsed().as_secs_f64());
     }
 
     fn changed(self: &Arc<Self>, id: String) {
@@ -124,6 +160,8 @@ impl HealthProbe {
         config: ProbeConfig,
         membership: Membership,
     ) -> Result<(Arc<HealthProbe>, FleetFeed), LogError> {
+        LazyLock::force(&ROUND_SECONDS);
+        LazyLock::force(&IN_FLIGHT);
         let feed = corral_cluster_access::load_fleet(log.clone(), key, subject::CLUSTER_STATE).await?;
         let probe =
             Arc::new(HealthProbe { log, fleet: feed.fleet.clone(), config, clients: Clients::default(), membership });
@@ -147,6 +185,7 @@ impl HealthProbe {
     }
 
     async fn probe_one(&self, id: String) {
+        let _in_flight = InFlight::new();
         let Some((server, config, created)) =
             lock(&self.fleet).targets.get(&id).map(|t| (t.server(), t.config.clone(), t.record.created_at_unix_nanos))
         else {
@@ -243,12 +282,14 @@ pub async fn run(
     config: ServiceConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let (key, client, log) = config.service.connect(NAME).await?;
+    let readiness = corral_process::Readiness::new();
+    config.service.ops.start(NAME, None, &readiness).await?;
+    let (key, client, log) = config.service.connect(NAME, &readiness).await?;
     let probe_config = config.probe.probe_config();
     let membership = Membership::join(client, HEARTBEAT_SUBJECT, probe_config.interval / 3).await?;
     let (probe, feed) = HealthProbe::start(log, key, probe_config, membership).await?;
     println!("{NAME} replica {}", probe.membership.me());
-    corral_process::announce_ready(NAME, None);
+    corral_process::announce_ready(NAME, None, &readiness);
     probe.run(feed, shutdown).await;
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! The registry service: owns the cluster aggregate, appends its events to the log with
 //! optimistic concurrency, and answers queries from its sled projection.
 
+pub mod metrics;
 pub mod service;
 
 use std::path::PathBuf;
@@ -22,6 +23,7 @@ pub async fn start(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<Arc<Registry>, RegistryError> {
     let projection = Projection::open(db, "registry")?;
+    corral_telemetry::metrics::register_collector(Box::new(metrics::ClusterMetrics::new(projection.clone())));
     let runner = corral_projection::run(log.clone(), projection.clone(), read_model::fold, shutdown);
     tokio::spawn(async move {
         if let Err(e) = runner.await {
@@ -55,7 +57,9 @@ pub async fn run(
     config: ServiceConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let (key, client, log) = config.service.connect(NAME).await?;
+    let readiness = corral_process::Readiness::new();
+    config.service.ops.start(NAME, None, &readiness).await?;
+    let (key, client, log) = config.service.connect(NAME, &readiness).await?;
     std::fs::create_dir_all(&config.data_dir)?;
     let db = open_projection_db(Some(&config.data_dir))?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -67,7 +71,7 @@ pub async fn run(
     // stand by (corral_watch::publisher).
     let public = config.events.open(client.clone(), config.service.nats.stream.stream_replicas).await?;
     tokio::spawn(corral_watch::publisher::run(log, public, config.events.events_max_age, stopped(stop_rx.clone())));
-    corral_process::announce_ready(NAME, None);
+    corral_process::announce_ready(NAME, None, &readiness);
     corral_service_api::nats::serve_registry(client, registry, shutdown).await?;
     let _ = stop_tx.send(true);
     db.flush_async().await?;

@@ -138,6 +138,11 @@ impl Embedded {
         Embedded { api, dir: all_in_one.dir.path().to_path_buf(), all_in_one }
     }
 
+    /// Where the all-in-one serves /metrics, /healthz and /readyz.
+    pub fn ops_addr(&self) -> SocketAddr {
+        self.all_in_one.process.ops_addr().expect("the all-in-one's operations line")
+    }
+
     pub async fn stop(self) -> tempfile::TempDir {
         self.all_in_one.stop().await
     }
@@ -216,4 +221,88 @@ pub async fn registry_list(d: &Deployment) -> corral_proto::v1alpha1::ClusterLis
         Some(reply::Result::List(l)) => l,
         other => panic!("registry list failed: {other:?}"),
     }
+}
+
+/// One sample of a scrape, as Prometheus' own OpenMetrics parser read it.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Sample {
+    /// The family (a counter's name without `_total`).
+    pub family: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub name: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// `None` for +Inf and NaN.
+    pub value: Option<f64>,
+}
+
+/// The Python that has the pinned prometheus_client (scripts/ensure-prometheus-parser.sh).
+fn prometheus_python() -> std::path::PathBuf {
+    static PYTHON: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    PYTHON.get_or_init(find_prometheus_python).clone()
+}
+
+fn find_prometheus_python() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("CORRAL_PROMETHEUS_PYTHON") {
+        return p.into();
+    }
+    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace").to_path_buf();
+    let out = std::process::Command::new(workspace.join("scripts/ensure-prometheus-parser.sh"))
+        .output()
+        .expect("run scripts/ensure-prometheus-parser.sh");
+    assert!(out.status.success(), "scripts/ensure-prometheus-parser.sh: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().into()
+}
+
+const PARSE_OPENMETRICS: &str = r#"
+import json, math, sys
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+out = []
+for family in text_string_to_metric_families(sys.stdin.read()):
+    for s in family.samples:
+        v = float(s.value)
+        out.append({"family": family.name, "type": family.type, "name": s.name, "labels": s.labels,
+                    "value": v if math.isfinite(v) else None})
+print(json.dumps(out))
+"#;
+
+/// `text` parsed by prometheus_client's strict OpenMetrics parser; panics with its complaint.
+pub fn parse_openmetrics(text: &str) -> Vec<Sample> {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new(prometheus_python())
+        .args(["-c", PARSE_OPENMETRICS])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python");
+    child.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("write");
+    let out = child.wait_with_output().expect("python");
+    assert!(
+        out.status.success(),
+        "the OpenMetrics parser refused the scrape: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("parser output")
+}
+
+/// `GET /metrics` on an operations listener, checked and parsed.
+pub async fn scrape(ops: SocketAddr) -> Vec<Sample> {
+    let resp = reqwest::get(format!("http://{ops}/metrics")).await.expect("scrape");
+    assert_eq!(resp.status().as_u16(), 200);
+    let content_type = resp.headers()[reqwest::header::CONTENT_TYPE].to_str().unwrap_or_default().to_string();
+    assert!(content_type.starts_with("application/openmetrics-text"), "{content_type}");
+    parse_openmetrics(&resp.text().await.expect("body"))
+}
+
+/// The samples named `name` whose labels include every pair of `labels`.
+pub fn samples<'a>(all: &'a [Sample], name: &str, labels: &[(&str, &str)]) -> Vec<&'a Sample> {
+    all.iter()
+        .filter(|s| s.name == name && labels.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v)))
+        .collect()
+}
+
+/// The sum of the samples [`samples`] finds (0 when there are none).
+pub fn total(all: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples(all, name, labels).iter().filter_map(|s| s.value).sum()
 }
