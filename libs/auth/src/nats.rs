@@ -33,7 +33,7 @@ impl NatsTokenIssuer {
     }
 
     async fn call(&self, subject: &'static str, payload: Vec<u8>) -> Result<TokenReply, AuthError> {
-        let payload = corral_nats_rpc::request(&self.client, subject, "", payload, self.timeout)
+        let payload = corral_nats_rpc::request(&self.client, subject, payload, self.timeout)
             .await
             .map_err(|e| AuthError::Unavailable(format!("the auth-rotation service did not answer: {}", e.kind())))?;
         let reply = TokenReply::decode(payload.as_ref())

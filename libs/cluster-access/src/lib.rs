@@ -36,6 +36,9 @@ pub struct Target {
     pub config: Option<Arc<ClusterConfig>>,
     /// The last event on the service's side subject for this cluster, and its sequence.
     pub side: Option<(u64, EventEnvelope)>,
+    /// The headers of the last event that changed the cluster: its trace context, for the spans
+    /// of the work that change causes.
+    pub changed_by: corral_event_log::Headers,
 }
 
 impl Target {
@@ -106,7 +109,7 @@ impl Fleet {
                     None
                 }
             });
-            self.targets.insert(id.to_string(), Target { record: rec, config, side });
+            self.targets.insert(id.to_string(), Target { record: rec, config, side, changed_by: ev.headers.clone() });
             return Some(id.to_string());
         }
         if let Some(id) = ev.subject.strip_prefix(self.side_prefix)

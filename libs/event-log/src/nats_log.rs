@@ -96,11 +96,14 @@ fn recorded(m: &jetstream::Message) -> Result<RecordedEvent, LogError> {
     })
 }
 
+/// The message's headers: the event's own, with the current span's trace context (the append's
+/// producer span) in place of theirs, so that whoever applies the event can link to the append.
 fn publish_headers(event: &NewEvent) -> HeaderMap {
     let mut headers = HeaderMap::new();
     for (k, v) in &event.headers {
         headers.insert(k.as_str(), v.as_str());
     }
+    corral_telemetry::trace::inject_nats(&tracing::Span::current(), &mut headers);
     if !event.msg_id.is_empty() {
         headers.insert("Nats-Msg-Id", event.msg_id.as_str());
     }
@@ -211,6 +214,15 @@ impl NatsLog {
 
 #[async_trait::async_trait]
 impl EventLog for NatsLog {
+    #[tracing::instrument(name = "send", skip_all, fields(
+        otel.name = %format_args!("send {}", self.stream.cached_info().config.name),
+        otel.kind = "producer",
+        messaging.system = "nats",
+        messaging.operation.type = "send",
+        messaging.operation.name = "publish",
+        messaging.destination.name = %self.stream.cached_info().config.name,
+        messaging.message.id = %event.msg_id,
+    ))]
     async fn append(&self, event: NewEvent) -> Result<AppendOutcome, LogError> {
         let _timer = crate::metrics::AppendTimer::start("jetstream");
         check_subject(&event.subject)?;
@@ -225,6 +237,15 @@ impl EventLog for NatsLog {
             .map_err(|e| publish_error(e, &event.subject, event.expected_subject_seq))
     }
 
+    #[tracing::instrument(name = "send", skip_all, fields(
+        otel.name = %format_args!("send {}", self.stream.cached_info().config.name),
+        otel.kind = "producer",
+        messaging.system = "nats",
+        messaging.operation.type = "send",
+        messaging.operation.name = "publish",
+        messaging.destination.name = %self.stream.cached_info().config.name,
+        messaging.batch.message_count = events.len(),
+    ))]
     async fn append_batch(&self, mut events: Vec<NewEvent>) -> Result<Vec<AppendOutcome>, LogError> {
         if events.len() <= 1 {
             return match events.pop() {
@@ -290,6 +311,15 @@ impl EventLog for NatsLog {
 
     /// Pipelined: every message goes out before the first acknowledgement is awaited; the server
     /// checks each against the one before it, in order.
+    #[tracing::instrument(name = "send", skip_all, fields(
+        otel.name = %format_args!("send {}", self.stream.cached_info().config.name),
+        otel.kind = "producer",
+        messaging.system = "nats",
+        messaging.operation.type = "send",
+        messaging.operation.name = "publish",
+        messaging.destination.name = %self.stream.cached_info().config.name,
+        messaging.batch.message_count = events.len(),
+    ))]
     async fn append_expecting(&self, expected_last_seq: u64, events: Vec<NewEvent>) -> Result<(), LogError> {
         let _timer = crate::metrics::AppendTimer::start("jetstream");
         let mut acks = Vec::with_capacity(events.len());

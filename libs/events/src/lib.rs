@@ -109,6 +109,7 @@ pub struct Origin {
     pub correlation_id: String,
     /// The event or request this event follows from; the correlation id when empty.
     pub causation_id: String,
+    /// W3C trace context of the event; empty: the current span's (none without tracing).
     pub traceparent: String,
     pub actor: String,
 }
@@ -132,6 +133,11 @@ pub struct Draft<'a> {
 pub fn write(draft: Draft<'_>, origin: &Origin) -> (NewEvent, EventEnvelope) {
     let event_id = uuid::Uuid::new_v4().to_string();
     let causation = if origin.causation_id.is_empty() { &origin.correlation_id } else { &origin.causation_id };
+    let traceparent = if origin.traceparent.is_empty() {
+        corral_telemetry::trace::current_traceparent()
+    } else {
+        origin.traceparent.clone()
+    };
     let envelope = EventEnvelope {
         event_id: event_id.clone(),
         event_type: draft.event_type.to_string(),
@@ -140,15 +146,15 @@ pub fn write(draft: Draft<'_>, origin: &Origin) -> (NewEvent, EventEnvelope) {
         occurred_at_unix_nanos: unix_nanos(&Utc::now()),
         correlation_id: origin.correlation_id.clone(),
         causation_id: causation.clone(),
-        traceparent: origin.traceparent.clone(),
+        traceparent: traceparent.clone(),
         tracestate: String::new(),
         schema_version: SCHEMA_VERSION,
         actor: origin.actor.clone(),
         payload: draft.payload,
     };
     let mut headers = vec![(EVENT_TYPE_HEADER.to_string(), draft.event_type.to_string())];
-    if !origin.traceparent.is_empty() {
-        headers.push((TRACEPARENT_HEADER.to_string(), origin.traceparent.clone()));
+    if !traceparent.is_empty() {
+        headers.push((TRACEPARENT_HEADER.to_string(), traceparent));
     }
     let event = NewEvent {
         subject: draft.subject,

@@ -1,6 +1,10 @@
 //! Request/reply between services over NATS. The replicas of a service subscribe in one queue
 //! group, so each request reaches exactly one of them; callers wait a bounded time for the
 //! answer. Request subjects lie outside the event stream's, so requests are never stored.
+//!
+//! Each request is a client span whose context travels in the message's headers; the replica
+//! that answers processes it in a consumer span, its child (OpenTelemetry's messaging
+//! conventions, `messaging.system = nats`).
 
 use std::future::Future;
 use std::time::Duration;
@@ -9,6 +13,7 @@ use async_nats::{HeaderMap, Message};
 use bytes::Bytes;
 use futures::StreamExt as _;
 use futures::stream::SelectAll;
+use tracing::Instrument as _;
 
 /// Answers requests on `subjects` in `queue_group` until `shutdown` resolves. `handle` gets the
 /// index in `subjects` of the subject a request came on and the request, and returns the reply's
@@ -37,7 +42,17 @@ where
             else => break,
         };
         let Some(reply_to) = msg.reply.clone() else { continue };
-        let answer = handle(i, msg);
+        let span = tracing::info_span!(
+            "process",
+            otel.name = %format_args!("process {}", subjects[i]),
+            otel.kind = "consumer",
+            messaging.system = "nats",
+            messaging.operation.type = "process",
+            messaging.destination.name = subjects[i],
+            messaging.consumer.group.name = queue_group,
+        );
+        corral_telemetry::trace::set_parent(&span, corral_telemetry::trace::from_nats(msg.headers.as_ref()));
+        let answer = handle(i, msg).instrument(span);
         let client = client.clone();
         tokio::spawn(async move {
             let reply = answer.await;
@@ -53,7 +68,7 @@ where
 }
 
 /// Sends a request to whichever replica serves `subject` and waits at most `timeout` for the
-/// reply's payload. `traceparent`, when given, travels in the W3C header of that name.
+/// reply's payload, in a client span whose W3C trace context the message carries.
 ///
 /// While no replica is subscribed the request is sent again for up to [`NO_RESPONDERS_PATIENCE`]
 /// (within `timeout`): a replica that has just started, or moved to another node, is known to the
@@ -62,16 +77,31 @@ where
 pub async fn request(
     client: &async_nats::Client,
     subject: &'static str,
-    traceparent: &str,
     payload: Vec<u8>,
     timeout: Duration,
 ) -> Result<Bytes, async_nats::RequestError> {
-    let payload = Bytes::from(payload);
-    let headers = (!traceparent.is_empty()).then(|| {
-        let mut headers = HeaderMap::new();
-        headers.insert("traceparent", traceparent);
-        headers
-    });
+    let span = tracing::info_span!(
+        "send",
+        otel.name = %format_args!("send {subject}"),
+        otel.kind = "client",
+        messaging.system = "nats",
+        messaging.operation.type = "send",
+        messaging.operation.name = "request",
+        messaging.destination.name = subject,
+    );
+    let mut headers = HeaderMap::new();
+    corral_telemetry::trace::inject_nats(&span, &mut headers);
+    let headers = (!headers.is_empty()).then_some(headers);
+    send(client, subject, Bytes::from(payload), headers, timeout).instrument(span).await
+}
+
+async fn send(
+    client: &async_nats::Client,
+    subject: &'static str,
+    payload: Bytes,
+    headers: Option<HeaderMap>,
+    timeout: Duration,
+) -> Result<Bytes, async_nats::RequestError> {
     let started = tokio::time::Instant::now();
     let deadline = started + timeout;
     let patience = started + timeout.min(NO_RESPONDERS_PATIENCE);
@@ -143,7 +173,7 @@ mod tests {
     ) -> T {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
-            let outcome = request(client, ECHO, "", b"ping".to_vec(), Duration::from_millis(250)).await;
+            let outcome = request(client, ECHO, b"ping".to_vec(), Duration::from_millis(250)).await;
             if let Some(t) = done(outcome) {
                 return t;
             }
@@ -162,7 +192,7 @@ mod tests {
             start_replica(&url, "late").await
         });
         let started = tokio::time::Instant::now();
-        let reply = request(&client, ECHO, "", b"early".to_vec(), Duration::from_secs(5)).await.unwrap();
+        let reply = request(&client, ECHO, b"early".to_vec(), Duration::from_secs(5)).await.unwrap();
         assert_eq!(String::from_utf8_lossy(&reply), "late|early|");
         assert!(started.elapsed() >= Duration::from_millis(400));
         let (stop, task) = late.await.unwrap();
@@ -196,8 +226,8 @@ mod tests {
         let client = &client;
         let timeout = Duration::from_secs(5);
         let calls = (0..40).map(|i| async move {
-            let (subject, tp) = if i % 2 == 0 { (ECHO, "") } else { (SHOUT, "00-abc-def-01") };
-            let reply = request(client, subject, tp, format!("hi {i}").into_bytes(), timeout).await.unwrap();
+            let subject = if i % 2 == 0 { ECHO } else { SHOUT };
+            let reply = request(client, subject, format!("hi {i}").into_bytes(), timeout).await.unwrap();
             (i, String::from_utf8(reply.to_vec()).unwrap())
         });
         for (i, reply) in futures::future::join_all(calls).await {
@@ -206,7 +236,7 @@ mod tests {
             if i % 2 == 0 {
                 assert_eq!(parts[1..], [format!("hi {i}"), String::new()]);
             } else {
-                assert_eq!(parts[1..], [format!("HI {i}"), "00-abc-def-01".to_string()]);
+                assert_eq!(parts[1..], [format!("HI {i}"), String::new()], "no trace context without tracing");
             }
         }
 
@@ -215,7 +245,7 @@ mod tests {
         a.await.unwrap();
         until(client, |r| (served_by(&r.ok()?) == "b").then_some(())).await;
         for _ in 0..10 {
-            assert_eq!(served_by(&request(client, ECHO, "", b"x".to_vec(), timeout).await.unwrap()), "b");
+            assert_eq!(served_by(&request(client, ECHO, b"x".to_vec(), timeout).await.unwrap()), "b");
         }
         // None left: a request finds no one to answer it.
         stop_b.send(()).unwrap();

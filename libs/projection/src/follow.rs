@@ -64,6 +64,30 @@ async fn sample_lag(log: Arc<dyn EventLog>, filters: Vec<String>, name: String, 
     }
 }
 
+/// At most this many events of a burst are linked from the span that applies it.
+const MAX_LINKS: usize = 32;
+
+/// The consumer span in which a follower applies `events`, linked to the spans that appended
+/// them (their trace context is in the events' headers).
+fn process_span(name: &str, events: &[RecordedEvent]) -> tracing::Span {
+    let span = tracing::info_span!(
+        "process",
+        otel.name = %format_args!("process {name}"),
+        otel.kind = "consumer",
+        messaging.system = "nats",
+        messaging.operation.type = "process",
+        messaging.consumer.group.name = name,
+        messaging.batch.message_count = events.len(),
+        first_seq = events.first().map_or(0, |e| e.seq),
+    );
+    if corral_telemetry::trace::exporting() {
+        for event in events.iter().take(MAX_LINKS) {
+            corral_telemetry::trace::add_link(&span, &corral_telemetry::trace::from_pairs(&event.headers));
+        }
+    }
+    span
+}
+
 /// Ends the lag sampler with the follow.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
@@ -142,6 +166,8 @@ pub async fn follow<F: Follower>(
                     }
                 }
                 if !burst.is_empty() {
+                    let span = process_span(follower.name(), &burst);
+                    let _entered = span.enter();
                     follower.apply(&burst)?;
                     progress.store(follower.last_applied(), Ordering::Relaxed);
                 }

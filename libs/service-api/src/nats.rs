@@ -55,8 +55,8 @@ impl NatsClient {
         NatsClient { client, timeout }
     }
 
-    async fn call(&self, subject: &'static str, traceparent: &str, payload: Vec<u8>) -> Reply {
-        match corral_nats_rpc::request(&self.client, subject, traceparent, payload, self.timeout).await {
+    async fn call(&self, subject: &'static str, payload: Vec<u8>) -> Reply {
+        match corral_nats_rpc::request(&self.client, subject, payload, self.timeout).await {
             Ok(payload) => Reply::decode(payload.as_ref())
                 .unwrap_or_else(|e| error_reply(Code::Internal, format!("malformed registry reply: {e}"))),
             Err(e) => {
@@ -71,16 +71,14 @@ impl NatsClient {
 #[async_trait::async_trait]
 impl ClusterCommands for NatsClient {
     async fn command(&self, command: Command) -> Reply {
-        let tp = command.context.as_ref().map(|c| c.traceparent.clone()).unwrap_or_default();
-        self.call(COMMAND_SUBJECT, &tp, command.encode_to_vec()).await
+        self.call(COMMAND_SUBJECT, command.encode_to_vec()).await
     }
 }
 
 #[async_trait::async_trait]
 impl ClusterQueries for NatsClient {
     async fn query(&self, query: Query) -> Reply {
-        let tp = query.context.as_ref().map(|c| c.traceparent.clone()).unwrap_or_default();
-        self.call(QUERY_SUBJECT, &tp, query.encode_to_vec()).await
+        self.call(QUERY_SUBJECT, query.encode_to_vec()).await
     }
 }
 
@@ -106,7 +104,6 @@ pub async fn serve_rotation(
 #[async_trait::async_trait]
 impl CredentialRotation for NatsClient {
     async fn rotate(&self, request: corral_proto::registry::RotateAuth) -> Reply {
-        let tp = request.context.as_ref().map(|c| c.traceparent.clone()).unwrap_or_default();
-        self.call(ROTATE_SUBJECT, &tp, request.encode_to_vec()).await
+        self.call(ROTATE_SUBJECT, request.encode_to_vec()).await
     }
 }

@@ -1,27 +1,101 @@
-//! What every binary shares to be observed: logging and tracing set-up, W3C trace context
-//! helpers, Prometheus metrics ([`metrics`]) and the operations listener ([`ops`]).
+//! What every binary shares to be observed: logging and tracing set-up, trace context across
+//! processes ([`trace`]), Prometheus metrics ([`metrics`]) and the operations listener ([`ops`]).
 //!
 //! Logs go to stderr (stdout carries only readiness lines), as text or JSON lines; `RUST_LOG`
-//! filters them (default `info`).
+//! filters them (default `info`). Spans are exported over OTLP (gRPC) when
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set, with the SDK's
+//! own environment variables honoured (`OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`,
+//! `OTEL_TRACES_SAMPLER` and `_ARG`, `OTEL_BSP_*`); without it no span leaves the process and
+//! nothing but `tracing` itself is paid.
 
 pub mod metrics;
 pub mod ops;
+pub mod trace;
 
-use tracing_subscriber::EnvFilter;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer as _};
 
-/// Keeps telemetry alive for the life of the process.
+/// Keeps telemetry alive for the life of the process; dropping it sends the spans still
+/// buffered.
 pub struct Guard {
-    _private: (),
+    provider: Option<SdkTracerProvider>,
 }
 
-pub fn init(service: &str, json: bool) -> Guard {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let result = if json { builder.json().try_init() } else { builder.try_init() };
-    if result.is_ok() {
-        tracing::info!(service, "telemetry initialised");
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take()
+            && let Err(e) = provider.shutdown()
+        {
+            eprintln!("could not send the last spans: {e}");
+        }
     }
-    Guard { _private: () }
+}
+
+/// Whether spans are to be exported: an OTLP endpoint is configured.
+fn otlp_configured() -> bool {
+    ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]
+        .iter()
+        .any(|v| std::env::var(v).is_ok_and(|s| !s.trim().is_empty()))
+}
+
+/// The process's resource: the SDK's (from `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES`),
+/// named `service` unless those name it.
+fn resource(service: &str) -> opentelemetry_sdk::Resource {
+    let named = std::env::var("OTEL_SERVICE_NAME").is_ok_and(|s| !s.is_empty())
+        || std::env::var("OTEL_RESOURCE_ATTRIBUTES")
+            .is_ok_and(|a| a.split(',').any(|kv| kv.trim().starts_with("service.name=")));
+    let builder = opentelemetry_sdk::Resource::builder();
+    if named { builder.build() } else { builder.with_service_name(service.to_string()).build() }
+}
+
+/// The tracer provider exporting over OTLP/gRPC to the configured endpoint, in batches.
+fn otlp_provider(service: &str) -> Result<SdkTracerProvider, String> {
+    let exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic().build().map_err(|e| e.to_string())?;
+    Ok(SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource(service)).build())
+}
+
+/// Only this workspace's spans are exported (those of the libraries under it stay local).
+fn ours(meta: &tracing::Metadata<'_>) -> bool {
+    meta.target().starts_with("corral") && *meta.level() <= tracing::Level::INFO
+}
+
+/// Sets up logging, and tracing when an OTLP endpoint is configured. Call it inside the tokio
+/// runtime (the exporter runs on it).
+pub fn init(service: &str, json: bool) -> Guard {
+    opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = if json { fmt.json().boxed() } else { fmt.boxed() };
+    let (provider, failed) = if otlp_configured() {
+        match otlp_provider(service) {
+            Ok(p) => (Some(p), None),
+            Err(e) => (None, Some(e)),
+        }
+    } else {
+        (None, None)
+    };
+    let otel = provider.as_ref().map(|p| {
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer(service.to_string()))
+            .with_location(false)
+            .with_threads(false)
+            .with_tracked_inactivity(false)
+            .with_filter(tracing_subscriber::filter::filter_fn(ours))
+    });
+    let result = tracing_subscriber::registry().with(fmt.with_filter(filter)).with(otel).try_init();
+    if result.is_ok() && provider.is_some() {
+        trace::set_exporting();
+    }
+    if result.is_ok() {
+        tracing::info!(service, exporting_spans = provider.is_some(), "telemetry initialised");
+        if let Some(e) = failed {
+            tracing::warn!(error = %e, "cannot export spans over OTLP; going on without");
+        }
+    }
+    Guard { provider }
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
@@ -43,50 +117,5 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {},
         _ = term => {},
-    }
-}
-
-/// A W3C `traceparent` for this hop: a child of the incoming one when it is well formed (same
-/// trace id and flags, new span id), else the root of a new trace.
-pub fn traceparent_or_new(incoming: Option<&str>) -> String {
-    let span: u64 = rand::random();
-    if let Some(tp) = incoming.filter(|t| is_valid_traceparent(t)) {
-        let flags = tp.rsplit('-').next().unwrap_or("01");
-        return format!("00-{}-{span:016x}-{flags}", trace_id(tp));
-    }
-    let trace: u128 = rand::random();
-    format!("00-{trace:032x}-{span:016x}-01")
-}
-
-pub fn is_valid_traceparent(s: &str) -> bool {
-    let parts: Vec<&str> = s.split('-').collect();
-    parts.len() == 4
-        && parts[0].len() == 2
-        && parts[1].len() == 32
-        && parts[2].len() == 16
-        && parts[3].len() == 2
-        && parts.iter().all(|p| p.chars().all(|c| c.is_ascii_hexdigit()))
-        && parts[1].chars().any(|c| c != '0')
-}
-
-/// The trace id part of a traceparent, for log fields.
-pub fn trace_id(traceparent: &str) -> &str {
-    traceparent.split('-').nth(1).unwrap_or("")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn keeps_valid_and_replaces_invalid_traceparents() {
-        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        let child = traceparent_or_new(Some(tp));
-        assert!(is_valid_traceparent(&child));
-        assert_eq!(trace_id(&child), trace_id(tp), "same trace");
-        assert_ne!(child, tp, "new span");
-        let fresh = traceparent_or_new(Some("garbage"));
-        assert!(is_valid_traceparent(&fresh), "{fresh}");
-        assert_ne!(trace_id(&fresh), trace_id(tp));
     }
 }

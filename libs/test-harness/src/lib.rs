@@ -5,6 +5,7 @@
 
 pub mod cluster;
 pub mod deployment;
+pub mod otlp;
 pub mod pki;
 
 use std::net::SocketAddr;

@@ -630,7 +630,7 @@ mod tests {
         };
         let record =
             ClusterRecord { spec: Some(spec), created_at_unix_nanos: CREATED * 1_000_000_000, ..Default::default() };
-        Target { record, config: None, side: side.map(|e| (9, e)) }
+        Target { record, config: None, side: side.map(|e| (9, e)), changed_by: Vec::new() }
     }
 
     fn rotated(at: i64, old_secret: &str, created: i64) -> EventEnvelope {

@@ -322,7 +322,7 @@ mod tests {
             };
             (5, env)
         });
-        Target { record, config: None, side }
+        Target { record, config: None, side, changed_by: Vec::new() }
     }
 
     #[test]

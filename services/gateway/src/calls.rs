@@ -22,7 +22,6 @@ use crate::error::ApiError;
 /// Per-request facts the middleware establishes.
 #[derive(Clone, Debug, Default)]
 pub struct CallContext {
-    pub traceparent: String,
     pub correlation_id: String,
     pub actor: String,
     /// The caller's address, for login rate limits.
@@ -65,11 +64,7 @@ impl CallContext {
     }
 
     fn request_context(&self) -> RequestContext {
-        RequestContext {
-            actor: self.actor.clone(),
-            correlation_id: self.correlation_id.clone(),
-            traceparent: self.traceparent.clone(),
-        }
+        RequestContext { actor: self.actor.clone(), correlation_id: self.correlation_id.clone() }
     }
 }
 

@@ -56,32 +56,62 @@ impl Default for GatewayConfig {
     }
 }
 
-/// Establishes the call context (trace, correlation id) and the request span, and logs access.
+/// Establishes the call context (correlation id) and the request's server span, a child of the
+/// caller's trace context when it sent one, and logs access.
 async fn context_layer(mut req: Request, next: Next) -> Response {
     // Read headers in a scope of their own: a borrow of the request (whose body is not Sync)
     // must not live across the await below.
-    let (traceparent, correlation_id) = {
-        let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
-        let traceparent = corral_telemetry::traceparent_or_new(header("traceparent").as_deref());
-        let correlation_id = header("x-request-id")
+    let (parent, correlation_id) = {
+        let parent = corral_telemetry::trace::from_http(req.headers());
+        let correlation_id = req
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
             .filter(|v| !v.is_empty() && v.len() <= 128)
+            .map(str::to_string)
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-        (traceparent, correlation_id)
+        (parent, correlation_id)
     };
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    let grpc = metrics::grpc_method_of(&path);
+    // Named for the route once it is known (OpenTelemetry's `{method} {http.route}`, or the
+    // gRPC method), never for the raw path, which holds cluster names.
     let span = tracing::info_span!(
         "request",
-        method = %req.method(),
-        path = %req.uri().path(),
-        trace_id = corral_telemetry::trace_id(&traceparent),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = %method,
+        url.path = %path,
+        http.route = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
+        rpc.system = tracing::field::Empty,
+        rpc.service = tracing::field::Empty,
+        rpc.method = tracing::field::Empty,
+        rpc.grpc.status_code = tracing::field::Empty,
         correlation_id = %correlation_id,
     );
+    corral_telemetry::trace::set_parent(&span, parent);
+    if let Some((service, rpc_method)) = grpc {
+        corral_telemetry::trace::rename(&span, || format!("{service}/{rpc_method}"));
+        span.record("rpc.system", "grpc");
+        span.record("rpc.service", service);
+        span.record("rpc.method", rpc_method);
+    }
     let source = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string()).unwrap_or_default();
-    req.extensions_mut().insert(CallContext { traceparent, correlation_id, source, ..Default::default() });
-    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    req.extensions_mut().insert(CallContext { correlation_id, source, ..Default::default() });
     let started = Instant::now();
     let response = next.run(req).instrument(span.clone()).await;
     let status = response.status().as_u16();
-    metrics::http_request(&method, metrics::route_of(&response, &path), status, started);
+    let route = metrics::route_of(&response, &path);
+    if grpc.is_none() {
+        corral_telemetry::trace::rename(&span, || format!("{method} {route}"));
+        span.record("http.route", route.as_str());
+        span.record("http.response.status_code", status);
+        if status >= 500 {
+            span.record("otel.status_code", "error");
+        }
+    }
+    metrics::http_request(&method, route, status, started);
     let elapsed_us = started.elapsed().as_micros() as u64;
     span.in_scope(|| tracing::debug!(status, elapsed_us, "served"));
     response

@@ -138,6 +138,11 @@ const GRPC_METHODS: &[(&str, &str, &str)] = &[
 
 const UNARY: &str = "unary";
 
+/// The (service, method) of a gRPC path the gateway serves.
+pub(crate) fn grpc_method_of(path: &str) -> Option<(&'static str, &'static str)> {
+    grpc_method(path).map(|l| (l.grpc_service, l.grpc_method))
+}
+
 fn grpc_method(path: &str) -> Option<GrpcLabels> {
     let (service, method) = path.strip_prefix('/')?.split_once('/')?;
     GRPC_METHODS.iter().find(|(s, m, _)| *s == service && *m == method).map(|(s, m, t)| GrpcLabels {
@@ -182,10 +187,22 @@ fn grpc_status(headers: &http::HeaderMap) -> Option<tonic::Code> {
 struct GrpcCall {
     labels: GrpcLabels,
     started: Instant,
+    /// The request's server span, which gets the status code.
+    span: tracing::Span,
+}
+
+/// The codes for which a gRPC server span is an error (OpenTelemetry's gRPC conventions).
+fn server_error(code: tonic::Code) -> bool {
+    use tonic::Code::*;
+    matches!(code, Unknown | DeadlineExceeded | Unimplemented | Internal | Unavailable | DataLoss)
 }
 
 impl GrpcCall {
     fn finish(self, code: tonic::Code) {
+        self.span.record("rpc.grpc.status_code", code as i64);
+        if server_error(code) {
+            self.span.record("otel.status_code", "error");
+        }
         let GrpcLabels { grpc_type, grpc_service, grpc_method } = self.labels.clone();
         let handled = GrpcCodeLabels { grpc_type, grpc_service, grpc_method, grpc_code: code_name(code) };
         METRICS.grpc_handled.get_or_create(&handled).inc();
@@ -198,7 +215,7 @@ impl GrpcCall {
 pub(crate) async fn grpc_layer(req: Request, next: Next) -> Response {
     let Some(labels) = grpc_method(req.uri().path()) else { return next.run(req).await };
     METRICS.grpc_started.get_or_create(&labels).inc();
-    let call = GrpcCall { labels, started: Instant::now() };
+    let call = GrpcCall { labels, started: Instant::now(), span: tracing::Span::current() };
     let response = next.run(req).await;
     if let Some(code) = grpc_status(response.headers()) {
         call.finish(code);

@@ -19,11 +19,13 @@ use corral_event_log::{EventLog, LogError};
 use corral_events::event_type::CLUSTER_CONNECTION_OBSERVED;
 use corral_events::subject;
 use corral_proto::events::ClusterConnectionObserved;
+use corral_proto::v1alpha1::ClusterConfig;
 use corral_secrets::SealingKey;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prost::Message;
 use tokio::sync::Semaphore;
+use tracing::Instrument as _;
 
 static ROUND_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
     corral_telemetry::metrics::register(
@@ -185,12 +187,22 @@ impl HealthProbe {
     }
 
     async fn probe_one(&self, id: String) {
-        let _in_flight = InFlight::new();
-        let Some((server, config, created)) =
-            lock(&self.fleet).targets.get(&id).map(|t| (t.server(), t.config.clone(), t.record.created_at_unix_nanos))
+        let Some((server, config, created, changed_by)) = lock(&self.fleet)
+            .targets
+            .get(&id)
+            .map(|t| (t.server(), t.config.clone(), t.record.created_at_unix_nanos, t.changed_by.clone()))
         else {
             return;
         };
+        // Linked to the change that made the cluster what it is (its registration, for the first
+        // probe), so that a trace shows what probing a new cluster found.
+        let span = tracing::info_span!("probe", otel.name = "probe cluster", otel.kind = "client", cluster_id = %id);
+        corral_telemetry::trace::add_link(&span, &corral_telemetry::trace::from_pairs(&changed_by));
+        self.probe_target(id, server, config, created).instrument(span).await
+    }
+
+    async fn probe_target(&self, id: String, server: String, config: Option<Arc<ClusterConfig>>, created: i64) {
+        let _in_flight = InFlight::new();
         let attempted_at = corral_events::now_unix();
         let failed = |message: String| Observed { status: "Failed".into(), message, server_version: String::new() };
         let timeout = self.config.timeout;
@@ -331,6 +343,7 @@ mod tests {
             record: ClusterRecord { created_at_unix_nanos: 7, ..Default::default() },
             config: None,
             side: side.map(|e| (3, e)),
+            changed_by: Vec::new(),
         };
         assert_eq!(recorded(&target(None)), None);
         let seen = recorded(&target(Some(observed(7)))).expect("this incarnation's");

@@ -106,7 +106,7 @@ impl Origin {
             event: corral_events::Origin {
                 correlation_id,
                 causation_id: String::new(),
-                traceparent: ctx.traceparent,
+                traceparent: String::new(),
                 actor: ctx.actor,
             },
         }
@@ -155,7 +155,6 @@ impl Registry {
         let origin = Origin::from_context(Some(RequestContext {
             actor: "system".into(),
             correlation_id: "seed-in-cluster".into(),
-            traceparent: String::new(),
         }));
         let cmd = |_: &Option<ClusterState>| ClusterCommand::Create { spec: domain::in_cluster_spec(), upsert: false };
         self.run_command(&origin, || Ok(id.clone()), cmd).await.map(|_| ())

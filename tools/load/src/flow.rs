@@ -142,10 +142,9 @@ struct Gateway {
 impl ClusterService for Gateway {
     async fn create(&self, r: Request<ClusterCreateRequest>) -> Result<Response<Cluster>, Status> {
         let command = Command { context: None, kind: Some(command::Kind::Create(r.into_inner())), expected_version: 0 };
-        let answer =
-            corral_nats_rpc::request(&self.nats, COMMAND_SUBJECT, TRACEPARENT, command.encode_to_vec(), TIMEOUT)
-                .await
-                .map_err(|e| Status::unavailable(e.to_string()))?;
+        let answer = corral_nats_rpc::request(&self.nats, COMMAND_SUBJECT, command.encode_to_vec(), TIMEOUT)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
         match Reply::decode(answer.as_ref()).map_err(|e| Status::internal(e.to_string()))?.result {
             Some(reply::Result::Cluster(c)) => Ok(Response::new(c)),
             Some(reply::Result::Error(e)) => Err(Status::internal(e.message)),

@@ -1,0 +1,149 @@
+//! W3C trace context across processes, with OpenTelemetry's propagator: taken from HTTP and
+//! gRPC requests and from NATS messages, put into the NATS messages a process sends (requests
+//! and appended events). Header names are lower-case (`traceparent`, `tracestate`), as the W3C
+//! specification writes them: NATS header names are case-sensitive.
+
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::TraceContextExt as _;
+use opentelemetry::{Context, global};
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+static EXPORTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether this process exports spans: work that only feeds spans (links) is skipped otherwise.
+pub fn exporting() -> bool {
+    EXPORTING.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+pub(crate) fn set_exporting() {
+    EXPORTING.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// A NATS message's headers as a carrier of trace context.
+struct NatsHeaders<'a>(&'a mut async_nats::HeaderMap);
+
+impl Injector for NatsHeaders<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        self.0.insert(key, value.as_str());
+    }
+}
+
+struct NatsHeadersRef<'a>(&'a async_nats::HeaderMap);
+
+impl Extractor for NatsHeadersRef<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(|v| v.as_str())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.iter().map(|(k, _)| k.as_ref()).collect()
+    }
+}
+
+struct HttpHeaders<'a>(&'a http::HeaderMap);
+
+impl Extractor for HttpHeaders<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+/// Header pairs (an event's) as a carrier.
+struct Pairs<'a>(&'a mut Vec<(String, String)>);
+
+impl Injector for Pairs<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        self.0.retain(|(k, _)| k != key);
+        self.0.push((key.to_string(), value));
+    }
+}
+
+struct PairsRef<'a>(&'a [(String, String)]);
+
+impl Extractor for PairsRef<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.iter().map(|(k, _)| k.as_str()).collect()
+    }
+}
+
+fn with_propagator<T>(f: impl FnOnce(&dyn TextMapPropagator) -> T) -> T {
+    let mut f = Some(f);
+    global::get_text_map_propagator(|p| f.take().map(|f| f(p)))
+    .unwrap_or_else(|| unreachable!("the propagator is asked once"))
+}
+
+/// The context a caller sent in an HTTP or gRPC request's headers (empty if none).
+pub fn from_http(headers: &http::HeaderMap) -> Context {
+    with_propagator(|p| p.extract(&HttpHeaders(headers)))
+}
+
+/// The context a NATS message carries (empty if none).
+pub fn from_nats(headers: Option<&async_nats::HeaderMap>) -> Context {
+    match headers {
+        Some(h) => with_propagator(|p| p.extract(&NatsHeadersRef(h))),
+        None => Context::new(),
+    }
+}
+
+/// The context in an event's headers (empty if none).
+pub fn from_pairs(headers: &[(String, String)]) -> Context {
+    with_propagator(|p| p.extract(&PairsRef(headers)))
+}
+
+/// Puts `span`'s context into a NATS message's headers. Nothing without tracing.
+pub fn inject_nats(span: &tracing::Span, headers: &mut async_nats::HeaderMap) {
+    let cx = span.context();
+    with_propagator(|p| p.inject_context(&cx, &mut NatsHeaders(headers)));
+}
+
+/// Puts `span`'s context into an event's headers, replacing what they had.
+pub fn inject_pairs(span: &tracing::Span, headers: &mut Vec<(String, String)>) {
+    let cx = span.context();
+    with_propagator(|p| p.inject_context(&cx, &mut Pairs(headers)));
+}
+
+/// The current span's context as a W3C `traceparent`; empty without tracing.
+pub fn current_traceparent() -> String {
+    let mut pairs = Vec::new();
+    inject_pairs(&tracing::Span::current(), &mut pairs);
+    pairs.into_iter().find(|(k, _)| k == "traceparent").map(|(_, v)| v).unwrap_or_default()
+}
+
+/// Makes `span` a child of `parent` when `parent` holds a remote span (a caller's), else leaves
+/// it where it is.
+pub fn set_parent(span: &tracing::Span, parent: Context) {
+    if parent.span().span_context().is_valid() {
+        let _ = span.set_parent(parent);
+    }
+}
+
+/// Links `span` to the span `origin` names, if it names one.
+pub fn add_link(span: &tracing::Span, origin: &Context) {
+    let linked = origin.span().span_context().clone();
+    if linked.is_valid() {
+        span.add_link(linked);
+    }
+}
+
+/// Renames `span` (its OpenTelemetry name; a name recorded into `otel.name` once the span has
+/// started is not taken): a server span is named for the route, known only once it matched.
+pub fn rename(span: &tracing::Span, name: impl FnOnce() -> String) {
+    if exporting() {
+        span.context().span().update_name(name());
+    }
+}
+
+/// The trace id of the current span, for log fields; empty without tracing.
+pub fn current_trace_id() -> String {
+    let cx = tracing::Span::current().context();
+    let sc = cx.span().span_context().clone();
+    if sc.is_valid() { sc.trace_id().to_string() } else { String::new() }
+}
