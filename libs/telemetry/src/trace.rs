@@ -77,7 +77,7 @@ impl Extractor for PairsRef<'_> {
 fn with_propagator<T>(f: impl FnOnce(&dyn TextMapPropagator) -> T) -> T {
     let mut f = Some(f);
     global::get_text_map_propagator(|p| f.take().map(|f| f(p)))
-    .unwrap_or_else(|| unreachable!("the propagator is asked once"))
+        .unwrap_or_else(|| unreachable!("the propagator is asked once"))
 }
 
 /// The context a caller sent in an HTTP or gRPC request's headers (empty if none).

@@ -8,6 +8,7 @@ mod cpu;
 mod durable;
 mod events;
 mod flow;
+mod tracing_cost;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -71,6 +72,18 @@ struct Args {
     /// Create, Update and Get through the gateway against it. Nothing else is measured.
     #[arg(long)]
     durable: bool,
+    /// Tracing cost: `--gateway` belongs to a deployment that exports no spans, this one to a
+    /// deployment (its own nats-server and registry) that samples and exports every trace.
+    /// Create and Get are measured through both, in turns. Nothing else is measured.
+    #[arg(long)]
+    traced_gateway: Option<SocketAddr>,
+    /// Creates per turn in the tracing comparison.
+    #[arg(long, default_value_t = 3000)]
+    creates_per_turn: usize,
+    /// Run only an OTLP trace receiver on this address (for the traced deployment), until
+    /// SIGTERM; it prints how many spans it received.
+    #[arg(long)]
+    otlp_sink: Option<SocketAddr>,
 }
 
 /// Sends the session token with every call, as an Argo CD client does.
@@ -245,8 +258,14 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(addr) = args.otlp_sink {
+        return tracing_cost::sink(addr).await;
+    }
     cpu::watch(args.cpu_of.clone());
     let c = args.concurrency;
+    if let Some(traced) = args.traced_gateway {
+        return tracing_cost::measure(args.gateway, traced, c, args.seconds.min(3), args.creates_per_turn).await;
+    }
     if args.durable {
         let nats = corral_process::connect(&args.nats_url, "corral-load", &Default::default()).await?;
         let token = if args.password.is_empty() {
