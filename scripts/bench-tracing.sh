@@ -10,7 +10,8 @@ cd "$(dirname "$0")/.."
 cargo build --release --locked -p corral-registry -p corral-gateway -p corral-load
 source scripts/bench-common.sh
 target/release/corral-gateway --nats-url "$nats_url" --listen 127.0.0.1:0 --disable-auth >"$work/gateway.out" 2>"$work/gateway.err" &
-pids+=($!)
+gw_pid=$!
+pids+=($gw_pid)
 plain="$(wait_listening "$work/gateway.out")"
 
 # The traced deployment, on a nats-server of its own (a registry in the other's queue group
@@ -19,21 +20,32 @@ target/release/corral-load --otlp-sink 127.0.0.1:0 >"$work/sink.out" 2>"$work/si
 sink_pid=$!
 pids+=($sink_pid)
 sink="$(wait_listening "$work/sink.out")"
+[ -n "$sink" ] || { echo "the OTLP receiver did not start:" >&2; cat "$work/sink.err" >&2; exit 1; }
 "$nats_bin" -js -a 127.0.0.1 -p -1 -sd "$work/nats-traced" >"$work/nats-traced.log" 2>&1 &
-pids+=($!)
+nats_traced_pid=$!
+pids+=($nats_traced_pid)
 for _ in $(seq 100); do grep -q "Server is ready" "$work/nats-traced.log" && break; sleep 0.1; done
 traced_url="nats://127.0.0.1:$(grep -o 'client connections on 127.0.0.1:[0-9]*' "$work/nats-traced.log" | head -1 | sed 's/.*://')"
 export_env=(env OTEL_EXPORTER_OTLP_ENDPOINT="http://$sink" OTEL_TRACES_SAMPLER=always_on)
 "${export_env[@]}" target/release/corral-registry --nats-url "$traced_url" --data-dir "$work/registry-traced" \
   >"$work/registry-traced.out" 2>"$work/registry-traced.err" &
-pids+=($!)
+registry_traced_pid=$!
+pids+=($registry_traced_pid)
 for _ in $(seq 1200); do grep -q "registry ready" "$work/registry-traced.out" && break; sleep 0.1; done
 "${export_env[@]}" target/release/corral-gateway --nats-url "$traced_url" --listen 127.0.0.1:0 --disable-auth \
   >"$work/gateway-traced.out" 2>"$work/gateway-traced.err" &
-pids+=($!)
+gw_traced_pid=$!
+pids+=($gw_traced_pid)
 traced="$(wait_listening "$work/gateway-traced.out")"
+[ -n "$plain" ] && [ -n "$traced" ] || { echo "a gateway did not start" >&2; exit 1; }
 echo "nats-server $nats_version; gateway $plain (no tracing), gateway $traced (every trace exported to $sink); $(nproc) cores"
-target/release/corral-load --gateway "$plain" --traced-gateway "$traced" --nats-url "$nats_url" "$@"
+# The CPU each process spends per operation, the receiver's too (a collector runs elsewhere in
+# production; here it takes a share of the same two cores).
+target/release/corral-load --gateway "$plain" --traced-gateway "$traced" --nats-url "$nats_url" \
+  --cpu-of "nats-server=$nats_pid" --cpu-of "registry=$registry_pid" --cpu-of "gateway=$gw_pid" \
+  --cpu-of "nats-traced=$nats_traced_pid" --cpu-of "registry-traced=$registry_traced_pid" \
+  --cpu-of "gateway-traced=$gw_traced_pid" --cpu-of "otlp-receiver=$sink_pid" "$@"
 kill "$sink_pid"
 wait "$sink_pid" 2>/dev/null || true
-cat "$work/sink.out" | tail -1
+tail -1 "$work/sink.out"
+grep -q "otlp sink: [1-9][0-9]* spans" "$work/sink.out" || { echo "no span reached the receiver: the comparison is void" >&2; exit 1; }

@@ -72,7 +72,10 @@ async fn one_trace_follows_a_create_across_the_gateway_nats_the_registry_and_the
         let probed =
             spans.iter().any(|s| s.service == "corral-health-probe" && s.links.iter().any(|(t, _)| t == TRACE_ID));
         let appended = find(&spans, "corral-registry", "send CORRAL", PRODUCER).is_some();
-        if probed && appended {
+        let served = find(&spans, "corral-gateway", "POST /api/v1/clusters", SERVER).is_some()
+            && find(&spans, "corral-gateway", "send corralrpc.registry.command", CLIENT).is_some();
+        // Each process sends its own batches: all of them must have come.
+        if probed && appended && served {
             break spans;
         }
         assert!(started.elapsed() < Duration::from_secs(20), "the trace is incomplete: {spans:#?}");
@@ -153,6 +156,20 @@ async fn one_trace_follows_a_create_across_the_gateway_nats_the_registry_and_the
         (Some("grpc"), Some("cluster.ClusterService"), Some("List"))
     );
     assert_eq!(attr("rpc.grpc.status_code"), Some("0"));
+
+    // A process that stops sends the spans it still holds: a gateway that would send its batch
+    // only after ten minutes, asked for its version and stopped.
+    let (mut lazy, lazy_addr) = d
+        .spawn_gateway_with(&[("OTEL_BSP_SCHEDULE_DELAY", "600000"), ("OTEL_SERVICE_NAME", "corral-gateway-stopped")])
+        .await;
+    let version = reqwest::get(format!("http://{lazy_addr}/api/version")).await.expect("version");
+    assert_eq!(version.status().as_u16(), 200);
+    lazy.terminate().await;
+    let started = Instant::now();
+    while !receiver.spans().iter().any(|s| s.service == "corral-gateway-stopped" && s.name == "GET /api/version") {
+        assert!(started.elapsed() < Duration::from_secs(10), "the stopped gateway's spans were not sent");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // No span, attribute or span event holds the cluster's token or the admin's password (every
     // span of the run, the logins' included).

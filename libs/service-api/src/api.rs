@@ -3,7 +3,7 @@
 use corral_cluster_model::{EncodedList, Queries, RegistryError};
 use corral_proto::registry::{Command, Query, Reply, RotateAuth, reply};
 use tonic::Code;
-use tracing::{Instrument, info_span};
+use tracing::{Instrument, debug_span};
 
 /// Commands on the cluster aggregate: the registry's.
 #[async_trait::async_trait]
@@ -66,7 +66,7 @@ pub fn to_reply(result: Result<(u64, reply::Result), RegistryError>) -> Reply {
 #[async_trait::async_trait]
 impl ClusterQueries for Queries {
     async fn list_encoded(&self, query: Query) -> Result<(u64, EncodedList), Reply> {
-        let span = info_span!("registry.list", min_revision = query.min_revision, linearizable = query.linearizable);
+        let span = debug_span!("registry.list", min_revision = query.min_revision, linearizable = query.linearizable);
         let listed = async {
             let revision = self.reach(&query).await?;
             match &query.kind {
@@ -78,7 +78,7 @@ impl ClusterQueries for Queries {
     }
 
     async fn query(&self, query: Query) -> Reply {
-        let span = info_span!("registry.query", min_revision = query.min_revision, linearizable = query.linearizable);
+        let span = debug_span!("registry.query", min_revision = query.min_revision, linearizable = query.linearizable);
         match self.handle_query(query).instrument(span).await {
             Ok((revision, result, cluster_version)) => {
                 let mut reply = to_reply(Ok((revision, result)));

@@ -193,10 +193,13 @@ impl Deployment {
         vec!["--nats-url".into(), self.nats.url()]
     }
 
-    async fn spawn(&self, name: &str, args: Vec<String>, mut env: Vec<(String, String)>) -> ServiceProcess {
+    /// Starts `name` with the deployment's environment, then its NATS user's, then `own` (the
+    /// last given wins).
+    async fn spawn(&self, name: &str, args: Vec<String>, own: Vec<(String, String)>) -> ServiceProcess {
         let args: Vec<String> = self.nats_args().into_iter().chain(args).collect();
-        env.extend(self.env.iter().cloned());
+        let mut env = self.env.clone();
         env.extend(self.nats.service_env(name));
+        env.extend(own);
         ServiceProcess::spawn(&workspace_bin(name), &args, &env, &ready(name), STARTUP)
             .await
             .unwrap_or_else(|e| panic!("{name}: {e}"))
@@ -207,8 +210,15 @@ impl Deployment {
     }
 
     pub async fn spawn_gateway(&self) -> (ServiceProcess, SocketAddr) {
+        self.spawn_gateway_with(&[]).await
+    }
+
+    /// A gateway with more environment variables than the deployment's.
+    pub async fn spawn_gateway_with(&self, extra_env: &[(&str, &str)]) -> (ServiceProcess, SocketAddr) {
         let args = vec!["--listen".into(), "127.0.0.1:0".into(), "--max-body-bytes".into(), "65536".into()];
-        let p = self.spawn("corral-gateway", args, self.gateway_env()).await;
+        let mut env = self.gateway_env();
+        env.extend(extra_env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let p = self.spawn("corral-gateway", args, env).await;
         let addr = parse_listen_addr(&p.ready_line()).expect("gateway address");
         (p, addr)
     }

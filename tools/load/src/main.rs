@@ -30,7 +30,7 @@ struct Args {
     #[arg(long, default_value = "127.0.0.1:8080")]
     gateway: SocketAddr,
     /// NATS URL for the publish-with-ack floor.
-    #[arg(long)]
+    #[arg(long, required_unless_present = "otlp_sink", default_value = "")]
     nats_url: String,
     /// Concurrent clients for Create, Get and Update.
     #[arg(long, default_value_t = 64)]
