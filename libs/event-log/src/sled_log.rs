@@ -287,8 +287,10 @@ impl EventLog for SledLog {
         self.append_batch_at(None, batch).await
     }
 
+    /// The last event a reader can read: appended and flushed. (An append in flight has its
+    /// sequence but is not readable until its flush; every acknowledged one is.)
     async fn last_seq(&self) -> Result<u64, LogError> {
-        Ok(*self.inner.write_lock.lock().await)
+        Ok(*self.inner.durable.borrow())
     }
 
     async fn first_seq(&self) -> Result<u64, LogError> {
