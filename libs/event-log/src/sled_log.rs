@@ -238,7 +238,6 @@ impl SledLog {
         }
         let end = first + count - 1;
         *last = end;
-        self.prune_expired(now)?;
         drop(last);
         if end / PRUNE_EVERY != (first - 1) / PRUNE_EVERY {
             self.prune_msg_ids(now);
@@ -250,10 +249,19 @@ impl SledLog {
             *d = (*d).max(end);
             grew
         });
+        // Expired events go once this append is readable, never before: a reader must not find
+        // the old events gone and the new one not yet there, an empty log it is not.
+        if inner.max_age.is_some() {
+            let _appends = inner.write_lock.lock().await;
+            if let Err(e) = self.prune_expired(now) {
+                tracing::warn!(error = %e, "removing expired events failed; the next append tries again");
+            }
+        }
         Ok((0..count).map(|i| AppendOutcome { seq: first + i, duplicate: false }).collect())
     }
 
-    /// Removes the events older than the retention from the front. Called under the append lock.
+    /// Removes the events older than the retention from the front. Called under the append lock,
+    /// after the append's flush.
     fn prune_expired(&self, now_nanos: i64) -> Result<(), LogError> {
         let Some(max_age) = self.inner.max_age else { return Ok(()) };
         let cutoff = now_nanos.saturating_sub(max_age.as_nanos().min(i64::MAX as u128) as i64);
