@@ -14,6 +14,10 @@
 //! ```
 //!
 //! Nested TOML tables are flattened with dots, so `[accounts] alice = "login"` works too.
+//!
+//! Or from a folder holding one file per key, named after it (`accounts.alice`, `policy.csv`):
+//! what Kubernetes makes of a mounted ConfigMap, so `argocd-cm` and `argocd-rbac-cm` mounted
+//! together (a projected volume) are read unchanged.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -201,10 +205,14 @@ impl AuthConfig {
         AuthConfig::from_flat(&flat)
     }
 
+    /// Reads a TOML file, or a folder of one file per key.
     pub fn load(path: &Path) -> Result<AuthConfig, AuthError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| AuthError::Config(format!("cannot read {}: {e}", path.display())))?;
-        AuthConfig::from_toml(&text).map_err(|e| match e {
+        AuthConfig::from_flat_at(path, &read_flat(path)?)
+    }
+
+    /// [`AuthConfig::from_flat`], its errors naming where the keys were read.
+    pub fn from_flat_at(path: &Path, flat: &BTreeMap<String, String>) -> Result<AuthConfig, AuthError> {
+        AuthConfig::from_flat(flat).map_err(|e| match e {
             AuthError::Config(m) => AuthError::Config(format!("{}: {m}", path.display())),
             other => other,
         })
@@ -213,6 +221,38 @@ impl AuthConfig {
     pub fn account(&self, name: &str) -> Option<&AccountConfig> {
         self.accounts.get(name)
     }
+}
+
+/// The flat keys at `path`: a TOML file, or a folder of one file per key.
+pub fn read_flat(path: &Path) -> Result<BTreeMap<String, String>, AuthError> {
+    let cannot = |e: std::io::Error| AuthError::Config(format!("cannot read {}: {e}", path.display()));
+    if !std::fs::metadata(path).map_err(cannot)?.is_dir() {
+        let text = std::fs::read_to_string(path).map_err(cannot)?;
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| AuthError::Config(format!("{}: {}", path.display(), e.message())))?;
+        let mut flat = BTreeMap::new();
+        flatten("", &toml::Value::Table(table), &mut flat)?;
+        return Ok(flat);
+    }
+    let mut flat = BTreeMap::new();
+    for entry in std::fs::read_dir(path).map_err(cannot)? {
+        let entry = entry.map_err(cannot)?;
+        let Some(key) = entry.file_name().to_str().map(str::to_string) else { continue };
+        // A ConfigMap mount keeps its files in `..<timestamp>` folders behind a `..data` link,
+        // and links each key to them: the keys are the names without a leading dot.
+        if key.starts_with('.') {
+            continue;
+        }
+        let file = entry.path();
+        if std::fs::metadata(&file).map_err(cannot)?.is_dir() {
+            continue;
+        }
+        let value = std::fs::read_to_string(&file)
+            .map_err(|e| AuthError::Config(format!("cannot read {}: {e}", file.display())))?;
+        flat.insert(key, value);
+    }
+    Ok(flat)
 }
 
 fn flatten(prefix: &str, v: &toml::Value, out: &mut BTreeMap<String, String>) -> Result<(), AuthError> {

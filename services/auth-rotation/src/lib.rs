@@ -564,7 +564,7 @@ pub struct ServiceConfig {
     pub service: corral_process::ServiceOptions,
     #[command(flatten)]
     pub rotation: RotationOptions,
-    /// Accounts configuration (the gateways' file): which accounts may hold API tokens.
+    /// Accounts configuration (the gateways' file or folder): which accounts may hold API tokens.
     #[arg(long, env = "CORRAL_ACCOUNTS_FILE")]
     pub accounts_file: Option<std::path::PathBuf>,
     /// How long to wait for a registry replica, in milliseconds.

@@ -474,8 +474,9 @@ pub const NAME: &str = "corral-gateway";
 /// Authentication settings shared by the gateway and the all-in-one binary.
 #[derive(Debug, Clone, clap::Args)]
 pub struct AuthOptions {
-    /// Accounts and RBAC configuration (TOML with argocd-cm / argocd-rbac-cm keys); reloaded
-    /// when it changes. Without it the gateway has the admin account only, and the all-in-one
+    /// Accounts and RBAC configuration: a TOML file of argocd-cm / argocd-rbac-cm keys, or a
+    /// folder of one file per key (argocd-cm and argocd-rbac-cm mounted as Kubernetes mounts a
+    /// ConfigMap); reloaded when it changes. Without it the gateway has the admin account only, and the all-in-one
     /// reads <data-dir>/accounts.toml (written on first start with how to fill it in).
     #[arg(long, env = "CORRAL_ACCOUNTS_FILE")]
     pub accounts_file: Option<PathBuf>,

@@ -126,6 +126,13 @@ impl Embedded {
         Self::start_with_args(dir, accounts, &[]).await
     }
 
+    /// The control plane reading its accounts configuration at `path` (a TOML file or a folder).
+    pub async fn start_with_accounts_at(dir: tempfile::TempDir, path: &std::path::Path) -> Embedded {
+        let all_in_one = AllInOne::start_with_args(dir, Some(path), &[]).await.expect("the all-in-one");
+        let api = wait_for_api_as(all_in_one.addr, "admin", &all_in_one.admin_password()).await;
+        Embedded { api, dir: all_in_one.dir.path().to_path_buf(), all_in_one }
+    }
+
     /// As [`Embedded::start_with_accounts`], with more command-line arguments.
     pub async fn start_with_args(dir: tempfile::TempDir, accounts: Option<&str>, args: &[&str]) -> Embedded {
         let accounts_file = accounts.map(|text| {
