@@ -12,9 +12,12 @@ fn main() {
     if let Some(dir) = git(&["rev-parse", "--absolute-git-dir"]) {
         // A new commit or checkout moves HEAD or a ref; the index is left out on purpose, as
         // every `git status` rewrites it and would rebuild the gateway each time.
-        println!("cargo:rerun-if-changed={dir}/HEAD");
-        println!("cargo:rerun-if-changed={dir}/refs");
-        println!("cargo:rerun-if-changed={dir}/packed-refs");
+        // A path named but missing counts as changed at every build: name only what exists.
+        for path in ["HEAD", "refs", "packed-refs"].map(|p| format!("{dir}/{p}")) {
+            if std::path::Path::new(&path).exists() {
+                println!("cargo:rerun-if-changed={path}");
+            }
+        }
     }
     println!("cargo:rerun-if-env-changed=SOURCE_DATE_EPOCH");
     let commit = git(&["rev-parse", "HEAD"]).unwrap_or_default();
