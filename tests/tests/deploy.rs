@@ -211,7 +211,7 @@ fn free_port() -> u16 {
 }
 
 /// A create through `api`, retried as a client would while the answer is retriable (503, 504,
-/// no answer): Some(true) once acknowledged (or found already there: an earlier try was applied).
+/// no answer): true once acknowledged (or found already there: an earlier try was applied).
 async fn create_retrying(api: &common::Api, server: &str) -> bool {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while tokio::time::Instant::now() < deadline {
