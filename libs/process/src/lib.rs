@@ -262,6 +262,11 @@ impl NatsAuthOptions {
 /// How often a service pings its NATS server.
 pub const PING_INTERVAL: Duration = Duration::from_secs(2);
 
+/// How long one attempt to connect to a NATS server may take. A frozen or partitioned server's
+/// kernel still accepts the TCP connection but nothing answers it: each attempt on it costs this
+/// much before the client tries another server (async-nats' default is 5 s).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Connects to the NATS servers in `urls` (comma-separated) as `auth` says, naming the
 /// connection `name`. A server that is down at start is retried rather than refused: the
 /// others, or it, will answer. Replies come on `_INBOX.<name>.>`, so a server's permissions can
@@ -278,7 +283,8 @@ pub async fn connect(urls: &str, name: &str, auth: &NatsAuthOptions) -> Result<a
         // The client gives a server up after three unanswered pings: with async-nats' 60 s a
         // service on a node cut off by a partition stood still for three minutes before it
         // moved to another node.
-        .ping_interval(PING_INTERVAL);
+        .ping_interval(PING_INTERVAL)
+        .connection_timeout(CONNECT_TIMEOUT);
     Ok(auth.apply(options).await?.connect(addrs).await?)
 }
 
