@@ -198,11 +198,7 @@ impl AuthConfig {
     }
 
     pub fn from_toml(text: &str) -> Result<AuthConfig, AuthError> {
-        let table: toml::Table =
-            text.parse().map_err(|e: toml::de::Error| AuthError::Config(e.message().to_string()))?;
-        let mut flat = BTreeMap::new();
-        flatten("", &toml::Value::Table(table), &mut flat)?;
-        AuthConfig::from_flat(&flat)
+        AuthConfig::from_flat(&flat_of_toml(text)?)
     }
 
     /// Reads a TOML file, or a folder of one file per key.
@@ -228,12 +224,10 @@ pub fn read_flat(path: &Path) -> Result<BTreeMap<String, String>, AuthError> {
     let cannot = |e: std::io::Error| AuthError::Config(format!("cannot read {}: {e}", path.display()));
     if !std::fs::metadata(path).map_err(cannot)?.is_dir() {
         let text = std::fs::read_to_string(path).map_err(cannot)?;
-        let table: toml::Table = text
-            .parse()
-            .map_err(|e: toml::de::Error| AuthError::Config(format!("{}: {}", path.display(), e.message())))?;
-        let mut flat = BTreeMap::new();
-        flatten("", &toml::Value::Table(table), &mut flat)?;
-        return Ok(flat);
+        return flat_of_toml(&text).map_err(|e| match e {
+            AuthError::Config(m) => AuthError::Config(format!("{}: {m}", path.display())),
+            other => other,
+        });
     }
     let mut flat = BTreeMap::new();
     for entry in std::fs::read_dir(path).map_err(cannot)? {
@@ -252,6 +246,14 @@ pub fn read_flat(path: &Path) -> Result<BTreeMap<String, String>, AuthError> {
             .map_err(|e| AuthError::Config(format!("cannot read {}: {e}", file.display())))?;
         flat.insert(key, value);
     }
+    Ok(flat)
+}
+
+/// The flat keys of a TOML text, nested tables joined with dots.
+fn flat_of_toml(text: &str) -> Result<BTreeMap<String, String>, AuthError> {
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| AuthError::Config(e.message().to_string()))?;
+    let mut flat = BTreeMap::new();
+    flatten("", &toml::Value::Table(table), &mut flat)?;
     Ok(flat)
 }
 

@@ -476,8 +476,9 @@ pub const NAME: &str = "corral-gateway";
 pub struct AuthOptions {
     /// Accounts and RBAC configuration: a TOML file of argocd-cm / argocd-rbac-cm keys, or a
     /// folder of one file per key (argocd-cm and argocd-rbac-cm mounted as Kubernetes mounts a
-    /// ConfigMap); reloaded when it changes. Without it the gateway has the admin account only, and the all-in-one
-    /// reads <data-dir>/accounts.toml (written on first start with how to fill it in).
+    /// ConfigMap); reloaded when it changes. Without it the gateway has the admin account only,
+    /// and the all-in-one reads <data-dir>/accounts.toml (written on first start with how to
+    /// fill it in).
     #[arg(long, env = "CORRAL_ACCOUNTS_FILE")]
     pub accounts_file: Option<PathBuf>,
     /// Serve every call as the admin without authentication (as Argo CD's --disable-auth).
