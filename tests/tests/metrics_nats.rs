@@ -65,7 +65,7 @@ async fn every_service_serves_metrics_prometheus_parses_with_argo_cd_names() {
             && gauge(all, "argocd_cluster_connection_status", &up2) == Some(1.0)
             && gauge(all, "argocd_cluster_connection_status", &down) == Some(0.0)
             && gauge(all, "argocd_cluster_cache_age_seconds", &up).is_some_and(|age| age >= 0.0)
-            // Sampled every 5 s: caught up once a sample follows the last append.
+            // Sampled every 2 s: caught up once a sample follows the last append.
             && common::samples(all, "corral_projection_lag_events", &[("follower", "registry")])
                 .first()
                 .is_some_and(|s| s.value == Some(0.0))

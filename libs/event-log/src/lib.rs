@@ -32,6 +32,33 @@ pub struct NewEvent {
     pub payload: bytes::Bytes,
 }
 
+/// Tells a subscriber that stands still behind the log. Events a server delivered to a
+/// connection lost on the way (a NATS node cut off) are gone; an ordered consumer notices such a
+/// gap only when a later event arrives, which may not happen while nothing more is written.
+/// Fed at a steady pace with the log's last sequence and what the subscriber has taken, it says
+/// "subscribe again" once two looks in a row found it behind with nothing taken between them.
+#[derive(Debug, Default)]
+pub struct StallWatch {
+    behind_at: Option<u64>,
+}
+
+impl StallWatch {
+    /// One look: `last`, the log's last sequence (of the subscribed subjects); `taken`, the last
+    /// sequence the subscriber took. True: it is stalled.
+    pub fn stalled(&mut self, last: u64, taken: u64) -> bool {
+        if last <= taken {
+            self.behind_at = None;
+            false
+        } else if self.behind_at == Some(taken) {
+            self.behind_at = None;
+            true
+        } else {
+            self.behind_at = Some(taken);
+            false
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AppendOutcome {
     pub seq: u64,
@@ -80,6 +107,9 @@ pub trait EventLog: Send + Sync + 'static {
     fn batches_are_cheap(&self) -> bool {
         true
     }
+    /// Called by a subscriber that stayed behind the log through subscribing again
+    /// ([`StallWatch`]): a log reached over a network connects again, if it can elsewhere.
+    async fn reconnect(&self) {}
     /// Sequence of the last stored event (0 if none). Reflects every append acknowledged
     /// before the call.
     async fn last_seq(&self) -> Result<u64, LogError>;
@@ -156,6 +186,25 @@ pub(crate) fn check_subject(subject: &str) -> Result<(), LogError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_subscriber_is_stalled_when_two_looks_find_it_behind_without_progress() {
+        let mut watch = StallWatch::default();
+        // caught up: never stalled
+        assert!(!watch.stalled(5, 5));
+        assert!(!watch.stalled(5, 5));
+        // behind but moving: not stalled
+        assert!(!watch.stalled(9, 6));
+        assert!(!watch.stalled(9, 8));
+        // behind and still: stalled at the second look, then it starts over
+        assert!(watch.stalled(9, 8));
+        assert!(!watch.stalled(9, 8));
+        assert!(watch.stalled(9, 8));
+        // caught up in between: starts over
+        assert!(!watch.stalled(10, 9));
+        assert!(!watch.stalled(10, 10));
+        assert!(!watch.stalled(11, 10));
+    }
 
     #[test]
     fn subject_filters_match_as_in_nats() {

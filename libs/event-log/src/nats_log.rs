@@ -289,6 +289,15 @@ impl EventLog for NatsLog {
         Ok((first..=ack.sequence).map(|seq| AppendOutcome { seq, duplicate: false }).collect())
     }
 
+    /// A node that was cut off and has just come back can hold a consumer (JetStream places a
+    /// client's consumers near it) on a replica still catching up, which delivers nothing for
+    /// as long as that lasts; the client's next server is picked at random among the others.
+    async fn reconnect(&self) {
+        if let Err(e) = self.js.client().force_reconnect().await {
+            tracing::warn!(error = %e, "cannot reconnect to NATS");
+        }
+    }
+
     /// The server stages an atomic batch in memory, except on a one-replica file stream, where
     /// it makes a file store per batch: a few milliseconds each.
     fn batches_are_cheap(&self) -> bool {

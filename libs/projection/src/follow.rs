@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use corral_event_log::{EventLog, LogError, RecordedEvent};
+use corral_event_log::{EventLog, LogError, RecordedEvent, StallWatch};
 use futures::{FutureExt as _, StreamExt as _};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
@@ -39,27 +39,39 @@ struct FollowerLabel {
 static LAG: LazyLock<Family<FollowerLabel, Gauge>> = LazyLock::new(|| {
     corral_telemetry::metrics::register(
         "corral_projection_lag_events",
-        "How far a follower is behind the log: the last sequence of the subjects it follows less the last it applied, sampled every 5 s",
+        "How far a follower is behind the log: the last sequence of the subjects it follows less the last it applied, sampled every 2 s",
         Family::default(),
     )
 });
 
 /// How often a follower's lag is measured: one stream-info request to the log each time.
-const LAG_SAMPLE_EVERY: Duration = Duration::from_secs(5);
+pub(crate) const LAG_SAMPLE_EVERY: Duration = Duration::from_secs(2);
 
 /// Sets the lag gauge of `name` every [`LAG_SAMPLE_EVERY`] from the log's last sequence (of
 /// `filters`' subjects) and what the follower has applied. A log that does not answer leaves
-/// the last figure.
-async fn sample_lag(log: Arc<dyn EventLog>, filters: Vec<String>, name: String, applied: Arc<AtomicU64>) {
+/// the last figure. A follower that stands still behind the log ([`StallWatch`]) is told to
+/// subscribe again (`stalled`): writers waiting for it to catch up may never write the event
+/// that would reveal the gap to its consumer.
+async fn sample_lag(
+    log: Arc<dyn EventLog>,
+    filters: Vec<String>,
+    name: String,
+    applied: Arc<AtomicU64>,
+    stalled: Arc<tokio::sync::Notify>,
+) {
     let gauge = LAG.get_or_create(&FollowerLabel { follower: name }).clone();
     let mut every = tokio::time::interval(LAG_SAMPLE_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut watch = StallWatch::default();
     loop {
         every.tick().await;
         let last = if filters.is_empty() { log.last_seq().await } else { log.last_seq_matching(&filters).await };
         if let Ok(last) = last {
-            let behind = last.saturating_sub(applied.load(Ordering::Relaxed));
-            gauge.set(i64::try_from(behind).unwrap_or(i64::MAX));
+            let now = applied.load(Ordering::Relaxed);
+            gauge.set(i64::try_from(last.saturating_sub(now)).unwrap_or(i64::MAX));
+            if watch.stalled(last, now) {
+                stalled.notify_one();
+            }
         }
     }
 }
@@ -118,11 +130,15 @@ pub async fn follow<F: Follower>(
     let mut backoff = MIN_BACKOFF;
     let mut burst: Vec<RecordedEvent> = Vec::new();
     let progress = Arc::new(AtomicU64::new(follower.last_applied()));
+    let stalled = Arc::new(tokio::sync::Notify::new());
+    // Where the follower stood at the last stall.
+    let mut stalled_at: Option<u64> = None;
     let _sampler = AbortOnDrop(tokio::spawn(sample_lag(
         log.clone(),
         filters.to_vec(),
         follower.name().to_string(),
         progress.clone(),
+        stalled.clone(),
     )));
     loop {
         let from = follower.last_applied() + 1;
@@ -139,6 +155,22 @@ pub async fn follow<F: Follower>(
                     biased;
                     () = &mut shutdown => return Ok(()),
                     item = stream.next() => item,
+                    () = stalled.notified() => {
+                        // A second stall in a row, with nothing applied in between: the new
+                        // subscription is no better, so the connection moves too.
+                        let again = stalled_at == Some(follower.last_applied());
+                        stalled_at = Some(follower.last_applied());
+                        tracing::warn!(
+                            follower = follower.name(),
+                            last_applied = follower.last_applied(),
+                            reconnecting = again,
+                            "behind the log with nothing delivered; resubscribing"
+                        );
+                        if again {
+                            log.reconnect().await;
+                        }
+                        break;
+                    }
                 };
                 let Some(Ok(first)) = item else {
                     log_stream_end(follower.name(), item);

@@ -82,7 +82,7 @@ mod tests {
     use corral_event_log::{AppendOutcome, EventStream, LogError, NewEvent};
     use futures::StreamExt as _;
 
-    use crate::follow::MAX_EVENTS_PER_APPLY as MAX_EVENTS_PER_WRITE;
+    use crate::follow::{LAG_SAMPLE_EVERY, MAX_EVENTS_PER_APPLY as MAX_EVENTS_PER_WRITE};
     use tokio::sync::watch;
 
     use super::*;
@@ -95,6 +95,11 @@ mod tests {
         subscribes: Mutex<Vec<u64>>,
         end_after: usize,
         failing_subscribes: AtomicUsize,
+        /// The first `deaf_subscribes` subscriptions deliver nothing from `deaf_from` on and stay
+        /// open, as when what the server sent went to a connection lost on the way.
+        deaf_from: std::sync::atomic::AtomicU64,
+        deaf_subscribes: AtomicUsize,
+        reconnects: AtomicUsize,
     }
 
     impl FakeLog {
@@ -109,6 +114,9 @@ mod tests {
                 subscribes: Mutex::new(Vec::new()),
                 end_after,
                 failing_subscribes: AtomicUsize::new(failing_subscribes),
+                deaf_from: Default::default(),
+                deaf_subscribes: AtomicUsize::new(0),
+                reconnects: AtomicUsize::new(0),
             })
         }
 
@@ -178,11 +186,16 @@ mod tests {
             let rx = self.appended.subscribe();
             let next = usize::try_from(from_seq.saturating_sub(1)).unwrap();
             let limit = self.end_after;
+            let deaf = self.deaf_subscribes.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+            let deaf_from = if deaf.is_ok() { self.deaf_from.load(Ordering::SeqCst) } else { 0 };
             let stream = futures::stream::unfold((next, rx, 0usize), move |(next, mut rx, sent)| {
                 let events = Arc::clone(&events);
                 async move {
                     if sent >= limit {
                         return None;
+                    }
+                    if deaf_from > 0 && next as u64 + 1 >= deaf_from {
+                        return std::future::pending().await;
                     }
                     loop {
                         let got = events.lock().unwrap().get(next).cloned();
@@ -194,6 +207,10 @@ mod tests {
                 }
             });
             Ok(stream.boxed())
+        }
+
+        async fn reconnect(&self) {
+            self.reconnects.fetch_add(1, Ordering::SeqCst);
         }
 
         // The runner follows every subject; these serve the trait only.
@@ -300,6 +317,60 @@ mod tests {
         stop.send(()).unwrap();
         runner.await.unwrap().unwrap();
         assert_eq!(log.subscribes(), vec![1]);
+    }
+
+    #[tokio::test]
+    async fn a_follower_whose_last_events_never_arrive_subscribes_again() {
+        // given a log of three events whose first subscription loses the last two on the way
+        // and then delivers nothing more
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let p = Projection::open(&db, "t").unwrap();
+        let log = FakeLog::new();
+        for e in ["a", "b", "c"] {
+            log.append(e);
+        }
+        log.deaf_from.store(2, Ordering::SeqCst);
+        log.deaf_subscribes.store(1, Ordering::SeqCst);
+        // when the runner follows it and nothing more is appended
+        let runner = tokio::spawn(run(
+            log.clone(),
+            p.clone(),
+            counting_fold(Arc::new(AtomicUsize::new(0))),
+            std::future::pending(),
+        ));
+        // then, found behind at two lag samples with nothing applied between, it subscribes
+        // again after what it applied and gets the rest
+        p.wait_for(3, LAG_SAMPLE_EVERY * 3).await.unwrap();
+        assert_eq!((last(&p), count(&p)), ("c".to_owned(), 3));
+        assert_eq!(log.subscribes(), vec![1, 2]);
+        assert_eq!(log.reconnects.load(Ordering::SeqCst), 0);
+        runner.abort();
+    }
+
+    #[tokio::test]
+    async fn a_follower_still_stalled_after_subscribing_again_reconnects() {
+        // given a log whose first two subscriptions lose everything from the second event on
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let p = Projection::open(&db, "t").unwrap();
+        let log = FakeLog::new();
+        for e in ["a", "b"] {
+            log.append(e);
+        }
+        log.deaf_from.store(2, Ordering::SeqCst);
+        log.deaf_subscribes.store(2, Ordering::SeqCst);
+        let runner = tokio::spawn(run(
+            log.clone(),
+            p.clone(),
+            counting_fold(Arc::new(AtomicUsize::new(0))),
+            std::future::pending(),
+        ));
+        // then the second stall also reconnects the log, and the third subscription delivers
+        p.wait_for(2, LAG_SAMPLE_EVERY * 6).await.unwrap();
+        assert_eq!(log.subscribes(), vec![1, 2, 2]);
+        assert_eq!(log.reconnects.load(Ordering::SeqCst), 1);
+        runner.abort();
     }
 
     #[tokio::test]

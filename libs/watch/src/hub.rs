@@ -10,7 +10,7 @@ use std::time::Duration;
 use corral_cluster_model::Queries;
 use corral_cluster_model::change::{Reason, WatchType, watch_type};
 use corral_cluster_model::selector::Selector;
-use corral_event_log::EventLog;
+use corral_event_log::{EventLog, StallWatch};
 use corral_proto::v1alpha1::Cluster;
 use corral_proto::watch::ClusterEvent;
 use futures::StreamExt as _;
@@ -23,6 +23,8 @@ use crate::public::{self, PublicEvent};
 pub const RING: usize = 4096;
 /// Most events a watch takes at once, from the ring or the stream.
 const READ_BATCH: usize = 256;
+/// How often the hub compares where its subscription stands with the public stream's end.
+const STALL_LOOK_EVERY: Duration = Duration::from_secs(2);
 /// How often a watch checks that its caller's credentials still hold.
 pub const AUTH_CHECK_EVERY: Duration = Duration::from_millis(500);
 /// A bookmark after this long without a matching event, when asked for.
@@ -218,13 +220,29 @@ impl Hub {
         Ok(hub)
     }
 
-    /// Fills the ring from the stream's tail, for as long as the process runs.
+    /// Fills the ring from the stream's tail, for as long as the process runs. A subscription
+    /// that stands still behind the stream's end is made again ([`StallWatch`]).
     async fn follow(&self, mut next: u64) {
         let mut backoff = Duration::from_millis(100);
         loop {
             match self.public.subscribe(next).await {
                 Ok(mut events) => {
-                    while let Some(item) = events.next().await {
+                    let mut look = tokio::time::interval(STALL_LOOK_EVERY);
+                    look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    let mut stall = StallWatch::default();
+                    loop {
+                        let item = tokio::select! {
+                            item = events.next() => item,
+                            _ = look.tick() => {
+                                let last = self.public.last_seq().await;
+                                if last.is_ok_and(|last| stall.stalled(last, next.saturating_sub(1))) {
+                                    tracing::warn!(next, "behind the public stream with nothing delivered; resubscribing");
+                                    break;
+                                }
+                                continue;
+                            }
+                        };
+                        let Some(item) = item else { break };
                         let decoded = item.map_err(WatchError::from).and_then(|ev| {
                             let event = public::decode(&ev)?;
                             Ok(Item { seq: ev.seq, event: Arc::new(Shared::new(event)) })

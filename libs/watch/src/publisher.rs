@@ -15,7 +15,7 @@ use std::time::Duration;
 use chrono::{TimeZone, Utc};
 use corral_cluster_model::change::diff;
 use corral_cluster_model::read_model::{self, ClusterSubject};
-use corral_event_log::{EventLog, LogError, NewEvent, RecordedEvent};
+use corral_event_log::{EventLog, LogError, NewEvent, RecordedEvent, StallWatch};
 use corral_proto::registry::ClusterRecord;
 use futures::{FutureExt as _, StreamExt as _};
 
@@ -26,6 +26,8 @@ use crate::public::{self, Announcement};
 const MAX_BATCH: usize = 256;
 /// How long a publisher that found another one ahead of it waits before looking again.
 const STANDBY: Duration = Duration::from_millis(250);
+/// How often a publisher compares the last log event it took with where the log ends.
+const STALL_LOOK_EVERY: Duration = Duration::from_secs(2);
 
 /// Where the public stream ends: its last sequence and the revision of its last event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -153,7 +155,8 @@ pub async fn run(
 /// stream's head. Ends only with an error.
 async fn publish(internal: &dyn EventLog, public: &dyn EventLog, max_age: Duration) -> Result<(), WatchError> {
     let mut head = public_head(internal, public, max_age).await?;
-    let mut events = internal.subscribe_matching(1, &read_model::cluster_subject_filters()).await?;
+    let filters = read_model::cluster_subject_filters();
+    let mut events = internal.subscribe_matching(1, &filters).await?;
     let mut clusters = Clusters::default();
     // The revision the next announcement follows, and the announcements not yet stored.
     let mut previous_revision = head.revision;
@@ -161,6 +164,11 @@ async fn publish(internal: &dyn EventLog, public: &dyn EventLog, max_age: Durati
     // Set while another publisher is ahead: until then, fold and wait rather than append.
     let mut standby_until: Option<tokio::time::Instant> = None;
     let ended = || WatchError::Unavailable("the log subscription ended".into());
+    // The last log event taken, and a regular look at where the log ends (see StallWatch).
+    let mut taken = 0;
+    let mut look = tokio::time::interval(STALL_LOOK_EVERY);
+    look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut stall = StallWatch::default();
     loop {
         let look_again = async {
             match standby_until {
@@ -172,6 +180,13 @@ async fn publish(internal: &dyn EventLog, public: &dyn EventLog, max_age: Durati
         tokio::select! {
             first = events.next() => batch.push(first.ok_or_else(ended)??),
             _ = look_again => {}
+            _ = look.tick() => {
+                if internal.last_seq_matching(&filters).await.is_ok_and(|last| stall.stalled(last, taken)) {
+                    tracing::warn!(taken, "behind the log with nothing delivered; resubscribing");
+                    events = internal.subscribe_matching(taken + 1, &filters).await?;
+                }
+                continue;
+            }
         }
         while !batch.is_empty() && batch.len() < MAX_BATCH {
             match events.next().now_or_never() {
@@ -181,6 +196,7 @@ async fn publish(internal: &dyn EventLog, public: &dyn EventLog, max_age: Durati
             }
         }
         for ev in &batch {
+            taken = ev.seq;
             if let Some(new) = clusters.apply(ev, previous_revision, ev.seq > head.revision)? {
                 previous_revision = ev.seq;
                 pending.push((ev.seq, new));
