@@ -169,7 +169,6 @@ async fn a_command_expecting_a_stale_version_is_refused_and_changes_nothing() {
     let version = registry.query(get()).await.cluster_version;
     assert!(version >= 1);
     let update = |label: &str, expected_version: u64| Command {
-        context: None,
         expected_version,
         kind: Some(command::Kind::Update(ClusterUpdateRequest {
             cluster: Some(corral_proto::v1alpha1::Cluster {
@@ -180,6 +179,7 @@ async fn a_command_expecting_a_stale_version_is_refused_and_changes_nothing() {
             updated_fields: vec!["labels".into()],
             id: Some(ClusterId { r#type: "server".into(), value: server.into() }),
         })),
+        ..Default::default()
     };
     let ok = registry.command(update("one", version)).await;
     assert!(matches!(ok.result, Some(reply::Result::Cluster(_))), "{ok:?}");

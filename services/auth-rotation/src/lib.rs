@@ -409,6 +409,8 @@ impl AuthRotation {
                 updated_fields: vec!["config".into()],
                 id: Some(ClusterId { r#type: "server".into(), value: server.to_string() }),
             })),
+            // A replica behind the version read above refuses it (Aborted), and it is retried.
+            min_revision: 0,
         };
         match self.registry.command(update).await.result {
             Some(reply::Result::Error(e)) if corral_service_api::wire_code(&e) == Code::Aborted => {

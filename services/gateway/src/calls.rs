@@ -74,6 +74,11 @@ pub struct Clusters {
     queries: Arc<dyn ClusterQueries>,
     rotation: Arc<dyn CredentialRotation>,
     auth: Arc<Auth>,
+    /// The highest revision this process has acknowledged a write at. Every query and command
+    /// asks for at least it, so a caller sees its own writes through this gateway even when the log's
+    /// answer to "how far do you go" comes late from a node that has just come back (a leader
+    /// deposed while cut off answers for a moment with what it had).
+    acknowledged: Arc<std::sync::atomic::AtomicU64>,
 }
 
 const RESOURCE: &str = "clusters";
@@ -130,7 +135,7 @@ impl Clusters {
         rotation: Arc<dyn CredentialRotation>,
         auth: Arc<Auth>,
     ) -> Clusters {
-        Clusters { commands, queries, rotation, auth }
+        Clusters { commands, queries, rotation, auth, acknowledged: Default::default() }
     }
 
     fn may(&self, who: &Principal, action: &str, c: &Cluster) -> bool {
@@ -182,7 +187,7 @@ impl Clusters {
                         expected_version: version,
                     };
                     let reply = self.rotation.rotate(request).await;
-                    reply_error(&reply).map_or(Ok(reply), Err)
+                    reply_error(&reply).map_or_else(|| Ok(self.acknowledge(reply)), Err)
                 }
             };
             match sent {
@@ -200,18 +205,37 @@ impl Clusters {
         kind: command::Kind,
         expected_version: u64,
     ) -> Result<Reply, ApiError> {
-        let cmd = Command { context: Some(ctx.request_context()), kind: Some(kind), expected_version };
+        let cmd = Command {
+            context: Some(ctx.request_context()),
+            kind: Some(kind),
+            expected_version,
+            min_revision: self.min_revision(),
+        };
         let reply = self.commands.command(cmd).await;
         match reply_error(&reply) {
             Some(e) => Err(e),
-            None => Ok(reply),
+            None => Ok(self.acknowledge(reply)),
         }
+    }
+
+    fn acknowledge(&self, reply: Reply) -> Reply {
+        self.acknowledged.fetch_max(reply.revision, std::sync::atomic::Ordering::Relaxed);
+        reply
+    }
+
+    fn min_revision(&self) -> u64 {
+        self.acknowledged.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Queries are linearizable: they see every write acknowledged before they started, through
     /// any gateway and any registry replica.
     async fn query(&self, ctx: &CallContext, kind: query::Kind) -> Result<Reply, ApiError> {
-        let q = Query { context: Some(ctx.request_context()), min_revision: 0, linearizable: true, kind: Some(kind) };
+        let q = Query {
+            context: Some(ctx.request_context()),
+            min_revision: self.min_revision(),
+            linearizable: true,
+            kind: Some(kind),
+        };
         let reply = self.queries.query(q).await;
         match reply_error(&reply) {
             Some(e) => Err(e),
@@ -241,7 +265,7 @@ impl Clusters {
         let who = ctx.principal()?;
         let query = Query {
             context: Some(ctx.request_context()),
-            min_revision: 0,
+            min_revision: self.min_revision(),
             linearizable: true,
             kind: Some(query::Kind::List(q)),
         };

@@ -502,6 +502,9 @@ impl Registry {
     }
 
     pub async fn handle_command(&self, cmd: Command) -> Result<(u64, reply::Result), RegistryError> {
+        if cmd.min_revision > self.projection.last_applied() {
+            self.queries.wait_for(cmd.min_revision).await?;
+        }
         let mut origin = Origin::from_context(cmd.context);
         origin.expected_version = cmd.expected_version;
         let kind = cmd.kind.ok_or_else(|| RegistryError::InvalidArgument("empty command".into()))?;

@@ -141,7 +141,7 @@ struct Gateway {
 #[tonic::async_trait]
 impl ClusterService for Gateway {
     async fn create(&self, r: Request<ClusterCreateRequest>) -> Result<Response<Cluster>, Status> {
-        let command = Command { context: None, kind: Some(command::Kind::Create(r.into_inner())), expected_version: 0 };
+        let command = Command { kind: Some(command::Kind::Create(r.into_inner())), ..Default::default() };
         let answer = corral_nats_rpc::request(&self.nats, COMMAND_SUBJECT, command.encode_to_vec(), TIMEOUT)
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;

@@ -525,7 +525,7 @@ async fn registry_creates(name: &str, nats: &async_nats::Client, clients: usize,
                 cluster: Some(cluster(first + i)),
                 upsert: false,
             });
-            let command = corral_proto::registry::Command { context: None, kind: Some(kind), expected_version: 0 };
+            let command = corral_proto::registry::Command { kind: Some(kind), ..Default::default() };
             match nats.request(corral_service_api::nats::COMMAND_SUBJECT, command.encode_to_vec().into()).await {
                 Ok(m) => corral_proto::registry::Reply::decode(m.payload.as_ref())
                     .is_ok_and(|r| !matches!(r.result, Some(corral_proto::registry::reply::Result::Error(_)))),
