@@ -154,6 +154,62 @@ impl Load {
         }
     }
 
+    /// As `wait_for_more`, but after 30 s without an acknowledgement it prints what the
+    /// deployment looks like ([`Load::explain`]), so a stall can be told apart.
+    async fn wait_for_more_explained(&self, more: usize, d: &mut common::Deployment) {
+        let target = self.acked() + more;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let (mut last, mut since, mut explained) = (self.acked(), Instant::now(), false);
+        while self.acked() < target {
+            assert!(Instant::now() < deadline, "no write acknowledged for 120 s");
+            if self.acked() != last {
+                (last, since) = (self.acked(), Instant::now());
+            } else if !explained && since.elapsed() > Duration::from_secs(30) {
+                explained = true;
+                self.explain("no acknowledgement for 30 s", d).await;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Prints each node's connections and consumers, the services' projection lag and their
+    /// last log lines, and the outcomes so far.
+    async fn explain(&self, what: &str, d: &mut common::Deployment) {
+        eprintln!("---- {what} at {:.1?} ----", self.now());
+        eprintln!("outcomes so far: {:?}", self.record.lock().expect("record").outcomes);
+        eprintln!("{}", d.nats.cluster().describe().await);
+        for (kind, processes) in [("registry", &d.registries), ("gateway", &d.gateways)] {
+            for (i, p) in processes.iter().enumerate() {
+                if let Some(ops) = p.ops_addr() {
+                    let lag: Vec<String> = common::scrape(ops)
+                        .await
+                        .iter()
+                        .filter(|s| s.name.starts_with("corral_projection_lag"))
+                        .map(|s| format!("{:?}={:?}", s.labels, s.value))
+                        .collect();
+                    eprintln!("{kind} {i} projection lag: {lag:?}");
+                }
+                let logs = p.logs();
+                eprintln!("{kind} {i} last log lines:\n{}", logs[logs.len().saturating_sub(15)..].join("\n"));
+            }
+        }
+    }
+
+    /// Stops the writers once each has its last write acknowledged or refused; a writer still
+    /// retrying after 60 s fails the test, after [`Load::explain`].
+    async fn finish_explained(self, d: &mut common::Deployment) -> Record {
+        self.stop.store(true, Ordering::Relaxed);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.tasks.iter().any(|t| !t.is_finished()) {
+            if Instant::now() > deadline {
+                self.explain("writers still retrying 60 s after the load stopped", d).await;
+                panic!("writers still retrying 60 s after the load stopped");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.finish().await
+    }
+
     fn now(&self) -> Duration {
         self.started.elapsed()
     }
@@ -304,7 +360,7 @@ async fn kill_9_of_the_stream_leader_loses_no_acknowledged_write() {
     d.nats.cluster().restart(leader).await.expect("node back");
     load.wait_for_more(200).await;
     let end = load.now();
-    let record = load.finish().await;
+    let record = load.finish_explained(&mut d).await;
     record.print(&format!("kill -9 of the stream leader (node {})", leader + 1), (fault, end));
     record.assert_all_retriable();
     assert_every_replica_holds(&mut d, &record.acked).await;
@@ -377,7 +433,7 @@ async fn a_rolling_restart_of_every_node_under_load_loses_nothing() {
         load.wait_for_more(150).await;
     }
     let end = load.now();
-    let record = load.finish().await;
+    let record = load.finish_explained(&mut d).await;
     record.print("a rolling restart of the three nodes", (fault, end));
     record.assert_all_retriable();
     assert_every_replica_holds(&mut d, &record.acked).await;
@@ -401,12 +457,12 @@ async fn a_node_cut_off_loses_its_clients_to_the_others_and_catches_up_after() {
         let t = load.wait_for_gateway(g, fault + Duration::from_millis(500), Duration::from_secs(60)).await;
         resumed.push(format!("gateway {g} after {:.1} s", (t - fault).as_secs_f64()));
     }
-    load.wait_for_more(200).await;
+    load.wait_for_more_explained(200, &mut d).await;
     let during = load.now();
     d.nats.cluster().thaw(frozen);
-    load.wait_for_more(200).await;
+    load.wait_for_more_explained(200, &mut d).await;
     let end = load.now();
-    let record = load.finish().await;
+    let record = load.finish_explained(&mut d).await;
     let frozen_for = (during - fault).as_secs_f64();
     record.print(
         &format!(
@@ -417,6 +473,12 @@ async fn a_node_cut_off_loses_its_clients_to_the_others_and_catches_up_after() {
         (fault, end),
     );
     record.assert_all_retriable();
+    // After healing: the projections are compared once NATS itself is whole again (consumers
+    // made while the nodes still elect leaders have been seen to deliver nothing).
+    match d.nats.cluster().wait_until_whole(Duration::from_secs(60)).await {
+        Ok(took) => println!("the NATS cluster was whole again {:.1} s after the writes", took.as_secs_f64()),
+        Err(state) => panic!("the NATS cluster was not whole within 60 s of the writes:\n{state}"),
+    }
     assert_every_replica_holds(&mut d, &record.acked).await;
 }
 

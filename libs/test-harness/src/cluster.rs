@@ -382,6 +382,113 @@ impl NatsCluster {
         }
         found
     }
+
+    /// Waits until the cluster is whole again after a fault: every running node answers and
+    /// names the same metadata leader, and each stream's leader sees its other replicas as
+    /// current (a follower hears from the leader only, so its view of the others says nothing).
+    /// Returns how long that took, or what it looked like when `within` ran out.
+    pub async fn wait_until_whole(&self, within: Duration) -> Result<Duration, String> {
+        let started = tokio::time::Instant::now();
+        loop {
+            if self.whole().await {
+                return Ok(started.elapsed());
+            }
+            if started.elapsed() > within {
+                return Err(self.describe().await);
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    async fn whole(&self) -> bool {
+        let mut leaders = std::collections::BTreeSet::new();
+        for node in self.nodes.iter().filter(|n| n.child.is_some()) {
+            let Ok(body) = http_get(node.monitor_port, "/jsz?streams=true").await else { return false };
+            let Ok(jsz) = serde_json::from_str::<serde_json::Value>(&body) else { return false };
+            leaders.insert(jsz["meta_cluster"]["leader"].to_string());
+            for account in jsz["account_details"].as_array().into_iter().flatten() {
+                for stream in account["stream_detail"].as_array().into_iter().flatten() {
+                    if stream["cluster"]["leader"] != node.name.as_str() {
+                        continue;
+                    }
+                    let replicas = stream["cluster"]["replicas"].as_array().cloned().unwrap_or_default();
+                    if replicas.iter().any(|r| r["current"] != true) {
+                        return false;
+                    }
+                }
+            }
+        }
+        leaders.len() == 1 && !leaders.contains("null")
+    }
+
+    /// What each node answers on its monitoring endpoint, for a test to print when something
+    /// stalls: its client connections (name, subscriptions, pending bytes, idle time) and its
+    /// streams' and consumers' cluster state (leader, replicas, lag). A frozen node answers
+    /// nothing within 5 s and says so.
+    pub async fn describe(&self) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::new();
+        for node in &self.nodes {
+            if node.child.is_none() {
+                let _ = writeln!(out, "{}: not running", node.name);
+                continue;
+            }
+            let connz = http_get(node.monitor_port, "/connz?limit=4096").await;
+            let jsz = http_get(node.monitor_port, "/jsz?streams=true&consumers=true").await;
+            let (Ok(connz), Ok(jsz)) = (connz, jsz) else {
+                let _ = writeln!(out, "{}: its monitoring endpoint does not answer", node.name);
+                continue;
+            };
+            let connz: serde_json::Value = serde_json::from_str(&connz).unwrap_or_default();
+            let jsz: serde_json::Value = serde_json::from_str(&jsz).unwrap_or_default();
+            let _ = writeln!(out, "{}: meta leader {}", node.name, jsz["meta_cluster"]["leader"]);
+            if let Ok(routez) = http_get(node.monitor_port, "/routez").await {
+                let routez: serde_json::Value = serde_json::from_str(&routez).unwrap_or_default();
+                let routes: Vec<String> = routez["routes"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|r| format!("{} (rtt {}, pending {})", r["remote_name"], r["rtt"], r["pending_size"]))
+                    .collect();
+                let _ = writeln!(out, "  routes: {}", routes.join(", "));
+            }
+            for c in connz["connections"].as_array().into_iter().flatten() {
+                let _ = writeln!(
+                    out,
+                    "  client {} port {} subs {} pending {} idle {} in/out msgs {}/{}",
+                    c["name"],
+                    c["port"],
+                    c["subscriptions"],
+                    c["pending_bytes"],
+                    c["idle"],
+                    c["in_msgs"],
+                    c["out_msgs"]
+                );
+            }
+            for account in jsz["account_details"].as_array().into_iter().flatten() {
+                for s in account["stream_detail"].as_array().into_iter().flatten() {
+                    let _ = writeln!(
+                        out,
+                        "  stream {} leader {} replicas {} last_seq {}",
+                        s["name"], s["cluster"]["leader"], s["cluster"]["replicas"], s["state"]["last_seq"]
+                    );
+                    for c in s["consumer_detail"].as_array().into_iter().flatten() {
+                        let _ = writeln!(
+                            out,
+                            "    consumer {} leader {} delivered {} ack_floor {} pending {} waiting {}",
+                            c["name"],
+                            c["cluster"]["leader"],
+                            c["delivered"]["stream_seq"],
+                            c["ack_floor"]["stream_seq"],
+                            c["num_pending"],
+                            c["num_waiting"]
+                        );
+                    }
+                }
+            }
+        }
+        out
+    }
 }
 
 impl Drop for NatsCluster {

@@ -200,9 +200,15 @@ impl Deployment {
         let mut env = self.env.clone();
         env.extend(self.nats.service_env(name));
         env.extend(own);
-        ServiceProcess::spawn(&workspace_bin(name), &args, &env, &ready(name), STARTUP)
-            .await
-            .unwrap_or_else(|e| panic!("{name}: {e}"))
+        match ServiceProcess::spawn(&workspace_bin(name), &args, &env, &ready(name), STARTUP).await {
+            Ok(p) => p,
+            Err(e) => {
+                if let Nats::Cluster(c) = &self.nats {
+                    eprintln!("---- the NATS cluster as {name} failed to start ----\n{}", c.describe().await);
+                }
+                panic!("{name}: {e}")
+            }
+        }
     }
 
     pub async fn spawn_registry(&self, dir: &Path) -> ServiceProcess {
