@@ -80,8 +80,12 @@ fn with_propagator<T>(f: impl FnOnce(&dyn TextMapPropagator) -> T) -> T {
         .unwrap_or_else(|| unreachable!("the propagator is asked once"))
 }
 
-/// The context a caller sent in an HTTP or gRPC request's headers (empty if none).
+/// The context a caller sent in an HTTP or gRPC request's headers (empty if none, or if this
+/// process makes no spans to put under it).
 pub fn from_http(headers: &http::HeaderMap) -> Context {
+    if !exporting() {
+        return Context::new();
+    }
     with_propagator(|p| p.extract(&HttpHeaders(headers)))
 }
 
@@ -100,18 +104,24 @@ pub fn from_pairs(headers: &[(String, String)]) -> Context {
 
 /// Puts `span`'s context into a NATS message's headers. Nothing without tracing.
 pub fn inject_nats(span: &tracing::Span, headers: &mut async_nats::HeaderMap) {
+    if !exporting() {
+        return;
+    }
     let cx = span.context();
     with_propagator(|p| p.inject_context(&cx, &mut NatsHeaders(headers)));
 }
 
 /// Puts `span`'s context into an event's headers, replacing what they had.
-pub fn inject_pairs(span: &tracing::Span, headers: &mut Vec<(String, String)>) {
+fn inject_pairs(span: &tracing::Span, headers: &mut Vec<(String, String)>) {
     let cx = span.context();
     with_propagator(|p| p.inject_context(&cx, &mut Pairs(headers)));
 }
 
 /// The current span's context as a W3C `traceparent`; empty without tracing.
 pub fn current_traceparent() -> String {
+    if !exporting() {
+        return String::new();
+    }
     let mut pairs = Vec::new();
     inject_pairs(&tracing::Span::current(), &mut pairs);
     pairs.into_iter().find(|(k, _)| k == "traceparent").map(|(_, v)| v).unwrap_or_default()
@@ -139,11 +149,4 @@ pub fn rename(span: &tracing::Span, name: impl FnOnce() -> String) {
     if exporting() {
         span.context().span().update_name(name());
     }
-}
-
-/// The trace id of the current span, for log fields; empty without tracing.
-pub fn current_trace_id() -> String {
-    let cx = tracing::Span::current().context();
-    let sc = cx.span().span_context().clone();
-    if sc.is_valid() { sc.trace_id().to_string() } else { String::new() }
 }
