@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite. Installs the pinned nats-server, schemathesis, Prometheus' Python
-# client (its OpenMetrics parser) and kubernetes-validate (offline Kubernetes schemas) first;
-# every test that needs NATS starts its own server from it on a free loopback port with a
+# client (its OpenMetrics parser), kubernetes-validate (offline Kubernetes schemas) and Compose v2
+# first; every test that needs NATS starts its own server from it on a free loopback port with a
 # temporary store. The deployment tests use kubectl, docker-compose and a Docker engine where
 # they are, and say so where they are not.
 set -euo pipefail
@@ -14,6 +14,8 @@ CORRAL_PROMETHEUS_PYTHON="$(scripts/ensure-prometheus-parser.sh)"
 export CORRAL_PROMETHEUS_PYTHON
 CORRAL_K8S_PYTHON="$(scripts/ensure-kubernetes-validate.sh)"
 export CORRAL_K8S_PYTHON
+CORRAL_COMPOSE_V2="$(scripts/ensure-compose-v2.sh)"
+export CORRAL_COMPOSE_V2
 # The end-to-end tests start the service binaries, which `cargo test` alone does not build.
 cargo build --workspace --bins --locked
 # The workspace's own rules: formatting, and the lints with warnings as errors.

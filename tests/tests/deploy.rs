@@ -60,21 +60,80 @@ fn strs(v: &Value) -> Vec<&str> {
 
 // --- docker-compose.yml ------------------------------------------------------------------------
 
+/// The Compose tools to check the file with: Debian's docker-compose 1.29 where it is installed,
+/// and the pinned Compose v2 (test.sh's, or installed now; scripts/ensure-compose-v2.sh).
+fn composers() -> Vec<(&'static str, PathBuf)> {
+    let mut found = Vec::new();
+    if installed("docker-compose") {
+        found.push(("docker-compose 1", PathBuf::from("docker-compose")));
+    } else {
+        println!("docker-compose (v1) is not installed here: NOT checked with it");
+    }
+    let v2 = match std::env::var_os("CORRAL_COMPOSE_V2") {
+        Some(p) => Some(PathBuf::from(p)),
+        None => Command::new(repo().join("scripts/ensure-compose-v2.sh"))
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim())),
+    };
+    match v2 {
+        Some(p) if p.exists() => found.push(("Compose v2", p)),
+        _ => println!("Compose v2 could not be installed here: NOT checked with it"),
+    }
+    found
+}
+
+/// A port as `host_ip:published`, from either the short form (1.29) or the long one (v2).
+fn published(port: &Value) -> String {
+    match port {
+        Value::String(s) => s.clone(),
+        Value::Object(p) => format!(
+            "{}:{}",
+            p.get("host_ip").and_then(Value::as_str).unwrap_or(""),
+            p.get("published")
+                .map(|v| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()))
+                .unwrap_or_default()
+        ),
+        other => other.to_string(),
+    }
+}
+
+/// A volume as `(source, target)`, from either the short form (1.29: `source:target:mode` or
+/// only `target`) or the long one (v2); no source for an anonymous volume.
+fn volume(v: &Value) -> (Option<String>, String) {
+    match v {
+        Value::String(s) => {
+            let parts: Vec<&str> = s.split(':').collect();
+            match parts.as_slice() {
+                [target] => (None, target.to_string()),
+                [source, target, ..] => (Some(source.to_string()), target.to_string()),
+                [] => (None, String::new()),
+            }
+        }
+        v => (v["source"].as_str().map(str::to_string), v["target"].as_str().unwrap_or_default().to_string()),
+    }
+}
+
 #[test]
 fn the_compose_file_is_valid_and_keeps_its_rules() {
-    if !installed("docker-compose") {
-        println!("docker-compose is not installed here: docker-compose.yml NOT checked");
-        return;
+    for (tool, program) in composers() {
+        check_compose_file(tool, &program);
+        println!("docker-compose.yml checked with {tool}");
     }
+}
+
+fn check_compose_file(tool: &str, program: &Path) {
     let file = repo().join("docker-compose.yml");
-    run(Command::new("docker-compose").arg("-f").arg(&file).args(["config", "-q"]));
-    let rendered = run(Command::new("docker-compose").arg("-f").arg(&file).arg("config"));
+    run(Command::new(program).arg("-f").arg(&file).args(["config", "-q"]));
+    let rendered = run(Command::new(program).arg("-f").arg(&file).arg("config"));
     let config = yaml_documents(&String::from_utf8_lossy(&rendered.stdout)).remove(0);
     let services = config["services"].as_object().expect("services");
     let nats: Vec<&String> = services.keys().filter(|k| k.starts_with("nats-")).collect();
-    assert_eq!(nats.len(), 3, "three NATS nodes");
+    assert_eq!(nats.len(), 3, "{tool}: three NATS nodes");
     let mut nats_volumes = BTreeSet::new();
     for (name, s) in services {
+        let name = format!("{tool}: {name}");
         assert_eq!(s["read_only"], true, "{name}: read-only root");
         assert_eq!(strs(&s["cap_drop"]), ["ALL"], "{name}: no capabilities");
         assert!(strs(&s["security_opt"]).contains(&"no-new-privileges:true"), "{name}");
@@ -92,15 +151,17 @@ fn the_compose_file_is_valid_and_keeps_its_rules() {
                     strs(&Value::Array(
                         s["secrets"].as_array().into_iter().flatten().map(|x| x["source"].clone()).collect()
                     ))
-                    .contains(&secret)
+                    .contains(&secret),
+                    "{name}: {key} names a secret it is not given"
                 );
             }
         }
-        if name.starts_with("nats-") {
-            let vols = strs(&s["volumes"]);
-            let data: Vec<&str> = vols.iter().filter(|v| v.split(':').nth(1) == Some("/data")).copied().collect();
+        let volumes: Vec<(Option<String>, String)> =
+            s["volumes"].as_array().into_iter().flatten().map(volume).collect();
+        if name.contains(": nats-") {
+            let data: Vec<&(Option<String>, String)> = volumes.iter().filter(|(_, t)| t == "/data").collect();
             assert_eq!(data.len(), 1, "{name}: a volume for its store");
-            nats_volumes.insert(data[0].split(':').next().expect("volume").to_string());
+            nats_volumes.insert(data[0].0.clone().expect("a named volume"));
             continue;
         }
         let env = &s["environment"];
@@ -114,24 +175,26 @@ fn the_compose_file_is_valid_and_keeps_its_rules() {
             assert!(s.get("ports").is_none() && s.get("container_name").is_none(), "{name}: scaled");
         }
         for port in s["ports"].as_array().into_iter().flatten() {
-            let published = port.as_str().map(str::to_string).unwrap_or_else(|| port.to_string());
+            let published = published(port);
             assert!(
                 published.starts_with("127.0.0.1:"),
                 "{name}: plaintext port {published} on the host's loopback only"
             );
         }
     }
-    assert_eq!(nats_volumes.len(), 3, "each NATS node its own volume");
+    assert_eq!(nats_volumes.len(), 3, "{tool}: each NATS node its own volume");
     let gateways = services.keys().filter(|k| k.starts_with("gateway")).count();
-    assert!(gateways >= 2, "two gateways");
+    assert!(gateways >= 2, "{tool}: two gateways");
     for kind in ["registry", "health-probe", "cache-invalidation", "auth-rotation"] {
-        assert!(services[kind]["scale"].as_u64() >= Some(2), "{kind}: two replicas");
+        assert!(services[kind]["scale"].as_u64() >= Some(2), "{tool}: {kind}: two replicas");
     }
     // The registry's projection is an anonymous volume: one per container, never shared.
-    assert_eq!(strs(&services["registry"]["volumes"]), ["/var/lib/corral"]);
+    let registry: Vec<(Option<String>, String)> =
+        services["registry"]["volumes"].as_array().into_iter().flatten().map(volume).collect();
+    assert_eq!(registry, [(None, "/var/lib/corral".to_string())], "{tool}: the registry's volume");
     for (name, secret) in config["secrets"].as_object().expect("secrets") {
         let file = secret["file"].as_str().expect("a file");
-        assert!(file.contains("/.secrets/"), "{name}: {file}");
+        assert!(file.contains("/.secrets/"), "{tool}: {name}: {file}");
     }
     let nats_conf = std::fs::read_to_string(repo().join("nats/cluster.conf")).expect("nats/cluster.conf");
     assert!(nats_conf.contains("sync_interval: always"));
@@ -154,13 +217,14 @@ fn engine() -> Result<String, String> {
 /// One compose project of its own (ports chosen free), taken down with its volumes when dropped,
 /// also when the test fails (whose logs are printed then).
 struct Compose {
+    program: PathBuf,
     project: String,
     ports: [u16; 2],
 }
 
 impl Compose {
     fn command(&self) -> Command {
-        let mut c = Command::new("docker-compose");
+        let mut c = Command::new(&self.program);
         c.current_dir(repo())
             .args(["-p", &self.project])
             .env("CORRAL_GATEWAY_1_PORT", self.ports[0].to_string())
@@ -251,7 +315,16 @@ async fn the_compose_deployment_serves_and_survives() {
     let built = std::time::Instant::now();
     let out = run(&mut Command::new(repo().join("scripts/build-image.sh")));
     println!("images built in {:.0?}:\n{}", built.elapsed(), String::from_utf8_lossy(&out.stdout));
-    let compose = Compose { project: format!("corraltest{}", std::process::id()), ports: [free_port(), free_port()] };
+    for (tool, program) in composers() {
+        println!("---- the deployment with {tool} ----");
+        serves_and_survives(program).await;
+    }
+}
+
+/// `docker-compose up` with `program`, then the API through both gateways and the faults.
+async fn serves_and_survives(program: PathBuf) {
+    let compose =
+        Compose { program, project: format!("corraltest{}", std::process::id()), ports: [free_port(), free_port()] };
     let started = std::time::Instant::now();
     compose.run(&["up", "-d"]);
     let took = compose.healthy(Duration::from_secs(240)).await;
