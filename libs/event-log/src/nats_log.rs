@@ -289,9 +289,9 @@ impl EventLog for NatsLog {
         Ok((first..=ack.sequence).map(|seq| AppendOutcome { seq, duplicate: false }).collect())
     }
 
-    /// A node that was cut off and has just come back can hold a consumer (JetStream places a
-    /// client's consumers near it) on a replica still catching up, which delivers nothing for
-    /// as long as that lasts; the client's next server is picked at random among the others.
+    /// After a node has been cut off and come back, new consumers have been seen to get no pull
+    /// request for a minute (cause not found); a new connection, to a server the client picks
+    /// at random, is the one other thing a subscriber can try.
     async fn reconnect(&self) {
         if let Err(e) = self.js.client().force_reconnect().await {
             tracing::warn!(error = %e, "cannot reconnect to NATS");

@@ -75,9 +75,9 @@ pub struct Clusters {
     rotation: Arc<dyn CredentialRotation>,
     auth: Arc<Auth>,
     /// The highest revision this process has acknowledged a write at. Every query and command
-    /// asks for at least it, so a caller sees its own writes through this gateway even when the log's
-    /// answer to "how far do you go" comes late from a node that has just come back (a leader
-    /// deposed while cut off answers for a moment with what it had).
+    /// asks for at least it, so a caller sees its own writes through this gateway even when a
+    /// registry replica's idea of how far the log goes is behind (seen after a node came back
+    /// from being cut off).
     acknowledged: Arc<std::sync::atomic::AtomicU64>,
 }
 
