@@ -294,7 +294,8 @@ fn assert_holds(list: &corral_proto::v1alpha1::ClusterList, acked: &BTreeMap<Str
 }
 
 /// Every replica's projection, the gateways' views and a registry rebuilt from an empty folder
-/// agree, and hold every acknowledged write.
+/// agree, and hold every acknowledged write: compared as soon as the writes stop, while NATS
+/// may still be electing leaders, so the registries restarted here start on a cluster healing.
 async fn assert_every_replica_holds(d: &mut common::Deployment, acked: &BTreeMap<String, u32>) {
     for (kind, processes) in [("registry", &mut d.registries), ("gateway", &mut d.gateways)] {
         for (i, p) in processes.iter_mut().enumerate() {
@@ -473,12 +474,6 @@ async fn a_node_cut_off_loses_its_clients_to_the_others_and_catches_up_after() {
         (fault, end),
     );
     record.assert_all_retriable();
-    // After healing: the projections are compared once NATS itself is whole again (consumers
-    // made while the nodes still elect leaders have been seen to deliver nothing).
-    match d.nats.cluster().wait_until_whole(Duration::from_secs(60)).await {
-        Ok(took) => println!("the NATS cluster was whole again {:.1} s after the writes", took.as_secs_f64()),
-        Err(state) => panic!("the NATS cluster was not whole within 60 s of the writes:\n{state}"),
-    }
     assert_every_replica_holds(&mut d, &record.acked).await;
 }
 

@@ -49,28 +49,36 @@ pub(crate) const LAG_SAMPLE_EVERY: Duration = Duration::from_secs(2);
 
 /// Sets the lag gauge of `name` every [`LAG_SAMPLE_EVERY`] from the log's last sequence (of
 /// `filters`' subjects) and what the follower has applied. A log that does not answer leaves
-/// the last figure. A follower that stands still behind the log ([`StallWatch`]) is told to
-/// subscribe again (`stalled`): writers waiting for it to catch up may never write the event
-/// that would reveal the gap to its consumer.
+/// the last figure. A subscription that stands still behind the log ([`StallWatch`]) is named
+/// in `stalled`, so that the follower subscribes again: writers waiting for it to catch up may
+/// never write the event that would reveal the gap to its consumer. Each subscription
+/// (`subscription` counts them) is given two looks of its own.
 async fn sample_lag(
     log: Arc<dyn EventLog>,
     filters: Vec<String>,
     name: String,
     applied: Arc<AtomicU64>,
-    stalled: Arc<tokio::sync::Notify>,
+    subscription: Arc<AtomicU64>,
+    stalled: tokio::sync::watch::Sender<u64>,
 ) {
     let gauge = LAG.get_or_create(&FollowerLabel { follower: name }).clone();
     let mut every = tokio::time::interval(LAG_SAMPLE_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut watch = StallWatch::default();
+    let mut watching = 0;
     loop {
         every.tick().await;
+        let current = subscription.load(Ordering::Acquire);
+        if current != watching {
+            watch = StallWatch::default();
+            watching = current;
+        }
         let last = if filters.is_empty() { log.last_seq().await } else { log.last_seq_matching(&filters).await };
         if let Ok(last) = last {
             let now = applied.load(Ordering::Relaxed);
             gauge.set(i64::try_from(last.saturating_sub(now)).unwrap_or(i64::MAX));
             if watch.stalled(last, now) {
-                stalled.notify_one();
+                stalled.send_replace(watching);
             }
         }
     }
@@ -130,7 +138,11 @@ pub async fn follow<F: Follower>(
     let mut backoff = MIN_BACKOFF;
     let mut burst: Vec<RecordedEvent> = Vec::new();
     let progress = Arc::new(AtomicU64::new(follower.last_applied()));
-    let stalled = Arc::new(tokio::sync::Notify::new());
+    // The subscription the sampler last found stalled, of those counted in `subscription`: one
+    // found stalled before the current one was made (during a backoff) is not acted on, since
+    // resubscribing at once drops the new consumer before its first pull request has gone out.
+    let subscription = Arc::new(AtomicU64::new(0));
+    let (stalled_tx, mut stalled) = tokio::sync::watch::channel(0);
     // Where the follower stood at the last stall.
     let mut stalled_at: Option<u64> = None;
     let _sampler = AbortOnDrop(tokio::spawn(sample_lag(
@@ -138,7 +150,8 @@ pub async fn follow<F: Follower>(
         filters.to_vec(),
         follower.name().to_string(),
         progress.clone(),
-        stalled.clone(),
+        subscription.clone(),
+        stalled_tx,
     )));
     loop {
         let from = follower.last_applied() + 1;
@@ -150,64 +163,72 @@ pub async fn follow<F: Follower>(
             } => s,
         };
         match subscribed {
-            Ok(mut stream) => loop {
-                let item = tokio::select! {
-                    biased;
-                    () = &mut shutdown => return Ok(()),
-                    item = stream.next() => item,
-                    () = stalled.notified() => {
-                        // A second stall in a row, with nothing applied in between: the new
-                        // subscription is no better, so the connection moves too.
-                        let again = stalled_at == Some(follower.last_applied());
-                        stalled_at = Some(follower.last_applied());
-                        tracing::warn!(
-                            follower = follower.name(),
-                            last_applied = follower.last_applied(),
-                            reconnecting = again,
-                            "behind the log with nothing delivered; resubscribing"
-                        );
-                        if again {
-                            log.reconnect().await;
+            Ok(mut stream) => {
+                let current = subscription.fetch_add(1, Ordering::AcqRel) + 1;
+                loop {
+                    let item = tokio::select! {
+                        biased;
+                        () = &mut shutdown => return Ok(()),
+                        item = stream.next() => item,
+                        Ok(()) = stalled.changed() => {
+                            if *stalled.borrow_and_update() != current {
+                                continue;
+                            }
+                            // A second stall in a row, with nothing applied in between: the new
+                            // subscription is no better, so the connection moves too.
+                            let again = stalled_at == Some(follower.last_applied());
+                            stalled_at = Some(follower.last_applied());
+                            tracing::warn!(
+                                follower = follower.name(),
+                                last_applied = follower.last_applied(),
+                                reconnecting = again,
+                                "behind the log with nothing delivered; resubscribing"
+                            );
+                            if again {
+                                log.reconnect().await;
+                            }
+                            // Not the log's failure: subscribing again is the remedy, at once.
+                            backoff = MIN_BACKOFF;
+                            break;
                         }
+                    };
+                    let Some(Ok(first)) = item else {
+                        log_stream_end(follower.name(), item);
+                        break;
+                    };
+                    backoff = MIN_BACKOFF;
+                    // Everything already delivered goes into one apply: under a stream of appends
+                    // the cost per apply (a store's write) is paid once per burst.
+                    burst.clear();
+                    let applied = follower.last_applied();
+                    let mut next = Some(first);
+                    let mut stream_end = None;
+                    while let Some(event) = next.take() {
+                        // Redelivered after a resubscribe: already in the state.
+                        if event.seq > burst.last().map_or(applied, |e| e.seq) {
+                            burst.push(event);
+                        }
+                        if burst.len() >= MAX_EVENTS_PER_APPLY {
+                            break;
+                        }
+                        match stream.next().now_or_never() {
+                            Some(Some(Ok(e))) => next = Some(e),
+                            Some(end) => stream_end = Some(end),
+                            None => {}
+                        }
+                    }
+                    if !burst.is_empty() {
+                        let span = process_span(follower.name(), &burst);
+                        let _entered = span.enter();
+                        follower.apply(&burst)?;
+                        progress.store(follower.last_applied(), Ordering::Relaxed);
+                    }
+                    if let Some(end) = stream_end {
+                        log_stream_end(follower.name(), end);
                         break;
                     }
-                };
-                let Some(Ok(first)) = item else {
-                    log_stream_end(follower.name(), item);
-                    break;
-                };
-                backoff = MIN_BACKOFF;
-                // Everything already delivered goes into one apply: under a stream of appends
-                // the cost per apply (a store's write) is paid once per burst.
-                burst.clear();
-                let applied = follower.last_applied();
-                let mut next = Some(first);
-                let mut stream_end = None;
-                while let Some(event) = next.take() {
-                    // Redelivered after a resubscribe: already in the state.
-                    if event.seq > burst.last().map_or(applied, |e| e.seq) {
-                        burst.push(event);
-                    }
-                    if burst.len() >= MAX_EVENTS_PER_APPLY {
-                        break;
-                    }
-                    match stream.next().now_or_never() {
-                        Some(Some(Ok(e))) => next = Some(e),
-                        Some(end) => stream_end = Some(end),
-                        None => {}
-                    }
                 }
-                if !burst.is_empty() {
-                    let span = process_span(follower.name(), &burst);
-                    let _entered = span.enter();
-                    follower.apply(&burst)?;
-                    progress.store(follower.last_applied(), Ordering::Relaxed);
-                }
-                if let Some(end) = stream_end {
-                    log_stream_end(follower.name(), end);
-                    break;
-                }
-            },
+            }
             Err(e) => tracing::warn!(follower = follower.name(), error = %e, "subscribe failed; retrying"),
         }
         tokio::select! {

@@ -100,6 +100,9 @@ mod tests {
         deaf_from: std::sync::atomic::AtomicU64,
         deaf_subscribes: AtomicUsize,
         reconnects: AtomicUsize,
+        /// Every subscription delivers only this long (ms) after it was made, as a JetStream
+        /// consumer does once its first pull request has gone out.
+        start_after_ms: std::sync::atomic::AtomicU64,
     }
 
     impl FakeLog {
@@ -117,6 +120,7 @@ mod tests {
                 deaf_from: Default::default(),
                 deaf_subscribes: AtomicUsize::new(0),
                 reconnects: AtomicUsize::new(0),
+                start_after_ms: Default::default(),
             })
         }
 
@@ -206,7 +210,10 @@ mod tests {
                     }
                 }
             });
-            Ok(stream.boxed())
+            let start_after = Duration::from_millis(self.start_after_ms.load(Ordering::SeqCst));
+            let starting = futures::stream::once(tokio::time::sleep(start_after))
+                .filter_map(|()| std::future::ready(None::<Result<RecordedEvent, LogError>>));
+            Ok(starting.chain(stream).boxed())
         }
 
         async fn reconnect(&self) {
@@ -370,6 +377,33 @@ mod tests {
         p.wait_for(2, LAG_SAMPLE_EVERY * 6).await.unwrap();
         assert_eq!(log.subscribes(), vec![1, 2, 2]);
         assert_eq!(log.reconnects.load(Ordering::SeqCst), 1);
+        runner.abort();
+    }
+
+    #[tokio::test]
+    async fn a_follower_found_behind_during_an_outage_gives_its_next_subscription_time_to_start() {
+        // given a log of two events that refuses subscriptions for about 6 s (the follower's
+        // backoff, through two lag samples that find it behind), then takes 200 ms to start
+        // delivering on each subscription
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let p = Projection::open(&db, "t").unwrap();
+        let log = FakeLog::with(usize::MAX, 7);
+        for e in ["a", "b"] {
+            log.append(e);
+        }
+        log.start_after_ms.store(200, Ordering::SeqCst);
+        let runner = tokio::spawn(run(
+            log.clone(),
+            p.clone(),
+            counting_fold(Arc::new(AtomicUsize::new(0))),
+            std::future::pending(),
+        ));
+        // then the first subscription that succeeds is not dropped for the stall found before
+        // it was made: it delivers both events
+        p.wait_for(2, LAG_SAMPLE_EVERY * 6).await.unwrap();
+        assert_eq!(log.subscribes(), vec![1; 8]);
+        assert_eq!(log.reconnects.load(Ordering::SeqCst), 0);
         runner.abort();
     }
 

@@ -383,44 +383,6 @@ impl NatsCluster {
         found
     }
 
-    /// Waits until the cluster is whole again after a fault: every running node answers and
-    /// names the same metadata leader, and each stream's leader sees its other replicas as
-    /// current (a follower hears from the leader only, so its view of the others says nothing).
-    /// Returns how long that took, or what it looked like when `within` ran out.
-    pub async fn wait_until_whole(&self, within: Duration) -> Result<Duration, String> {
-        let started = tokio::time::Instant::now();
-        loop {
-            if self.whole().await {
-                return Ok(started.elapsed());
-            }
-            if started.elapsed() > within {
-                return Err(self.describe().await);
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-    }
-
-    async fn whole(&self) -> bool {
-        let mut leaders = std::collections::BTreeSet::new();
-        for node in self.nodes.iter().filter(|n| n.child.is_some()) {
-            let Ok(body) = http_get(node.monitor_port, "/jsz?streams=true").await else { return false };
-            let Ok(jsz) = serde_json::from_str::<serde_json::Value>(&body) else { return false };
-            leaders.insert(jsz["meta_cluster"]["leader"].to_string());
-            for account in jsz["account_details"].as_array().into_iter().flatten() {
-                for stream in account["stream_detail"].as_array().into_iter().flatten() {
-                    if stream["cluster"]["leader"] != node.name.as_str() {
-                        continue;
-                    }
-                    let replicas = stream["cluster"]["replicas"].as_array().cloned().unwrap_or_default();
-                    if replicas.iter().any(|r| r["current"] != true) {
-                        return false;
-                    }
-                }
-            }
-        }
-        leaders.len() == 1 && !leaders.contains("null")
-    }
-
     /// What each node answers on its monitoring endpoint, for a test to print when something
     /// stalls: its client connections (name, subscriptions, pending bytes, idle time) and its
     /// streams' and consumers' cluster state (leader, replicas, lag). A frozen node answers
