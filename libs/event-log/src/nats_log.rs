@@ -7,6 +7,7 @@ use std::time::Duration;
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, consumer, context::PublishErrorKind, stream};
 use futures::StreamExt;
+use tracing::Instrument as _;
 
 use crate::{AppendOutcome, EventLog, EventStream, Headers, LogError, NewEvent, RecordedEvent, check_subject};
 
@@ -210,20 +211,29 @@ impl NatsLog {
             .map_err(unavailable)?;
         consumer.messages().await.map_err(unavailable)
     }
-}
 
-#[async_trait::async_trait]
-impl EventLog for NatsLog {
-    #[tracing::instrument(name = "send", skip_all, fields(
-        otel.name = %format_args!("send {}", self.stream.cached_info().config.name),
-        otel.kind = "producer",
-        messaging.system = "nats",
-        messaging.operation.type = "send",
-        messaging.operation.name = "publish",
-        messaging.destination.name = %self.stream.cached_info().config.name,
-        messaging.message.id = %event.msg_id,
-    ))]
-    async fn append(&self, event: NewEvent) -> Result<AppendOutcome, LogError> {
+    /// The producer span of an append: one message (its id) or a batch (its size).
+    fn send_span(&self, message_id: Option<&str>, count: usize) -> tracing::Span {
+        let stream = &self.stream.cached_info().config.name;
+        let span = tracing::info_span!(
+            "send",
+            otel.name = %format_args!("send {stream}"),
+            otel.kind = "producer",
+            messaging.system = "nats",
+            messaging.operation.type = "send",
+            messaging.operation.name = "publish",
+            messaging.destination.name = %stream,
+            messaging.message.id = tracing::field::Empty,
+            messaging.batch.message_count = tracing::field::Empty,
+        );
+        match message_id {
+            Some(id) => span.record("messaging.message.id", id),
+            None => span.record("messaging.batch.message_count", count),
+        };
+        span
+    }
+
+    async fn publish_one(&self, event: NewEvent) -> Result<AppendOutcome, LogError> {
         let _timer = crate::metrics::AppendTimer::start("jetstream");
         check_subject(&event.subject)?;
         let headers = publish_headers(&event);
@@ -237,19 +247,10 @@ impl EventLog for NatsLog {
             .map_err(|e| publish_error(e, &event.subject, event.expected_subject_seq))
     }
 
-    #[tracing::instrument(name = "send", skip_all, fields(
-        otel.name = %format_args!("send {}", self.stream.cached_info().config.name),
-        otel.kind = "producer",
-        messaging.system = "nats",
-        messaging.operation.type = "send",
-        messaging.operation.name = "publish",
-        messaging.destination.name = %self.stream.cached_info().config.name,
-        messaging.batch.message_count = events.len(),
-    ))]
-    async fn append_batch(&self, mut events: Vec<NewEvent>) -> Result<Vec<AppendOutcome>, LogError> {
+    async fn publish_batch(&self, mut events: Vec<NewEvent>) -> Result<Vec<AppendOutcome>, LogError> {
         if events.len() <= 1 {
             return match events.pop() {
-                Some(e) => Ok(vec![self.append(e).await?]),
+                Some(e) => Ok(vec![self.publish_one(e).await?]),
                 None => Ok(Vec::new()),
             };
         }
@@ -289,9 +290,52 @@ impl EventLog for NatsLog {
         Ok((first..=ack.sequence).map(|seq| AppendOutcome { seq, duplicate: false }).collect())
     }
 
-    /// After a node has been cut off and come back, new consumers have been seen to get no pull
-    /// request for a minute (cause not found); a new connection, to a server the client picks
-    /// at random, is the one other thing a subscriber can try.
+    /// Pipelined: every message goes out before the first acknowledgement is awaited; the server
+    /// checks each against the one before it, in order.
+    async fn publish_expecting(&self, expected_last_seq: u64, events: Vec<NewEvent>) -> Result<(), LogError> {
+        let _timer = crate::metrics::AppendTimer::start("jetstream");
+        let mut acks = Vec::with_capacity(events.len());
+        for (i, event) in events.into_iter().enumerate() {
+            check_subject(&event.subject)?;
+            let mut headers = publish_headers(&event);
+            headers.insert("Nats-Expected-Last-Sequence", (expected_last_seq + i as u64).to_string());
+            let ack = self
+                .js
+                .publish_with_headers(event.subject.clone(), headers, event.payload)
+                .await
+                .map_err(unavailable)?;
+            acks.push((event.subject, ack));
+        }
+        for (i, (subject, ack)) in acks.into_iter().enumerate() {
+            ack.await.map_err(|e| publish_error(e, &subject, Some(expected_last_seq + i as u64)))?;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl EventLog for NatsLog {
+    async fn append(&self, event: NewEvent) -> Result<AppendOutcome, LogError> {
+        let span = self.send_span(Some(&event.msg_id), 1);
+        self.publish_one(event).instrument(span).await
+    }
+
+    async fn append_batch(&self, events: Vec<NewEvent>) -> Result<Vec<AppendOutcome>, LogError> {
+        let span = match events.as_slice() {
+            [one] => self.send_span(Some(&one.msg_id), 1),
+            _ => self.send_span(None, events.len()),
+        };
+        self.publish_batch(events).instrument(span).await
+    }
+
+    async fn append_expecting(&self, expected_last_seq: u64, events: Vec<NewEvent>) -> Result<(), LogError> {
+        let span = self.send_span(None, events.len());
+        self.publish_expecting(expected_last_seq, events).instrument(span).await
+    }
+
+    /// A subscriber still behind after subscribing again may be on a connection that no longer
+    /// carries anything (a frozen server keeps its sockets open): a new connection, to a server
+    /// the client picks at random, is the one other thing it can try.
     async fn reconnect(&self) {
         if let Err(e) = self.js.client().force_reconnect().await {
             tracing::warn!(error = %e, "cannot reconnect to NATS");
@@ -316,37 +360,6 @@ impl EventLog for NatsLog {
     async fn first_seq(&self) -> Result<u64, LogError> {
         let state = self.state().await?;
         Ok(if state.last_seq == 0 { 1 } else { state.first_seq.max(1) })
-    }
-
-    /// Pipelined: every message goes out before the first acknowledgement is awaited; the server
-    /// checks each against the one before it, in order.
-    #[tracing::instrument(name = "send", skip_all, fields(
-        otel.name = %format_args!("send {}", self.stream.cached_info().config.name),
-        otel.kind = "producer",
-        messaging.system = "nats",
-        messaging.operation.type = "send",
-        messaging.operation.name = "publish",
-        messaging.destination.name = %self.stream.cached_info().config.name,
-        messaging.batch.message_count = events.len(),
-    ))]
-    async fn append_expecting(&self, expected_last_seq: u64, events: Vec<NewEvent>) -> Result<(), LogError> {
-        let _timer = crate::metrics::AppendTimer::start("jetstream");
-        let mut acks = Vec::with_capacity(events.len());
-        for (i, event) in events.into_iter().enumerate() {
-            check_subject(&event.subject)?;
-            let mut headers = publish_headers(&event);
-            headers.insert("Nats-Expected-Last-Sequence", (expected_last_seq + i as u64).to_string());
-            let ack = self
-                .js
-                .publish_with_headers(event.subject.clone(), headers, event.payload)
-                .await
-                .map_err(unavailable)?;
-            acks.push((event.subject, ack));
-        }
-        for (i, (subject, ack)) in acks.into_iter().enumerate() {
-            ack.await.map_err(|e| publish_error(e, &subject, Some(expected_last_seq + i as u64)))?;
-        }
-        Ok(())
     }
 
     async fn last_subject_seq(&self, subject: &str) -> Result<u64, LogError> {
