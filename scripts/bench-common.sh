@@ -11,12 +11,19 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"$nats_bin" -js -a 127.0.0.1 -p -1 -sd "$work/nats" >"$work/nats.log" 2>&1 &
-nats_pid=$!
-pids+=($nats_pid)
-for _ in $(seq 100); do grep -q "Server is ready" "$work/nats.log" && break; sleep 0.1; done
-port="$(grep -o 'client connections on 127.0.0.1:[0-9]*' "$work/nats.log" | head -1 | sed 's/.*://')"
-nats_url="nats://127.0.0.1:$port"
+# start_nats NAME: a nats-server with its store in $work/NAME, its output in $work/NAME.log; sets
+# started_pid and started_url.
+start_nats() {
+  "$nats_bin" -js -a 127.0.0.1 -p -1 -sd "$work/$1" >"$work/$1.log" 2>&1 &
+  started_pid=$!
+  pids+=($started_pid)
+  for _ in $(seq 100); do grep -q "Server is ready" "$work/$1.log" && break; sleep 0.1; done
+  grep -q "Server is ready" "$work/$1.log" || { echo "nats-server $1 did not start:" >&2; tail -5 "$work/$1.log" >&2; exit 1; }
+  started_url="nats://127.0.0.1:$(grep -o 'client connections on 127.0.0.1:[0-9]*' "$work/$1.log" | head -1 | sed 's/.*://')"
+}
+start_nats nats
+nats_pid=$started_pid
+nats_url=$started_url
 nats_version="$("$nats_bin" --version | awk '{print $2}')"
 
 export CORRAL_SEAL_KEY="$(head -c 32 /dev/urandom | base64)"

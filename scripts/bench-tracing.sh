@@ -21,11 +21,8 @@ sink_pid=$!
 pids+=($sink_pid)
 sink="$(wait_listening "$work/sink.out")"
 [ -n "$sink" ] || { echo "the OTLP receiver did not start:" >&2; cat "$work/sink.err" >&2; exit 1; }
-"$nats_bin" -js -a 127.0.0.1 -p -1 -sd "$work/nats-traced" >"$work/nats-traced.log" 2>&1 &
-nats_traced_pid=$!
-pids+=($nats_traced_pid)
-for _ in $(seq 100); do grep -q "Server is ready" "$work/nats-traced.log" && break; sleep 0.1; done
-traced_url="nats://127.0.0.1:$(grep -o 'client connections on 127.0.0.1:[0-9]*' "$work/nats-traced.log" | head -1 | sed 's/.*://')"
+start_nats nats-traced
+traced_url=$started_url
 export_env=(env OTEL_EXPORTER_OTLP_ENDPOINT="http://$sink" OTEL_TRACES_SAMPLER=always_on)
 "${export_env[@]}" target/release/corral-registry --nats-url "$traced_url" --data-dir "$work/registry-traced" \
   >"$work/registry-traced.out" 2>"$work/registry-traced.err" &
