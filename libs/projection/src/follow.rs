@@ -162,73 +162,71 @@ pub async fn follow<F: Follower>(
                 if filters.is_empty() { log.subscribe(from).await } else { log.subscribe_matching(from, filters).await }
             } => s,
         };
-        match subscribed {
-            Ok(mut stream) => {
-                let current = subscription.fetch_add(1, Ordering::AcqRel) + 1;
-                loop {
-                    let item = tokio::select! {
-                        biased;
-                        () = &mut shutdown => return Ok(()),
-                        item = stream.next() => item,
-                        Ok(()) = stalled.changed() => {
-                            if *stalled.borrow_and_update() != current {
-                                continue;
-                            }
-                            // A second stall in a row, with nothing applied in between: the new
-                            // subscription is no better, so the connection moves too.
-                            let again = stalled_at == Some(follower.last_applied());
-                            stalled_at = Some(follower.last_applied());
-                            tracing::warn!(
-                                follower = follower.name(),
-                                last_applied = follower.last_applied(),
-                                reconnecting = again,
-                                "behind the log with nothing delivered; resubscribing"
-                            );
-                            if again {
-                                log.reconnect().await;
-                            }
-                            // Not the log's failure: subscribing again is the remedy, at once.
-                            backoff = MIN_BACKOFF;
-                            break;
+        // Counted once made, so that looks taken while subscribing count for the one before.
+        match subscribed.map(|stream| (stream, subscription.fetch_add(1, Ordering::AcqRel) + 1)) {
+            Ok((mut stream, current)) => loop {
+                let item = tokio::select! {
+                    biased;
+                    () = &mut shutdown => return Ok(()),
+                    item = stream.next() => item,
+                    Ok(()) = stalled.changed() => {
+                        if *stalled.borrow_and_update() != current {
+                            continue;
                         }
-                    };
-                    let Some(Ok(first)) = item else {
-                        log_stream_end(follower.name(), item);
+                        // A second stall in a row, with nothing applied in between: the new
+                        // subscription is no better, so the connection moves too.
+                        let again = stalled_at == Some(follower.last_applied());
+                        stalled_at = Some(follower.last_applied());
+                        tracing::warn!(
+                            follower = follower.name(),
+                            last_applied = follower.last_applied(),
+                            reconnecting = again,
+                            "behind the log with nothing delivered; resubscribing"
+                        );
+                        if again {
+                            log.reconnect().await;
+                        }
+                        // Not the log's failure: subscribing again is the remedy, at once.
+                        backoff = MIN_BACKOFF;
                         break;
-                    };
-                    backoff = MIN_BACKOFF;
-                    // Everything already delivered goes into one apply: under a stream of appends
-                    // the cost per apply (a store's write) is paid once per burst.
-                    burst.clear();
-                    let applied = follower.last_applied();
-                    let mut next = Some(first);
-                    let mut stream_end = None;
-                    while let Some(event) = next.take() {
-                        // Redelivered after a resubscribe: already in the state.
-                        if event.seq > burst.last().map_or(applied, |e| e.seq) {
-                            burst.push(event);
-                        }
-                        if burst.len() >= MAX_EVENTS_PER_APPLY {
-                            break;
-                        }
-                        match stream.next().now_or_never() {
-                            Some(Some(Ok(e))) => next = Some(e),
-                            Some(end) => stream_end = Some(end),
-                            None => {}
-                        }
                     }
-                    if !burst.is_empty() {
-                        let span = process_span(follower.name(), &burst);
-                        let _entered = span.enter();
-                        follower.apply(&burst)?;
-                        progress.store(follower.last_applied(), Ordering::Relaxed);
+                };
+                let Some(Ok(first)) = item else {
+                    log_stream_end(follower.name(), item);
+                    break;
+                };
+                backoff = MIN_BACKOFF;
+                // Everything already delivered goes into one apply: under a stream of appends
+                // the cost per apply (a store's write) is paid once per burst.
+                burst.clear();
+                let applied = follower.last_applied();
+                let mut next = Some(first);
+                let mut stream_end = None;
+                while let Some(event) = next.take() {
+                    // Redelivered after a resubscribe: already in the state.
+                    if event.seq > burst.last().map_or(applied, |e| e.seq) {
+                        burst.push(event);
                     }
-                    if let Some(end) = stream_end {
-                        log_stream_end(follower.name(), end);
+                    if burst.len() >= MAX_EVENTS_PER_APPLY {
                         break;
+                    }
+                    match stream.next().now_or_never() {
+                        Some(Some(Ok(e))) => next = Some(e),
+                        Some(end) => stream_end = Some(end),
+                        None => {}
                     }
                 }
-            }
+                if !burst.is_empty() {
+                    let span = process_span(follower.name(), &burst);
+                    let _entered = span.enter();
+                    follower.apply(&burst)?;
+                    progress.store(follower.last_applied(), Ordering::Relaxed);
+                }
+                if let Some(end) = stream_end {
+                    log_stream_end(follower.name(), end);
+                    break;
+                }
+            },
             Err(e) => tracing::warn!(follower = follower.name(), error = %e, "subscribe failed; retrying"),
         }
         tokio::select! {
