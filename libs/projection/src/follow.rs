@@ -175,18 +175,20 @@ pub async fn follow<F: Follower>(
                         }
                         // A second stall in a row, with nothing applied in between: the new
                         // subscription is no better, so the connection moves too.
-                        let again = stalled_at == Some(follower.last_applied());
-                        stalled_at = Some(follower.last_applied());
+                        let last_applied = follower.last_applied();
+                        let again = stalled_at == Some(last_applied);
+                        stalled_at = Some(last_applied);
                         tracing::warn!(
                             follower = follower.name(),
-                            last_applied = follower.last_applied(),
+                            last_applied,
                             reconnecting = again,
                             "behind the log with nothing delivered; resubscribing"
                         );
                         if again {
                             log.reconnect().await;
                         }
-                        // Not the log's failure: subscribing again is the remedy, at once.
+                        // Not the log's failure: subscribing again is the remedy, after the
+                        // shortest wait.
                         backoff = MIN_BACKOFF;
                         break;
                     }
