@@ -23,6 +23,7 @@ sink="$(wait_listening "$work/sink.out")"
 [ -n "$sink" ] || { echo "the OTLP receiver did not start:" >&2; cat "$work/sink.err" >&2; exit 1; }
 start_nats nats-traced
 traced_url=$started_url
+nats_traced_pid=$started_pid
 export_env=(env OTEL_EXPORTER_OTLP_ENDPOINT="http://$sink" OTEL_TRACES_SAMPLER=always_on)
 "${export_env[@]}" target/release/corral-registry --nats-url "$traced_url" --data-dir "$work/registry-traced" \
   >"$work/registry-traced.out" 2>"$work/registry-traced.err" &
