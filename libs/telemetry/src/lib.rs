@@ -83,6 +83,10 @@ pub fn init(service: &str, json: bool) -> Guard {
             .with_location(false)
             .with_threads(false)
             .with_tracked_inactivity(false)
+            // Our spans hand their context on through `OpenTelemetrySpanExt::context`, never
+            // through OpenTelemetry's current context: attaching it on every enter (each poll of
+            // an instrumented future) would be work nothing reads.
+            .with_context_activation(false)
             .with_filter(tracing_subscriber::filter::filter_fn(ours))
     });
     let result = tracing_subscriber::registry().with(fmt.with_filter(filter)).with(otel).try_init();
