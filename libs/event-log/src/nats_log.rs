@@ -222,7 +222,7 @@ impl NatsLog {
             messaging.system = "nats",
             messaging.operation.type = "send",
             messaging.operation.name = "publish",
-            messaging.destination.name = %stream,
+            messaging.destination.name = stream.as_str(),
             messaging.message.id = tracing::field::Empty,
             messaging.batch.message_count = tracing::field::Empty,
         );

@@ -80,15 +80,15 @@ async fn context_layer(mut req: Request, next: Next) -> Response {
         "request",
         otel.kind = "server",
         otel.status_code = tracing::field::Empty,
-        http.request.method = %method,
-        url.path = %path,
+        http.request.method = method.as_str(),
+        url.path = path.as_str(),
         http.route = tracing::field::Empty,
         http.response.status_code = tracing::field::Empty,
         rpc.system = tracing::field::Empty,
         rpc.service = tracing::field::Empty,
         rpc.method = tracing::field::Empty,
         rpc.grpc.status_code = tracing::field::Empty,
-        correlation_id = %correlation_id,
+        correlation_id = correlation_id.as_str(),
     );
     corral_telemetry::trace::set_parent(&span, parent);
     if let Some((service, rpc_method)) = grpc {
@@ -105,7 +105,7 @@ async fn context_layer(mut req: Request, next: Next) -> Response {
     let route = metrics::route_of(&response, &path);
     if grpc.is_none() {
         corral_telemetry::trace::rename(&span, || format!("{method} {route}"));
-        span.record("http.route", route.as_str());
+        span.record("http.route", route.as_ref());
         span.record("http.response.status_code", status);
         if status >= 500 {
             span.record("otel.status_code", "error");
