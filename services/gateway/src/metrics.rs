@@ -2,6 +2,7 @@
 //! (`argocd_login_request_total`, go-grpc-prometheus' `grpc_server_*` with its label values), so
 //! that existing dashboards and alerts work, and our own per-route latency and open watches.
 
+use std::borrow::Cow;
 use std::pin::Pin;
 use std::sync::LazyLock;
 use std::task::{Context, Poll};
@@ -47,8 +48,8 @@ struct GrpcCodeLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HttpLabels {
-    method: String,
-    route: String,
+    method: Cow<'static, str>,
+    route: Cow<'static, str>,
     code: u16,
 }
 
@@ -282,12 +283,22 @@ impl Drop for TrailerWatch {
 
 /// The route a request was matched to, handed from the route layer to the outer layers in the
 /// response (a request's extensions do not come back out).
-#[derive(Clone)]
-pub(crate) struct Route(pub(crate) String);
+#[derive(Clone, Copy)]
+pub(crate) struct Route(pub(crate) &'static str);
+
+/// The routes of the public port's REST router, as written in it: a matched route is one of
+/// them, and its label is then a static string rather than one allocated per request.
+fn known_route(matched: &str) -> Option<&'static str> {
+    crate::routes::OPERATIONS
+        .iter()
+        .map(|o| o.path)
+        .chain([crate::openapi::DOCUMENT_PATH, crate::HEALTHZ_PATH])
+        .find(|r| *r == matched)
+}
 
 /// On every REST route: tells the outer layers which route answered.
 pub(crate) async fn route_layer(req: Request, next: Next) -> Response {
-    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string());
+    let route = req.extensions().get::<MatchedPath>().map(|p| known_route(p.as_str()).unwrap_or("other"));
     let mut response = next.run(req).await;
     if let Some(route) = route {
         response.extensions_mut().insert(Route(route));
@@ -297,18 +308,34 @@ pub(crate) async fn route_layer(req: Request, next: Next) -> Response {
 
 /// The route to record for a response: the REST route that matched, a known gRPC method's path,
 /// else one label for everything else.
-pub(crate) fn route_of(response: &Response, path: &str) -> String {
+pub(crate) fn route_of(response: &Response, path: &str) -> Cow<'static, str> {
     if let Some(Route(r)) = response.extensions().get::<Route>() {
-        return r.clone();
+        return Cow::Borrowed(r);
     }
     if grpc_method(path).is_some() {
-        return path.to_string();
+        return Cow::Owned(path.to_string());
     }
-    "other".to_string()
+    Cow::Borrowed("other")
+}
+
+/// A method's name; the standard ones without an allocation.
+fn method_name(method: &http::Method) -> Cow<'static, str> {
+    use http::Method;
+    let name = match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => return Cow::Owned(method.as_str().to_string()),
+    };
+    Cow::Borrowed(name)
 }
 
 /// Records a request's latency on the public port.
-pub(crate) fn http_request(method: &http::Method, route: String, code: u16, started: Instant) {
-    let labels = HttpLabels { method: method.as_str().to_string(), route, code };
+pub(crate) fn http_request(method: &http::Method, route: Cow<'static, str>, code: u16, started: Instant) {
+    let labels = HttpLabels { method: method_name(method), route, code };
     METRICS.http_seconds.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
 }
