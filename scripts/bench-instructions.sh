@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Instructions a gateway spends per REST Get, with authentication off and on, and the registry
-# per create, counted by valgrind's callgrind: the same count for the same binaries and requests
+# Instructions a gateway spends per REST Get, with authentication off and on and with every trace
+# exported (to a receiver on loopback, `corral-load --otlp-sink`), and the registry per create, counted by valgrind's callgrind: the same count for the same binaries and requests
 # whatever else the machine is doing, where wall-clock comparisons on two shared cores move by
 # tens of percent. Starts a private nats-server (pinned version, loopback, temporary store), and
-# a registry and two gateways under callgrind; registers 50 clusters, counts the measured Gets,
+# a registry and three gateways under callgrind; registers 50 clusters, counts the measured Gets,
 # then the registry's share of as many creates (each after as many calls not counted).
 # Usage: scripts/bench-instructions.sh [CALLS]   (default 1000)
 set -euo pipefail
@@ -12,7 +12,7 @@ gets="${1:-1000}"
 for tool in valgrind callgrind_control curl; do
   command -v "$tool" >/dev/null || { echo "$tool is needed (Debian: apt-get install valgrind curl)" >&2; exit 1; }
 done
-cargo build --release --locked -p corral-registry -p corral-gateway
+cargo build --release --locked -p corral-registry -p corral-gateway -p corral-load
 callgrind_registry=1
 source scripts/bench-common.sh
 
@@ -26,11 +26,22 @@ start_gateway() {
   pids+=($!)
   gateway_pid[$name]=$!
 }
+target/release/corral-load --otlp-sink 127.0.0.1:0 >"$work/sink.out" 2>"$work/sink.err" &
+sink_pid=$!
+pids+=($sink_pid)
+sink="$(wait_listening "$work/sink.out")"
+[ -n "$sink" ] || { echo "the OTLP receiver did not start:" >&2; cat "$work/sink.err" >&2; exit 1; }
 start_gateway plain --disable-auth
 start_gateway auth
+# Its spans sent within 200 ms of ending (not the default 5 s), so the count below includes
+# their export.
+export OTEL_EXPORTER_OTLP_ENDPOINT="http://$sink" OTEL_TRACES_SAMPLER=always_on OTEL_BSP_SCHEDULE_DELAY=200
+start_gateway traced --disable-auth
+unset OTEL_EXPORTER_OTLP_ENDPOINT OTEL_TRACES_SAMPLER OTEL_BSP_SCHEDULE_DELAY
 plain="$(wait_listening "$work/plain.out")"
 auth="$(wait_listening "$work/auth.out")"
-[ -n "$plain" ] && [ -n "$auth" ] || { echo "a gateway did not start" >&2; exit 1; }
+traced="$(wait_listening "$work/traced.out")"
+[ -n "$plain" ] && [ -n "$auth" ] && [ -n "$traced" ] || { echo "a gateway did not start" >&2; exit 1; }
 
 for i in $(seq 50); do
   curl -sf -o /dev/null -X POST "http://$plain/api/v1/clusters" -H 'content-type: application/json' \
@@ -46,6 +57,7 @@ token="$(curl -sf -X POST "http://$auth/api/v1/session" -d @"$work/login.json" |
 # summed over its threads, into the callgrind files $work/callgrind.$1.*.
 count_instructions() {
   local name="$1" pid="$2" config="$3"; shift 3
+  sleep 1  # what came before (a warm-up's spans sent) is not counted
   callgrind_control -z "$pid" >/dev/null 2>&1
   curl -sf "$@" -K "$config"
   sleep 1  # what the calls set off (a projection applying its events) is counted too
@@ -56,7 +68,7 @@ count_instructions() {
 
 echo "nats-server $nats_version; $gets REST Gets per gateway, one connection, one at a time"
 declare -A per_get
-for name in plain auth; do
+for name in plain auth traced; do
   address="${!name}"
   # One curl run, one kept-alive connection, for every Get.
   for i in $(seq "$gets"); do
@@ -66,10 +78,22 @@ for name in plain auth; do
   curl -sf -H @"$work/auth.header" -K "$work/$name.curl"  # warm-up, not counted
   total="$(count_instructions "$name" "${gateway_pid[$name]}" "$work/$name.curl" -H @"$work/auth.header")"
   per_get[$name]=$(( total / gets ))
-  printf '%-28s %10d instructions per Get\n' "Get, authentication $([ "$name" = auth ] && echo on || echo off)" "${per_get[$name]}"
+  case "$name" in
+    plain) what="Get, authentication off" ;;
+    auth) what="Get, authentication on" ;;
+    traced) what="Get, every trace exported" ;;
+  esac
+  printf '%-28s %10d instructions per Get\n' "$what" "${per_get[$name]}"
 done
-awk -v p="${per_get[plain]}" -v a="${per_get[auth]}" \
-  'BEGIN { printf "authentication + RBAC: %+d instructions per Get (%+.1f%%)\n", a - p, (a - p) * 100 / p }'
+# The traced count stands only if the spans reached the receiver.
+kill "$sink_pid"
+wait "$sink_pid" 2>/dev/null || true
+spans="$(sed -n 's/^otlp sink: \([0-9]*\) spans.*/\1/p' "$work/sink.out")"
+[ "${spans:-0}" -ge "$gets" ] || { echo "only ${spans:-0} spans reached the receiver: the traced count is void" >&2; exit 1; }
+awk -v p="${per_get[plain]}" -v a="${per_get[auth]}" -v t="${per_get[traced]}" 'BEGIN {
+  printf "authentication + RBAC: %+d instructions per Get (%+.1f%%)\n", a - p, (a - p) * 100 / p
+  printf "tracing, every span exported: %+d instructions per Get (%+.1f%%)\n", t - p, (t - p) * 100 / p
+}'
 
 # The registry's share of a create: REST creates through the gateway without authentication, one
 # at a time over one connection; the registry decides, appends the name claim and the cluster
