@@ -100,8 +100,24 @@ async fn every_service_serves_metrics_prometheus_parses_with_argo_cd_names() {
     assert_eq!(grpc.get(missing).await.expect_err("not found").code(), tonic::Code::NotFound);
     let resp = api.http.get(api.url(&format!("/api/v1/clusters/{}", escape(&up)))).send().await.expect("get");
     assert_eq!(resp.status().as_u16(), 200);
+    // Methods HTTP does not define share one label value: a client cannot add series at will.
+    for invented in ["CORRALPROBE", "CORRALPROBE2"] {
+        let method = reqwest::Method::from_bytes(invented.as_bytes()).expect("a method");
+        let resp = api.http.request(method, api.url("/api/v1/clusters")).send().await.expect("invented method");
+        assert!(resp.status().is_client_error(), "{}", resp.status());
+    }
     let after = scrape(gateway).await;
     assert_eq!(total(&after, "argocd_login_request_total", &[("status", "failure")]), failures + 1.0);
+    let other = [("method", "_OTHER")];
+    assert_eq!(
+        total(&after, "corral_http_request_duration_seconds_count", &other),
+        total(&before, "corral_http_request_duration_seconds_count", &other) + 2.0,
+        "{after:#?}"
+    );
+    assert!(
+        !after.iter().any(|s| s.labels.values().any(|v| v.starts_with("CORRALPROBE"))),
+        "an invented method became a label value"
+    );
     let call = |method: &'static str, code: &'static str| {
         [
             ("grpc_type", "unary"),

@@ -80,7 +80,8 @@ async fn context_layer(mut req: Request, next: Next) -> Response {
         "request",
         otel.kind = "server",
         otel.status_code = tracing::field::Empty,
-        http.request.method = method.as_str(),
+        http.request.method = metrics::method_name(&method),
+        http.request.method_original = tracing::field::Empty,
         url.path = path.as_str(),
         http.route = tracing::field::Empty,
         http.response.status_code = tracing::field::Empty,
@@ -91,6 +92,9 @@ async fn context_layer(mut req: Request, next: Next) -> Response {
         correlation_id = correlation_id.as_str(),
     );
     corral_telemetry::trace::set_parent(&span, parent);
+    if metrics::method_name(&method) == metrics::OTHER_METHOD {
+        span.record("http.request.method_original", method.as_str());
+    }
     if let Some((service, rpc_method)) = grpc {
         corral_telemetry::trace::rename(&span, || format!("{service}/{rpc_method}"));
         span.record("rpc.system", "grpc");
@@ -104,7 +108,12 @@ async fn context_layer(mut req: Request, next: Next) -> Response {
     let status = response.status().as_u16();
     let route = metrics::route_of(&response, &path);
     if grpc.is_none() {
-        corral_telemetry::trace::rename(&span, || format!("{method} {route}"));
+        // `HTTP` for a method HTTP does not define, as the conventions name such a span.
+        let named = match metrics::method_name(&method) {
+            metrics::OTHER_METHOD => "HTTP",
+            known => known,
+        };
+        corral_telemetry::trace::rename(&span, || format!("{named} {route}"));
         span.record("http.route", route.as_ref());
         span.record("http.response.status_code", status);
         if status >= 500 {

@@ -48,7 +48,7 @@ struct GrpcCodeLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HttpLabels {
-    method: Cow<'static, str>,
+    method: &'static str,
     route: Cow<'static, str>,
     code: u16,
 }
@@ -318,10 +318,11 @@ pub(crate) fn route_of(response: &Response, path: &str) -> Cow<'static, str> {
     Cow::Borrowed("other")
 }
 
-/// A method's name; the standard ones without an allocation.
-fn method_name(method: &http::Method) -> Cow<'static, str> {
+/// A method's name as OpenTelemetry's conventions write it: one of the methods HTTP defines, else
+/// `_OTHER`, so that a client cannot make a label value (a new series) per invented method.
+pub(crate) fn method_name(method: &http::Method) -> &'static str {
     use http::Method;
-    let name = match *method {
+    match *method {
         Method::GET => "GET",
         Method::POST => "POST",
         Method::PUT => "PUT",
@@ -329,10 +330,13 @@ fn method_name(method: &http::Method) -> Cow<'static, str> {
         Method::PATCH => "PATCH",
         Method::HEAD => "HEAD",
         Method::OPTIONS => "OPTIONS",
-        _ => return Cow::Owned(method.as_str().to_string()),
-    };
-    Cow::Borrowed(name)
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => OTHER_METHOD,
+    }
 }
+
+pub(crate) const OTHER_METHOD: &str = "_OTHER";
 
 /// Records a request's latency on the public port.
 pub(crate) fn http_request(method: &http::Method, route: Cow<'static, str>, code: u16, started: Instant) {
