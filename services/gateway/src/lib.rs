@@ -72,7 +72,7 @@ async fn context_layer(mut req: Request, next: Next) -> Response {
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         (parent, correlation_id)
     };
-    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    let (method, path) = (metrics::method_name(req.method()), req.uri().path().to_string());
     let grpc = metrics::grpc_method_of(&path);
     // Named for the route once it is known (OpenTelemetry's `{method} {http.route}`, or the
     // gRPC method), never for the raw path, which holds cluster names.
@@ -80,7 +80,7 @@ async fn context_layer(mut req: Request, next: Next) -> Response {
         "request",
         otel.kind = "server",
         otel.status_code = tracing::field::Empty,
-        http.request.method = metrics::method_name(&method),
+        http.request.method = method,
         http.request.method_original = tracing::field::Empty,
         url.path = path.as_str(),
         http.route = tracing::field::Empty,
@@ -92,8 +92,8 @@ async fn context_layer(mut req: Request, next: Next) -> Response {
         correlation_id = correlation_id.as_str(),
     );
     corral_telemetry::trace::set_parent(&span, parent);
-    if metrics::method_name(&method) == metrics::OTHER_METHOD {
-        span.record("http.request.method_original", method.as_str());
+    if method == metrics::OTHER_METHOD {
+        span.record("http.request.method_original", req.method().as_str());
     }
     if let Some((service, rpc_method)) = grpc {
         corral_telemetry::trace::rename(&span, || format!("{service}/{rpc_method}"));
@@ -109,18 +109,15 @@ async fn context_layer(mut req: Request, next: Next) -> Response {
     let route = metrics::route_of(&response, &path);
     if grpc.is_none() {
         // `HTTP` for a method HTTP does not define, as the conventions name such a span.
-        let named = match metrics::method_name(&method) {
-            metrics::OTHER_METHOD => "HTTP",
-            known => known,
-        };
+        let named = if method == metrics::OTHER_METHOD { "HTTP" } else { method };
         corral_telemetry::trace::rename(&span, || format!("{named} {route}"));
-        span.record("http.route", route.as_ref());
+        span.record("http.route", route.as_str());
         span.record("http.response.status_code", status);
         if status >= 500 {
             span.record("otel.status_code", "error");
         }
     }
-    metrics::http_request(&method, route, status, started);
+    metrics::http_request(method, route, status, started);
     let elapsed_us = started.elapsed().as_micros() as u64;
     span.in_scope(|| tracing::debug!(status, elapsed_us, "served"));
     response

@@ -2,7 +2,6 @@
 //! (`argocd_login_request_total`, go-grpc-prometheus' `grpc_server_*` with its label values), so
 //! that existing dashboards and alerts work, and our own per-route latency and open watches.
 
-use std::borrow::Cow;
 use std::pin::Pin;
 use std::sync::LazyLock;
 use std::task::{Context, Poll};
@@ -49,7 +48,7 @@ struct GrpcCodeLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HttpLabels {
     method: &'static str,
-    route: Cow<'static, str>,
+    route: String,
     code: u16,
 }
 
@@ -283,22 +282,12 @@ impl Drop for TrailerWatch {
 
 /// The route a request was matched to, handed from the route layer to the outer layers in the
 /// response (a request's extensions do not come back out).
-#[derive(Clone, Copy)]
-pub(crate) struct Route(pub(crate) &'static str);
-
-/// The routes of the public port's REST router, as written in it: a matched route is one of
-/// them, and its label is then a static string rather than one allocated per request.
-fn known_route(matched: &str) -> Option<&'static str> {
-    crate::routes::OPERATIONS
-        .iter()
-        .map(|o| o.path)
-        .chain([crate::openapi::DOCUMENT_PATH, crate::HEALTHZ_PATH])
-        .find(|r| *r == matched)
-}
+#[derive(Clone)]
+pub(crate) struct Route(pub(crate) String);
 
 /// On every REST route: tells the outer layers which route answered.
 pub(crate) async fn route_layer(req: Request, next: Next) -> Response {
-    let route = req.extensions().get::<MatchedPath>().map(|p| known_route(p.as_str()).unwrap_or("other"));
+    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string());
     let mut response = next.run(req).await;
     if let Some(route) = route {
         response.extensions_mut().insert(Route(route));
@@ -308,14 +297,14 @@ pub(crate) async fn route_layer(req: Request, next: Next) -> Response {
 
 /// The route to record for a response: the REST route that matched, a known gRPC method's path,
 /// else one label for everything else.
-pub(crate) fn route_of(response: &Response, path: &str) -> Cow<'static, str> {
+pub(crate) fn route_of(response: &Response, path: &str) -> String {
     if let Some(Route(r)) = response.extensions().get::<Route>() {
-        return Cow::Borrowed(r);
+        return r.clone();
     }
     if grpc_method(path).is_some() {
-        return Cow::Owned(path.to_string());
+        return path.to_string();
     }
-    Cow::Borrowed("other")
+    "other".to_string()
 }
 
 /// A method's name as OpenTelemetry's conventions write it: one of the methods HTTP defines, else
@@ -339,7 +328,8 @@ pub(crate) fn method_name(method: &http::Method) -> &'static str {
 pub(crate) const OTHER_METHOD: &str = "_OTHER";
 
 /// Records a request's latency on the public port.
-pub(crate) fn http_request(method: &http::Method, route: Cow<'static, str>, code: u16, started: Instant) {
-    let labels = HttpLabels { method: method_name(method), route, code };
+/// `method` as [`method_name`] gives it.
+pub(crate) fn http_request(method: &'static str, route: String, code: u16, started: Instant) {
+    let labels = HttpLabels { method, route, code };
     METRICS.http_seconds.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
 }
