@@ -19,7 +19,7 @@ use corral_proto::cluster::cluster_service_server::{ClusterService, ClusterServi
 use corral_proto::cluster::{ClusterCreateRequest, ClusterQuery, ClusterResponse, ClusterUpdateRequest};
 use corral_proto::registry::{Command, Reply, command, reply};
 use corral_proto::v1alpha1::{Cluster, ClusterList};
-use futures::StreamExt;
+use futures::{FutureExt as _, StreamExt as _};
 use prost::Message;
 use tokio::task::JoinHandle;
 use tonic::{Request, Response, Status};
@@ -69,19 +69,33 @@ fn event(subject: String, event_type: &str, payload: Vec<u8>) -> NewEvent {
 }
 
 /// The stand-in publisher: every cluster event of the log becomes one event on the public
-/// stream, which a stand-in hub follows.
+/// stream, which a stand-in hub follows. As the registry's publisher does, everything already
+/// delivered goes out in one append (at most 256 events), so the public stream keeps up with the
+/// creates.
 async fn publisher(log: &NatsLog, public: NatsLog) -> anyhow::Result<JoinHandle<()>> {
+    const MAX_BATCH: usize = 256;
     let mut events = log.subscribe_matching(0, &["loadflow.clusters.>".to_string()]).await?;
+    let public_event = |e: &corral_event_log::RecordedEvent| {
+        let name = e.subject.rsplit('.').next().unwrap_or_default().to_string();
+        let mut public_event = event(format!("loadflowpublic.{name}"), "registered", e.payload.to_vec());
+        public_event.expected_subject_seq = None;
+        public_event
+    };
     Ok(tokio::spawn(async move {
         let mut last = 0;
         while let Some(Ok(e)) = events.next().await {
-            let name = e.subject.rsplit('.').next().unwrap_or_default().to_string();
-            let mut public_event = event(format!("loadflowpublic.{name}"), "registered", e.payload.to_vec());
-            public_event.expected_subject_seq = None;
-            if public.append_expecting(last, vec![public_event]).await.is_err() {
+            let mut batch = vec![public_event(&e)];
+            while batch.len() < MAX_BATCH {
+                match events.next().now_or_never() {
+                    Some(Some(Ok(e))) => batch.push(public_event(&e)),
+                    _ => break,
+                }
+            }
+            let count = batch.len() as u64;
+            if public.append_expecting(last, batch).await.is_err() {
                 return;
             }
-            last += 1;
+            last += count;
         }
     }))
 }
