@@ -3,7 +3,9 @@
 # clustered on loopback with sync_interval: always, the stream at three replicas, one registry
 # and one gateway (release builds) given the three URLs; corral-load --durable prints, in the same
 # run, the floor (one create's event: publish-with-ack to an R3 stream expecting its subject
-# empty) and Create, Update and Get against it. Extra arguments go to corral-load.
+# empty) and Create, Update and Get against it, then which node each service is connected to and
+# which node leads each stream (both are chosen at random, and they move the figures). Extra
+# arguments go to corral-load.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --locked -p corral-registry -p corral-gateway -p corral-load
@@ -14,16 +16,17 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-client_ports=() cluster_ports=()
-for i in 1 2 3; do client_ports+=("$(free_port)"); cluster_ports+=("$(free_port)"); done
+client_ports=() cluster_ports=() http_ports=()
+for i in 1 2 3; do client_ports+=("$(free_port)"); cluster_ports+=("$(free_port)"); http_ports+=("$(free_port)"); done
 urls=""
 for i in 0 1 2; do
   routes=""
   for j in 0 1 2; do [ "$i" = "$j" ] || routes+="${routes:+, }\"nats://127.0.0.1:${cluster_ports[$j]}\""; done
   mkdir -p "$work/n$i"
   cat >"$work/n$i.conf" <<CONF
-server_name: n$i
+server_name: nats-$((i + 1))
 listen: "127.0.0.1:${client_ports[$i]}"
+http: "127.0.0.1:${http_ports[$i]}"
 jetstream { store_dir: "$work/n$i", sync_interval: always }
 cluster { name: corral-bench, listen: "127.0.0.1:${cluster_ports[$i]}", routes: [ $routes ] }
 CONF
@@ -57,3 +60,14 @@ echo "three nats-server $nats_version nodes (sync_interval: always) on $urls; ga
 target/release/corral-load --durable --gateway "$gw" --nats-url "$urls" \
   --cpu-of "nats-1=${nats_pids[0]}" --cpu-of "nats-2=${nats_pids[1]}" --cpu-of "nats-3=${nats_pids[2]}" \
   --cpu-of "registry=$registry_pid" --cpu-of "gateway=$gw_pid" "$@"
+python3 - "${http_ports[@]}" <<'PY'
+import json, sys, urllib.request
+get = lambda port, path: json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5))
+on, leaders = [], {}
+for i, port in enumerate(sys.argv[1:]):
+    on += [f"{c.get('name', '?')} on nats-{i + 1}" for c in get(port, "/connz")["connections"] if c.get("name") != "corral-load"]
+    for account in get(port, "/jsz?accounts=true&streams=true").get("account_details", []):
+        for st in account.get("stream_detail", []):
+            leaders[st["name"]] = st.get("cluster", {}).get("leader", "?")
+print("topology: " + ", ".join(on) + "; " + ", ".join(f"{n} led by {l}" for n, l in sorted(leaders.items())))
+PY
