@@ -541,7 +541,10 @@ impl ClusterCommands for Registry {
         };
         let correlation_id = command.context.as_ref().map(|c| c.correlation_id.clone()).unwrap_or_default();
         let span = info_span!("registry.command", kind, correlation_id, revision = tracing::field::Empty);
-        let reply = to_reply(self.handle_command(command).instrument(span.clone()).await);
+        // Boxed, so that what wraps it (the span, the trait's own box) moves a pointer rather than
+        // the command's whole state, which is kilobytes.
+        let handling = Box::pin(self.handle_command(command));
+        let reply = to_reply(handling.instrument(span.clone()).await);
         span.record("revision", reply.revision);
         reply
     }
