@@ -5,7 +5,11 @@
 # receiver on loopback (corral-load --otlp-sink, which counts what it gets). corral-load then
 # measures Create and Get through both gateways, in turns, and prints each turn's difference.
 # Extra arguments go to corral-load (e.g. --concurrency 64 --seconds 3 --creates-per-turn 3000).
+# OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG, if set, choose the traced deployment's sampler
+# instead (e.g. parentbased_traceidratio and 0.1); the other deployment never sees them.
 set -euo pipefail
+sampler="${OTEL_TRACES_SAMPLER:-always_on}" sampler_arg="${OTEL_TRACES_SAMPLER_ARG:-}"
+unset OTEL_TRACES_SAMPLER OTEL_TRACES_SAMPLER_ARG OTEL_EXPORTER_OTLP_ENDPOINT
 cd "$(dirname "$0")/.."
 cargo build --release --locked -p corral-registry -p corral-gateway -p corral-load
 source scripts/bench-common.sh
@@ -24,7 +28,8 @@ sink="$(wait_listening "$work/sink.out")"
 start_nats nats-traced
 traced_url=$started_url
 nats_traced_pid=$started_pid
-export_env=(env OTEL_EXPORTER_OTLP_ENDPOINT="http://$sink" OTEL_TRACES_SAMPLER=always_on)
+export_env=(env OTEL_EXPORTER_OTLP_ENDPOINT="http://$sink" OTEL_TRACES_SAMPLER="$sampler")
+[ -z "$sampler_arg" ] || export_env+=(OTEL_TRACES_SAMPLER_ARG="$sampler_arg")
 "${export_env[@]}" target/release/corral-registry --nats-url "$traced_url" --data-dir "$work/registry-traced" \
   >"$work/registry-traced.out" 2>"$work/registry-traced.err" &
 registry_traced_pid=$!
@@ -36,7 +41,7 @@ gw_traced_pid=$!
 pids+=($gw_traced_pid)
 traced="$(wait_listening "$work/gateway-traced.out")"
 [ -n "$plain" ] && [ -n "$traced" ] || { echo "a gateway did not start" >&2; exit 1; }
-echo "nats-server $nats_version; gateway $plain (no tracing), gateway $traced (every trace exported to $sink); $(nproc) cores"
+echo "nats-server $nats_version; gateway $plain (no tracing), gateway $traced (traces sampled by $sampler${sampler_arg:+ $sampler_arg}, exported to $sink); $(nproc) cores"
 # The CPU each process spends per operation, the receiver's too (a collector runs elsewhere in
 # production; here it takes a share of the same two cores).
 target/release/corral-load --gateway "$plain" --traced-gateway "$traced" --nats-url "$nats_url" \
