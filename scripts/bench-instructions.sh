@@ -2,9 +2,10 @@
 # Instructions a gateway spends per REST Get, with authentication off and on and with every trace
 # exported (to a receiver on loopback, `corral-load --otlp-sink`), and the registry per create,
 # counted by valgrind's callgrind: the same count for the same binaries and requests whatever else
-# the machine is doing, where wall-clock comparisons on two shared cores move by tens of percent. Starts a private nats-server (pinned version, loopback, temporary store), and
-# a registry and three gateways under callgrind; registers 50 clusters, counts the measured Gets,
-# then the registry's share of as many creates (each after as many calls not counted).
+# the machine is doing, where wall-clock comparisons on two shared cores move by tens of percent.
+# Starts a private nats-server (pinned version, loopback, temporary store), and a registry and
+# three gateways under callgrind; registers 50 clusters, counts the measured Gets, then the
+# registry's share of as many creates (each after as many calls not counted).
 # Usage: scripts/bench-instructions.sh [CALLS]   (default 1000)
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -75,19 +75,19 @@ fn event(subject: String, event_type: &str, payload: Vec<u8>) -> NewEvent {
 async fn publisher(log: &NatsLog, public: NatsLog) -> anyhow::Result<JoinHandle<()>> {
     const MAX_BATCH: usize = 256;
     let mut events = log.subscribe_matching(0, &["loadflow.clusters.>".to_string()]).await?;
-    let public_event = |e: &corral_event_log::RecordedEvent| {
+    let announce = |e: &corral_event_log::RecordedEvent| {
         let name = e.subject.rsplit('.').next().unwrap_or_default().to_string();
-        let mut public_event = event(format!("loadflowpublic.{name}"), "registered", e.payload.to_vec());
-        public_event.expected_subject_seq = None;
-        public_event
+        let mut announced = event(format!("loadflowpublic.{name}"), "registered", e.payload.to_vec());
+        announced.expected_subject_seq = None;
+        announced
     };
     Ok(tokio::spawn(async move {
         let mut last = 0;
         while let Some(Ok(e)) = events.next().await {
-            let mut batch = vec![public_event(&e)];
+            let mut batch = vec![announce(&e)];
             while batch.len() < MAX_BATCH {
                 match events.next().now_or_never() {
-                    Some(Some(Ok(e))) => batch.push(public_event(&e)),
+                    Some(Some(Ok(e))) => batch.push(announce(&e)),
                     _ => break,
                 }
             }
