@@ -57,9 +57,12 @@ fn otlp_provider(service: &str) -> Result<SdkTracerProvider, String> {
     Ok(SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource(service)).build())
 }
 
-/// Only this workspace's spans are exported (those of the libraries under it stay local).
-fn ours(meta: &tracing::Metadata<'_>) -> bool {
-    meta.target().starts_with("corral") && *meta.level() <= tracing::Level::INFO
+/// Only this workspace's spans are exported (those of the libraries under it stay local). A
+/// filter of targets and levels, not a function: it tells `tracing` its highest level, so a
+/// library's debug and trace calls (and the `log` records of those that use `log`, sled's many
+/// per write) stop at their call site instead of reaching every layer to be refused.
+fn ours() -> tracing_subscriber::filter::Targets {
+    tracing_subscriber::filter::Targets::new().with_target("corral", tracing::Level::INFO)
 }
 
 /// Sets up logging, and tracing when an OTLP endpoint is configured. Call it inside the tokio
@@ -87,7 +90,7 @@ pub fn init(service: &str, json: bool) -> Guard {
             // through OpenTelemetry's current context: attaching it on every enter (each poll of
             // an instrumented future) would be work nothing reads.
             .with_context_activation(false)
-            .with_filter(tracing_subscriber::filter::filter_fn(ours))
+            .with_filter(ours())
     });
     let result = tracing_subscriber::registry().with(fmt.with_filter(filter)).with(otel).try_init();
     if result.is_ok() && provider.is_some() {
@@ -121,5 +124,24 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {},
         _ = term => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tracing::Level;
+    use tracing_subscriber::filter::LevelFilter;
+    use tracing_subscriber::layer::Filter;
+
+    #[test]
+    fn exports_our_info_spans_only_and_names_its_highest_level() {
+        let filter = super::ours();
+        assert!(filter.would_enable("corral_registry::service", &Level::INFO));
+        assert!(filter.would_enable("corral_nats_rpc", &Level::WARN));
+        assert!(!filter.would_enable("corral_service_api::api", &Level::DEBUG));
+        assert!(!filter.would_enable("sled::pagecache", &Level::INFO));
+        assert!(!filter.would_enable("h2::codec", &Level::TRACE));
+        // What lets a library's debug and trace call sites be skipped before any layer sees them.
+        assert_eq!(Filter::<tracing_subscriber::Registry>::max_level_hint(&filter), Some(LevelFilter::INFO));
     }
 }
