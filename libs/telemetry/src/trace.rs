@@ -22,9 +22,14 @@ pub(crate) fn set_exporting() {
 /// A NATS message's headers as a carrier of trace context.
 struct NatsHeaders<'a>(&'a mut async_nats::HeaderMap);
 
+// An empty value (the propagator always writes `tracestate`, empty when no vendor set one) is
+// not sent: W3C trace context makes an empty tracestate the same as none, and every message and
+// every delivery of a stored event would carry it.
 impl Injector for NatsHeaders<'_> {
     fn set(&mut self, key: &str, value: String) {
-        self.0.insert(key, value.as_str());
+        if !value.is_empty() {
+            self.0.insert(key, value.as_str());
+        }
     }
 }
 
@@ -58,7 +63,9 @@ struct Pairs<'a>(&'a mut Vec<(String, String)>);
 impl Injector for Pairs<'_> {
     fn set(&mut self, key: &str, value: String) {
         self.0.retain(|(k, _)| k != key);
-        self.0.push((key.to_string(), value));
+        if !value.is_empty() {
+            self.0.push((key.to_string(), value));
+        }
     }
 }
 
@@ -140,6 +147,14 @@ pub fn add_link(span: &tracing::Span, origin: &Context) {
     let linked = origin.span().span_context().clone();
     if linked.is_valid() {
         span.add_link(linked);
+    }
+}
+
+/// Sets an attribute on `span`'s OpenTelemetry span, when this process exports spans: what a
+/// handler learns is put on the span it runs in rather than on a span of its own.
+pub fn set_attribute(span: &tracing::Span, key: &'static str, value: impl Into<opentelemetry::Value>) {
+    if exporting() {
+        span.set_attribute(key, value);
     }
 }
 

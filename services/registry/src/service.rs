@@ -14,7 +14,7 @@ use corral_proto::registry::{self, Command, Query, Reply, RequestContext, comman
 use corral_proto::v1alpha1;
 use corral_secrets::SealingKey;
 use prost::Message;
-use tracing::{Instrument, info_span};
+use tracing::{Instrument, debug_span};
 
 use corral_cluster_model::read_model::{self, cluster_record, name_record};
 use corral_cluster_model::{EncodedList, Queries, RegistryError, codec};
@@ -540,12 +540,25 @@ impl ClusterCommands for Registry {
             None => "empty",
         };
         let correlation_id = command.context.as_ref().map(|c| c.correlation_id.clone()).unwrap_or_default();
-        let span = info_span!("registry.command", kind, correlation_id, revision = tracing::field::Empty);
+        // The span the command arrived in (the NATS consumer's, or the caller's in one process)
+        // carries what it is and what it made: a span of its own for each command would cost
+        // every create one more exported span and say nothing that one does not.
+        let arrived = tracing::Span::current();
+        corral_telemetry::trace::set_attribute(&arrived, "corral.command", kind);
+        corral_telemetry::trace::set_attribute(&arrived, "corral.correlation_id", correlation_id.clone());
+        let span = debug_span!("registry.command", kind, correlation_id, revision = tracing::field::Empty);
         // Boxed, so that what wraps it (the span, the trait's own box) moves a pointer rather than
         // the command's whole state, which is kilobytes.
         let handling = Box::pin(self.handle_command(command));
         let reply = to_reply(handling.instrument(span.clone()).await);
         span.record("revision", reply.revision);
+        if reply.revision > 0 {
+            corral_telemetry::trace::set_attribute(
+                &arrived,
+                "corral.revision",
+                i64::try_from(reply.revision).unwrap_or(i64::MAX),
+            );
+        }
         reply
     }
 }
