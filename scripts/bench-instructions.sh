@@ -89,7 +89,7 @@ done
 # The traced count stands only if the spans reached the receiver: one per Get, warm-up and counted.
 kill "$sink_pid"
 wait "$sink_pid" 2>/dev/null || true
-spans="$(sed -n 's/^otlp sink: \([0-9]*\) spans.*/\1/p' "$work/sink.out")"
+spans="$(sed -n 's/^otlp sink: \([0-9]*\) spans received/\1/p' "$work/sink.out")"
 [ "${spans:-0}" -ge $(( 2 * gets )) ] || { echo "only ${spans:-0} spans reached the receiver: the traced count is void" >&2; exit 1; }
 awk -v p="${per_get[plain]}" -v a="${per_get[auth]}" -v t="${per_get[traced]}" 'BEGIN {
   printf "authentication + RBAC: %+d instructions per Get (%+.1f%%)\n", a - p, (a - p) * 100 / p

@@ -57,9 +57,6 @@ fn attributes(kvs: &[KeyValue]) -> BTreeMap<String, String> {
 #[derive(Clone, Default)]
 struct Sink {
     spans: Arc<Mutex<Vec<Span>>>,
-    /// Keep nothing, count only (a benchmark's receiver).
-    count_only: bool,
-    count: Arc<std::sync::atomic::AtomicU64>,
 }
 
 #[tonic::async_trait]
@@ -74,10 +71,6 @@ impl TraceService for Sink {
             let service = resource.get("service.name").cloned().unwrap_or_default();
             for scope in resource_spans.scope_spans {
                 for s in scope.spans {
-                    self.count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    if self.count_only {
-                        continue;
-                    }
                     got.push(Span {
                         service: service.clone(),
                         name: s.name.clone(),
@@ -116,16 +109,11 @@ impl Drop for Receiver {
 }
 
 impl Receiver {
-    /// A receiver keeping every span.
+    /// A receiver on a free loopback port, keeping every span.
     pub async fn start() -> std::io::Result<Receiver> {
-        Self::start_on("127.0.0.1:0".parse().map_err(std::io::Error::other)?, false).await
-    }
-
-    /// A receiver on `addr`; with `count_only` it keeps only the number of spans.
-    pub async fn start_on(addr: SocketAddr, count_only: bool) -> std::io::Result<Receiver> {
-        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let sink = Sink { count_only, ..Default::default() };
+        let sink = Sink::default();
         let service = TraceServiceServer::new(sink.clone());
         let incoming = tokio_stream_from(listener);
         let task = tokio::spawn(async move {
@@ -141,11 +129,6 @@ impl Receiver {
 
     pub fn spans(&self) -> Vec<Span> {
         self.sink.spans.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    /// Spans received so far (also by a count-only receiver).
-    pub fn count(&self) -> u64 {
-        self.sink.count.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
