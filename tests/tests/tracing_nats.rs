@@ -100,6 +100,7 @@ async fn one_trace_follows_a_create_across_the_gateway_nats_the_registry_and_the
     );
     // What the command was and the revision it made, on the span it was answered in.
     assert_eq!(process.attributes.get("corral.command").map(String::as_str), Some("create"), "{process:#?}");
+    assert!(process.attributes.get("corral.correlation_id").is_some_and(|c| !c.is_empty()), "{process:#?}");
     assert!(
         process.attributes.get("corral.revision").and_then(|r| r.parse::<u64>().ok()).is_some_and(|r| r > 0),
         "{process:#?}"

@@ -545,7 +545,9 @@ impl ClusterCommands for Registry {
         // every create one more exported span and say nothing that one does not.
         let arrived = tracing::Span::current();
         corral_telemetry::trace::set_attribute(&arrived, "corral.command", kind);
-        corral_telemetry::trace::set_attribute(&arrived, "corral.correlation_id", correlation_id.clone());
+        if !correlation_id.is_empty() {
+            corral_telemetry::trace::set_attribute(&arrived, "corral.correlation_id", correlation_id.clone());
+        }
         let span = debug_span!("registry.command", kind, correlation_id, revision = tracing::field::Empty);
         // Boxed, so that what wraps it (the span, the trait's own box) moves a pointer rather than
         // the command's whole state, which is kilobytes.
