@@ -50,5 +50,5 @@ target/release/corral-load --gateway "$plain" --traced-gateway "$traced" --nats-
   --cpu-of "gateway-traced=$gw_traced_pid" --cpu-of "otlp-receiver=$sink_pid" "$@"
 kill "$sink_pid"
 wait "$sink_pid" 2>/dev/null || true
-grep "otlp sink: " "$work/sink.out" | grep -v listening
+grep "otlp sink: " "$work/sink.out" | grep -v listening || true
 grep -q "otlp sink: [1-9][0-9]* spans received" "$work/sink.out" || { echo "no span reached the receiver: the comparison is void" >&2; exit 1; }

@@ -124,7 +124,7 @@ pub async fn sink(addr: SocketAddr) -> anyhow::Result<()> {
     serving.abort();
     let counts = counts.lock().unwrap_or_else(|p| p.into_inner()).clone();
     for ((service, name), n) in &counts {
-        println!("otlp sink: {n} spans named {name:?} from {service}");
+        println!("otlp sink: {n} spans named {name:?} from {service:?}");
     }
     println!("otlp sink: {} spans received", counts.values().sum::<u64>());
     Ok(())
