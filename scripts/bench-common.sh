@@ -49,3 +49,34 @@ fi
 # The address a gateway writing its output to $1 listens on, once it does (up to 2 minutes: a
 # gateway under valgrind starts slowly).
 wait_listening() { for _ in $(seq 1200); do grep -q "listening on" "$1" && break; sleep 0.1; done; sed -n 's/.*listening on //p' "$1" | head -1; }
+
+# The benchmarks' OTLP receiver (`corral-load --otlp-sink`), its output in $work/sink.out; sets
+# sink (its address) and sink_pid.
+start_otlp_sink() {
+  target/release/corral-load --otlp-sink 127.0.0.1:0 >"$work/sink.out" 2>"$work/sink.err" &
+  sink_pid=$!
+  pids+=($sink_pid)
+  sink="$(wait_listening "$work/sink.out")"
+  [ -n "$sink" ] || { echo "the OTLP receiver did not start:" >&2; cat "$work/sink.err" >&2; exit 1; }
+}
+# Stops the receiver; sets sink_spans to how many spans it got (its lines by service and span
+# name stay in $work/sink.out).
+stop_otlp_sink() {
+  kill "$sink_pid"
+  wait "$sink_pid" 2>/dev/null || true
+  sink_spans="$(sed -n 's/^otlp sink: \([0-9]*\) spans received/\1/p' "$work/sink.out")"
+  sink_spans="${sink_spans:-0}"
+}
+# The receiver's spans by service and span name.
+print_sink_spans() { grep "^otlp sink: .* spans named " "$work/sink.out" || true; }
+
+# curl's config for REST creates $2..$3 (each its own server and name) through the gateway at $1.
+write_creates() {
+  for i in $(seq "$2" "$3"); do
+    echo "url = \"http://$1/api/v1/clusters\""
+    echo "data = \"{\\\"server\\\":\\\"https://create-$i.example.com\\\",\\\"name\\\":\\\"create-$i\\\"}\""
+    echo 'header = "content-type: application/json"'
+    echo "output = /dev/null"
+    if [ "$i" -lt "$3" ]; then echo next; fi
+  done
+}

@@ -16,11 +16,7 @@ done
 cargo build --release --locked -p corral-registry -p corral-gateway -p corral-load
 start_registry=0
 source scripts/bench-common.sh
-target/release/corral-load --otlp-sink 127.0.0.1:0 >"$work/sink.out" 2>"$work/sink.err" &
-sink_pid=$!
-pids+=($sink_pid)
-sink="$(wait_listening "$work/sink.out")"
-[ -n "$sink" ] || { echo "the OTLP receiver did not start:" >&2; cat "$work/sink.err" >&2; exit 1; }
+start_otlp_sink
 
 # $1: plain or traced. Starts its nats-server, registry and gateway; sets registry_of[$1],
 # gateway_of[$1] (pids) and address_of[$1].
@@ -50,16 +46,6 @@ start_deployment() {
 start_deployment plain
 start_deployment traced
 
-# curl's config for the creates $2..$3 through the gateway at $1.
-write_creates() {
-  for i in $(seq "$2" "$3"); do
-    echo "url = \"http://$1/api/v1/clusters\""
-    echo "data = \"{\\\"server\\\":\\\"https://create-$i.example.com\\\",\\\"name\\\":\\\"create-$i\\\"}\""
-    echo 'header = "content-type: application/json"'
-    echo "output = /dev/null"
-    if [ "$i" -lt "$3" ]; then echo next; fi
-  done
-}
 # Instructions of the callgrind files $work/callgrind.$1.*, summed over threads.
 summed() { grep -h '^summary:' "$work"/callgrind."$1".* | awk '{s += $2} END {print s}'; }
 echo "nats-server $nats_version; $creates REST creates per deployment, one connection, one at a time"
@@ -82,8 +68,7 @@ for name in plain traced; do
   printf '%-8s registry %10d, gateway %10d instructions per create\n' "$name" \
     $(( $(summed "registry-$name") / creates )) $(( $(summed "gateway-$name") / creates ))
 done
-kill "$sink_pid"
-wait "$sink_pid" 2>/dev/null || true
-grep "otlp sink: " "$work/sink.out" | grep -v listening || true
-spans="$(sed -n 's/^otlp sink: \([0-9]*\) spans received/\1/p' "$work/sink.out")"
-[ "${spans:-0}" -ge $(( 2 * creates )) ] || { echo "only ${spans:-0} spans reached the receiver: the traced count is void" >&2; exit 1; }
+stop_otlp_sink
+print_sink_spans
+echo "otlp sink: $sink_spans spans received"
+[ "$sink_spans" -ge $(( 2 * creates )) ] || { echo "only $sink_spans spans reached the receiver: the traced count is void" >&2; exit 1; }

@@ -27,11 +27,7 @@ start_gateway() {
   pids+=($!)
   gateway_pid[$name]=$!
 }
-target/release/corral-load --otlp-sink 127.0.0.1:0 >"$work/sink.out" 2>"$work/sink.err" &
-sink_pid=$!
-pids+=($sink_pid)
-sink="$(wait_listening "$work/sink.out")"
-[ -n "$sink" ] || { echo "the OTLP receiver did not start:" >&2; cat "$work/sink.err" >&2; exit 1; }
+start_otlp_sink
 start_gateway plain --disable-auth
 start_gateway auth
 # Its spans sent within 200 ms of ending (not the default 5 s), so the count below includes
@@ -87,10 +83,8 @@ for name in plain auth traced; do
   printf '%-28s %10d instructions per Get\n' "$what" "${per_get[$name]}"
 done
 # The traced count stands only if the spans reached the receiver: one per Get, warm-up and counted.
-kill "$sink_pid"
-wait "$sink_pid" 2>/dev/null || true
-spans="$(sed -n 's/^otlp sink: \([0-9]*\) spans received/\1/p' "$work/sink.out")"
-[ "${spans:-0}" -ge $(( 2 * gets )) ] || { echo "only ${spans:-0} spans reached the receiver: the traced count is void" >&2; exit 1; }
+stop_otlp_sink
+[ "$sink_spans" -ge $(( 2 * gets )) ] || { echo "only $sink_spans spans reached the receiver: the traced count is void" >&2; exit 1; }
 awk -v p="${per_get[plain]}" -v a="${per_get[auth]}" -v t="${per_get[traced]}" 'BEGIN {
   printf "authentication + RBAC: %+d instructions per Get (%+.1f%%)\n", a - p, (a - p) * 100 / p
   printf "tracing, every span exported: %+d instructions per Get (%+.1f%%)\n", t - p, (t - p) * 100 / p
@@ -99,18 +93,9 @@ awk -v p="${per_get[plain]}" -v a="${per_get[auth]}" -v t="${per_get[traced]}" '
 # The registry's share of a create: REST creates through the gateway without authentication, one
 # at a time over one connection; the registry decides, appends the name claim and the cluster
 # event, and applies both to its projection.
-write_creates() {
-  for i in $(seq "$1" "$2"); do
-    echo "url = \"http://$plain/api/v1/clusters\""
-    echo "data = \"{\\\"server\\\":\\\"https://create-$i.example.com\\\",\\\"name\\\":\\\"create-$i\\\"}\""
-    echo 'header = "content-type: application/json"'
-    echo "output = /dev/null"
-    if [ "$i" -lt "$2" ]; then echo next; fi
-  done
-}
 echo "$gets REST creates through the gateway without authentication, one connection, one at a time"
-write_creates 1 "$gets" >"$work/warm-up-creates.curl"
-write_creates $(( gets + 1 )) $(( 2 * gets )) >"$work/creates.curl"
+write_creates "$plain" 1 "$gets" >"$work/warm-up-creates.curl"
+write_creates "$plain" $(( gets + 1 )) $(( 2 * gets )) >"$work/creates.curl"
 curl -sf -K "$work/warm-up-creates.curl"
 sleep 1  # the warm-up's events applied before the count starts
 total="$(count_instructions registry "$registry_pid" "$work/creates.curl")"

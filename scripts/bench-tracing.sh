@@ -20,11 +20,7 @@ plain="$(wait_listening "$work/gateway.out")"
 
 # The traced deployment, on a nats-server of its own (a registry in the other's queue group
 # would answer the other's commands).
-target/release/corral-load --otlp-sink 127.0.0.1:0 >"$work/sink.out" 2>"$work/sink.err" &
-sink_pid=$!
-pids+=($sink_pid)
-sink="$(wait_listening "$work/sink.out")"
-[ -n "$sink" ] || { echo "the OTLP receiver did not start:" >&2; cat "$work/sink.err" >&2; exit 1; }
+start_otlp_sink
 start_nats nats-traced
 traced_url=$started_url
 nats_traced_pid=$started_pid
@@ -48,7 +44,7 @@ target/release/corral-load --gateway "$plain" --traced-gateway "$traced" --nats-
   --cpu-of "nats-server=$nats_pid" --cpu-of "registry=$registry_pid" --cpu-of "gateway=$gw_pid" \
   --cpu-of "nats-traced=$nats_traced_pid" --cpu-of "registry-traced=$registry_traced_pid" \
   --cpu-of "gateway-traced=$gw_traced_pid" --cpu-of "otlp-receiver=$sink_pid" "$@"
-kill "$sink_pid"
-wait "$sink_pid" 2>/dev/null || true
-grep "otlp sink: " "$work/sink.out" | grep -v listening || true
-grep -q "otlp sink: [1-9][0-9]* spans received" "$work/sink.out" || { echo "no span reached the receiver: the comparison is void" >&2; exit 1; }
+stop_otlp_sink
+print_sink_spans
+echo "otlp sink: $sink_spans spans received"
+[ "$sink_spans" -gt 0 ] || { echo "no span reached the receiver: the comparison is void" >&2; exit 1; }

@@ -165,3 +165,43 @@ pub fn rename(span: &tracing::Span, name: impl FnOnce() -> String) {
         span.context().span().update_name(name());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry::propagation::TextMapPropagator as _;
+    use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState};
+    use opentelemetry_sdk::propagation::TraceContextPropagator;
+
+    use super::{NatsHeaders, Pairs};
+
+    /// A sampled remote span with no vendor state: the propagator writes its `traceparent` and
+    /// an empty `tracestate`.
+    fn context() -> opentelemetry::Context {
+        let trace_id = TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").expect("trace id");
+        let span_id = SpanId::from_hex("00f067aa0ba902b7").expect("span id");
+        opentelemetry::Context::new().with_remote_span_context(SpanContext::new(
+            trace_id,
+            span_id,
+            TraceFlags::SAMPLED,
+            true,
+            TraceState::default(),
+        ))
+    }
+
+    const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn an_empty_tracestate_goes_into_no_nats_message() {
+        let mut headers = async_nats::HeaderMap::new();
+        TraceContextPropagator::new().inject_context(&context(), &mut NatsHeaders(&mut headers));
+        assert_eq!(headers.get("traceparent").map(|v| v.as_str()), Some(TRACEPARENT));
+        assert!(headers.get("tracestate").is_none(), "{headers:?}");
+    }
+
+    #[test]
+    fn an_empty_tracestate_goes_into_no_event_and_replaces_an_old_one() {
+        let mut pairs = vec![("tracestate".to_string(), "vendor=old".to_string())];
+        TraceContextPropagator::new().inject_context(&context(), &mut Pairs(&mut pairs));
+        assert_eq!(pairs, vec![("traceparent".to_string(), TRACEPARENT.to_string())]);
+    }
+}

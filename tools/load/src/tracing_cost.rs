@@ -64,9 +64,10 @@ mod lean {
 /// Spans received, by (service, span name).
 type Counts = Arc<std::sync::Mutex<BTreeMap<(String, String), u64>>>;
 
-struct Export(Counts);
+/// The receiver's one method: counts an export's spans.
+struct CountSpans(Counts);
 
-impl tonic::server::UnaryService<lean::Export> for Export {
+impl tonic::server::UnaryService<lean::Export> for CountSpans {
     type Response = lean::Accepted;
     type Future = std::future::Ready<Result<tonic::Response<lean::Accepted>, tonic::Status>>;
 
@@ -102,7 +103,7 @@ async fn export(
     let codec = tonic_prost::ProstCodec::<lean::Accepted, lean::Export>::default();
     // An exporter's batch of 512 spans is well under this.
     let mut grpc = tonic::server::Grpc::new(codec).apply_max_message_size_config(Some(64 << 20), None);
-    grpc.unary(Export(counts), request).await.map(axum::body::Body::new)
+    grpc.unary(CountSpans(counts), request).await.map(axum::body::Body::new)
 }
 
 /// Serves OTLP trace exports on `listener`, counting their spans, until the task is aborted.
