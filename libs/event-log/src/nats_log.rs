@@ -228,7 +228,7 @@ impl NatsLog {
         );
         match message_id {
             Some(id) => span.record("messaging.message.id", id),
-            None => span.record("messaging.batch.message_count", count),
+            None => span.record("messaging.batch.message_count", corral_telemetry::trace::int(count)),
         };
         span
     }

@@ -97,8 +97,8 @@ fn process_span(name: &str, events: &[RecordedEvent]) -> tracing::Span {
         messaging.system = "nats",
         messaging.operation.type = "process",
         messaging.consumer.group.name = name,
-        messaging.batch.message_count = events.len(),
-        first_seq = events.first().map_or(0, |e| e.seq),
+        messaging.batch.message_count = corral_telemetry::trace::int(events.len()),
+        first_seq = corral_telemetry::trace::int(events.first().map_or(0, |e| e.seq)),
     );
     if corral_telemetry::trace::exporting() {
         for event in events.iter().take(MAX_LINKS) {

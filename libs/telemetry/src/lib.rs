@@ -86,6 +86,9 @@ pub fn init(service: &str, json: bool) -> Guard {
             .with_location(false)
             .with_threads(false)
             .with_tracked_inactivity(false)
+            // A span's `target` (the Rust module that made it) is no OpenTelemetry attribute:
+            // `service.name` says which process, the span's name what it did.
+            .with_target(false)
             // Our spans hand their context on through `OpenTelemetrySpanExt::context`, never
             // through OpenTelemetry's current context: attaching it on every enter (each poll of
             // an instrumented future) would be work nothing reads.

@@ -134,6 +134,14 @@ pub fn current_traceparent() -> String {
     pairs.into_iter().find(|(k, _)| k == "traceparent").map(|(_, v)| v).unwrap_or_default()
 }
 
+/// A count or a sequence number as a span field: tracing-opentelemetry records an unsigned
+/// integer as text (through `Debug`), where OpenTelemetry's conventions type such attributes
+/// (`messaging.batch.message_count`, `http.response.status_code`) as integers; a signed one it
+/// records as an integer.
+pub fn int(n: impl TryInto<i64>) -> i64 {
+    n.try_into().unwrap_or(i64::MAX)
+}
+
 /// Makes `span` a child of `parent` when `parent` holds a remote span (a caller's), else leaves
 /// it where it is.
 pub fn set_parent(span: &tracing::Span, parent: Context) {

@@ -22,6 +22,8 @@ pub struct Span {
     /// Empty for a root.
     pub parent_span_id: String,
     pub attributes: BTreeMap<String, String>,
+    /// The attributes OTLP carries as integers (they are in `attributes` too, as text).
+    pub ints: BTreeMap<String, i64>,
     /// (trace id, span id) of each linked span.
     pub links: Vec<(String, String)>,
     /// The span's events (log lines inside it), their names and attributes as text.
@@ -54,6 +56,15 @@ fn attributes(kvs: &[KeyValue]) -> BTreeMap<String, String> {
     kvs.iter().map(|kv| (kv.key.clone(), text(&kv.value))).collect()
 }
 
+fn ints(kvs: &[KeyValue]) -> BTreeMap<String, i64> {
+    kvs.iter()
+        .filter_map(|kv| match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+            Some(any_value::Value::IntValue(i)) => Some((kv.key.clone(), *i)),
+            _ => None,
+        })
+        .collect()
+}
+
 #[derive(Clone, Default)]
 struct Sink {
     spans: Arc<Mutex<Vec<Span>>>,
@@ -79,6 +90,7 @@ impl TraceService for Sink {
                         span_id: hex(&s.span_id),
                         parent_span_id: hex(&s.parent_span_id),
                         attributes: attributes(&s.attributes),
+                        ints: ints(&s.attributes),
                         links: s.links.iter().map(|l| (hex(&l.trace_id), hex(&l.span_id))).collect(),
                         events: s
                             .events

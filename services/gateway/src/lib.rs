@@ -112,7 +112,7 @@ async fn context_layer(mut req: Request, next: Next) -> Response {
         let named = if method == metrics::OTHER_METHOD { "HTTP" } else { method };
         corral_telemetry::trace::rename(&span, || format!("{named} {route}"));
         span.record("http.route", route.as_str());
-        span.record("http.response.status_code", status);
+        span.record("http.response.status_code", i64::from(status));
         if status >= 500 {
             span.record("otel.status_code", "error");
         }

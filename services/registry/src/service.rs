@@ -558,7 +558,7 @@ impl ClusterCommands for Registry {
             corral_telemetry::trace::set_attribute(
                 &arrived,
                 "corral.revision",
-                i64::try_from(reply.revision).unwrap_or(i64::MAX),
+                corral_telemetry::trace::int(reply.revision),
             );
         }
         reply
