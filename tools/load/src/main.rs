@@ -77,7 +77,8 @@ struct Args {
     /// Create and Get are measured through both, in turns. Nothing else is measured.
     #[arg(long)]
     traced_gateway: Option<SocketAddr>,
-    /// Creates per turn in the tracing comparison.
+    /// Creates per turn in the tracing comparison with `--concurrency` clients (a tenth of it
+    /// with one client).
     #[arg(long, default_value_t = 3000)]
     creates_per_turn: usize,
     /// Run only an OTLP trace receiver on this address (for the traced deployment), until

@@ -164,7 +164,9 @@ async fn creates(name: String, gw: Arc<Vec<Client>>, clients: usize, first: usiz
     .await
 }
 
-/// Create (`creates_per_turn` at a time) and Get, with `c` clients and with one, in turns.
+/// Create and Get, with `c` clients and with one, in turns: `creates_per_turn` creates a turn
+/// with `c` clients, a tenth of that with one (where nothing queues, so what tracing adds to a
+/// create's own path shows without the cores' saturation).
 pub async fn measure(
     plain_addr: SocketAddr,
     traced_addr: SocketAddr,
@@ -177,17 +179,20 @@ pub async fn measure(
     // Each deployment gets the same clusters, numbered from an offset of this run's own.
     let base = std::process::id() as usize * 100_000;
     let mut next = base;
-    let (mut plain_creates, mut traced_creates) = (Vec::new(), Vec::new());
-    for round in 0..ROUNDS {
-        let p = creates(format!("Create, no tracing #{round}"), plain.clone(), c, next, creates_per_turn).await;
-        let t = creates(format!("Create, traced #{round}"), traced.clone(), c, next, creates_per_turn).await;
-        next += creates_per_turn;
-        report(&p, None);
-        report(&t, None);
-        plain_creates.push(p);
-        traced_creates.push(t);
+    for (clients, count) in [(c, creates_per_turn), (1, (creates_per_turn / 10).max(1))] {
+        let (mut plain_creates, mut traced_creates) = (Vec::new(), Vec::new());
+        for round in 0..ROUNDS {
+            let name = |side: &str| format!("Create, {side}, {clients} client(s) #{round}");
+            let p = creates(name("no tracing"), plain.clone(), clients, next, count).await;
+            let t = creates(name("traced"), traced.clone(), clients, next, count).await;
+            next += count;
+            report(&p, None);
+            report(&t, None);
+            plain_creates.push(p);
+            traced_creates.push(t);
+        }
+        summary(&format!("Create, {clients} client(s)"), &plain_creates, &traced_creates);
     }
-    summary(&format!("Create, {c} clients"), &plain_creates, &traced_creates);
     let registered = next - base;
     for clients in [c, 1] {
         let (mut plain_gets, mut traced_gets) = (Vec::new(), Vec::new());
